@@ -1,0 +1,142 @@
+"""Compiled policy documents. Built only by :mod:`broker.policy.load`; immutable afterwards."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """Where a document came from, for error messages: ``file:line``."""
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    """``kind: issuer`` — a trusted attestation issuer."""
+    name: str
+    preset: str                      # github-actions | gitlab-ci | kubernetes | spiffe | oidc
+    issuer: str                      # exact `iss`
+    audience: str                    # the `aud` the attestation must carry
+    algorithms: tuple[str, ...]      # allowlist; never "none", never HS*
+    principal: str                   # template, e.g. "github:{repository}:{job_workflow_ref}"
+    run: dict[str, str]              # run field -> claim path (dotted for nested claims)
+    required_claims: tuple[str, ...]  # must be present (besides iss, aud, exp, iat)
+    jwks_uri: str | None = None      # else OIDC discovery at {issuer}/.well-known/openid-configuration
+    jwks_file: str | None = None     # a local JWKS file (absolute path after loading)
+    max_token_age: int | None = None  # seconds since `iat`
+    leeway: int = 60                 # seconds of clock skew tolerated
+    source: SourceRef | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Target:
+    """``kind: target`` — something credentials are minted for."""
+    name: str
+    type: str                        # jwt | postgres | vault-database | ...
+    audience: str                    # `aud` of minted tokens
+    max_ttl: int                     # seconds
+    options: dict[str, Any] = field(default_factory=dict)   # kind-specific keys, validated at load
+    source: SourceRef | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class ClaimMatcher:
+    """One entry of a policy's ``match``: claim path -> any of the compiled patterns."""
+    claim: str                        # dotted path
+    patterns: tuple[re.Pattern[str], ...]   # all anchored (^...$, fullmatch)
+    spec: Any                         # the document's own spelling, for digests and display
+
+    def matches(self, value: Any) -> bool:
+        text = claim_text(value)
+        if text is None:
+            return False
+        return any(p.fullmatch(text) for p in self.patterns)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """``kind: policy`` — who may get which target, with which scopes, for how long."""
+    name: str
+    issuer: str                       # name of an IssuerConfig
+    targets: tuple[str, ...]          # names of Targets
+    match: tuple[ClaimMatcher, ...]
+    scopes: tuple[str, ...] | None    # None: the policy grants no scopes and accepts no scope request
+    max_ttl: int | None
+    digest: str                       # "sha256:<hex>" over the canonical document
+    extra: dict[str, Any] = field(default_factory=dict)  # keys later issues add (derive, approval, ...)
+    source: SourceRef | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Client:
+    """``kind: client`` — a caller of introspection, revocation and the audit API (HTTP Basic)."""
+    name: str
+    secret_sha256: str                # lower-case hex
+    may: frozenset[str]               # subset of {"audit", "introspect", "revoke"}
+    source: SourceRef | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    issuers: dict[str, IssuerConfig]
+    targets: dict[str, Target]
+    policies: tuple[Policy, ...]      # in load order: file name, then document order
+    clients: dict[str, Client]
+    digest: str                       # "sha256:<hex>" over all policy digests in order
+
+    def issuers_for_iss(self, iss: str) -> list[IssuerConfig]:
+        return [i for i in self.issuers.values() if i.issuer == iss]
+
+    def max_target_ttl(self) -> int:
+        return max((t.max_ttl for t in self.targets.values()), default=3600)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What :func:`broker.policy.evaluate` concludes. ``allowed`` False carries the error class."""
+    allowed: bool
+    policy: Policy | None = None
+    target: Target | None = None
+    scopes: tuple[str, ...] = ()
+    ttl: int = 0                      # granted lifetime in seconds (min of policy, target, request)
+    error: type | None = None         # a broker.errors class when refused
+    reason: str = ""                  # detail for the ledger/log (never a secret)
+
+
+def claim_value(claims: dict[str, Any], path: str) -> Any:
+    """Look up a dotted claim path (``kubernetes.io.namespace`` tries the literal key first)."""
+    if path in claims:
+        return claims[path]
+    node: Any = claims
+    parts = path.split(".")
+    i = 0
+    while i < len(parts):
+        if not isinstance(node, dict):
+            return None
+        # greedily match keys that themselves contain dots (e.g. "kubernetes.io")
+        for j in range(len(parts), i, -1):
+            key = ".".join(parts[i:j])
+            if key in node:
+                node = node[key]
+                i = j
+                break
+        else:
+            return None
+    return node
+
+
+def claim_text(value: Any) -> str | None:
+    """The string form used for matching and templates; None for absent or structured values."""
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, str)):
+        return str(value)
+    return None
