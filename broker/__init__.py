@@ -1,0 +1,60 @@
+"""nhi-broker: exchange a workload's attestation for a short-lived, attributed credential."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from flask import Flask
+
+__version__ = "0.1.0"
+
+log = logging.getLogger("broker")
+
+
+def build_context(config: dict[str, Any]):
+    """Build the resources of one broker process from a config mapping (also used by the CLI)."""
+    from broker import config as cfg
+    from broker.attestation import JWKSCache, open_replay_guard
+    from broker.context import BrokerContext
+    from broker.issuers import build_issuers
+    from broker.ledger import open_ledger
+    from broker.policy import load_policy_dir
+    from broker.signing import open_signer
+
+    policy_set = load_policy_dir(cfg.policy_dir(config))
+    state_dir = cfg.state_dir(config)
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    issuer = cfg.issuer(config)
+    signer = open_signer(cfg.text(config, "SIGNER"), state_dir=state_dir, issuer=issuer,
+                         retention=policy_set.max_target_ttl() + 120)
+    ledger = open_ledger(cfg.database_url(config))
+    jwks = JWKSCache(timeout=cfg.number(config, "JWKS_TIMEOUT"),
+                     cache_ttl=cfg.number(config, "JWKS_CACHE_TTL"),
+                     min_refetch_interval=cfg.number(config, "JWKS_MIN_REFETCH_INTERVAL"))
+    replay = open_replay_guard(cfg.redis_url(config), state_dir)
+    return BrokerContext(issuer=issuer, policy_set=policy_set, signer=signer, ledger=ledger,
+                         jwks=jwks, replay=replay, issuers=build_issuers(config))
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Defaults → ``BROKER_*`` environment → ``test_config``; blueprints; one error handler."""
+    from broker import config as cfg
+    from broker.api import audit, oauth, token, wellknown
+    from broker.api.errors import register_error_handlers
+
+    app = Flask(__name__)
+    app.config.from_mapping(cfg.DEFAULTS)
+    app.config.from_prefixed_env("BROKER")
+    if test_config:
+        app.config.update(test_config)
+    app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_CONTENT_LENGTH"])
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    logging.getLogger("broker").setLevel(str(app.config.get("LOG_LEVEL", "INFO")).upper())
+
+    app.extensions["broker"] = build_context(app.config)
+
+    for blueprint in (token.bp, oauth.bp, wellknown.bp, audit.bp):
+        app.register_blueprint(blueprint)
+    register_error_handlers(app)
+    return app

@@ -30,7 +30,9 @@ class BrokerError(rfc6749.OAuth2Error):
 
     def __init__(self, description: str | None = None, *, detail: str | None = None,
                  status_code: int | None = None, extra: dict[str, Any] | None = None) -> None:
-        super().__init__(description=_safe(description), status_code=status_code)
+        # Call the base directly: some Authlib subclasses (e.g. UnsupportedGrantTypeError) change
+        # the constructor signature; we only reuse their names and codes.
+        rfc6749.OAuth2Error.__init__(self, description=_safe(description), status_code=status_code)
         self.detail = detail or description or self.error
         self.extra = dict(extra or {})
 

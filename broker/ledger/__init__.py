@@ -1,0 +1,17 @@
+"""The ledger: append-only, hash-chained events and the credential projection.
+
+``open_ledger(url)`` returns a :class:`Ledger` backed by SQLite (``sqlite:///path``) or
+PostgreSQL (``postgresql://…``); any database failure surfaces as :class:`LedgerUnavailable`.
+"""
+from __future__ import annotations
+
+from broker.ledger.errors import LedgerUnavailable
+from broker.ledger.events import (
+    GENESIS_HASH, CredentialRecord, Event, EventDraft, VerifyReport, utc_timestamp,
+)
+from broker.ledger.store import Ledger, open_ledger
+
+__all__ = [
+    "GENESIS_HASH", "CredentialRecord", "Event", "EventDraft", "Ledger", "LedgerUnavailable",
+    "VerifyReport", "open_ledger", "utc_timestamp",
+]

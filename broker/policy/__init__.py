@@ -1,0 +1,26 @@
+"""Trust policies: strict YAML parse -> compile (anchored patterns, strict keys) -> evaluate().
+
+See :mod:`broker.policy.load` for the file format and the choices it makes,
+:mod:`broker.policy.patterns` for pattern semantics and :mod:`broker.policy.evaluate` for the
+decision order.
+"""
+from __future__ import annotations
+
+from broker.policy.evaluate import evaluate
+from broker.policy.load import (
+    FUTURE_POLICY_KEYS, check_policy_dir, load_policy_dir, load_policy_files, load_policy_text,
+)
+from broker.policy.model import (
+    ClaimMatcher, Client, Decision, IssuerConfig, Policy, PolicySet, SourceRef, Target,
+    claim_text, claim_value,
+)
+from broker.policy.problems import PolicyError, Problem
+from broker.policy.targets import TARGET_TYPES, TargetContext, TargetSchema, register_target_type
+
+__all__ = [
+    "FUTURE_POLICY_KEYS", "TARGET_TYPES",
+    "ClaimMatcher", "Client", "Decision", "IssuerConfig", "Policy", "PolicyError", "PolicySet",
+    "Problem", "SourceRef", "Target", "TargetContext", "TargetSchema",
+    "check_policy_dir", "claim_text", "claim_value", "evaluate", "load_policy_dir",
+    "load_policy_files", "load_policy_text", "register_target_type",
+]

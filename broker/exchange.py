@@ -1,0 +1,228 @@
+"""The exchange pipeline — the one place that strings the steps together.
+
+    1 verify the attestation    (broker.attestation: signature, claims, replay)
+    2 evaluate policies         (broker.policy: default deny)
+    3 issue the credential      (broker.issuers[target.type], then the broker-signed JWT)
+    4 record exactly one ledger event — ``mint`` or ``deny`` — then answer
+
+The event is drafted before the work starts and written in ``finally``-style handling, so every
+attempt that reaches attestation checking leaves one record, success or failure. The client
+sees a short reason; the ledger and the log get the detail. Secrets never enter either.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker import errors
+from broker.attestation import Attestation, verify_subject_token
+from broker.canonical import sha256_hex
+from broker.context import BrokerContext
+from broker.ids import new_credential_id
+from broker.issuers import IssuedCredential, IssueRequest
+from broker.ledger import LedgerUnavailable
+from broker.ledger.events import CredentialRecord, EventDraft
+from broker.policy import Decision, evaluate
+
+log = logging.getLogger("broker.exchange")
+
+GRANT_TYPE_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
+TOKEN_TYPE_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
+TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+SUBJECT_TOKEN_TYPES = frozenset({TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN})
+REQUESTED_TOKEN_TYPES = frozenset({TOKEN_TYPE_JWT, TOKEN_TYPE_ACCESS_TOKEN})
+
+
+@dataclass(frozen=True)
+class ExchangeRequest:
+    """A validated RFC 8693 request (parameters already checked by the API layer)."""
+    subject_token: str
+    subject_token_type: str
+    target: str                               # the `audience` parameter: a target name
+    scopes: tuple[str, ...] | None = None     # None: not requested
+    ttl: int | None = None                    # optional requested lifetime (seconds)
+
+
+@dataclass
+class ExchangeResult:
+    access_token: str
+    credential_id: str
+    expires_in: int
+    expires_at: int
+    scope: str
+    issued_token_type: str = TOKEN_TYPE_JWT
+    credential: dict[str, Any] | None = None  # secret-bearing kinds only; never logged
+
+    def to_response(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "access_token": self.access_token,
+            "issued_token_type": self.issued_token_type,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+            "scope": self.scope,
+            "credential_id": self.credential_id,
+        }
+        if self.credential is not None:
+            body["credential"] = self.credential
+        return body
+
+
+@dataclass
+class _Attempt:
+    """The ledger event under construction for one attempt."""
+    token_sha256: str
+    target: str
+    requested_scope: str | None
+    principal: str | None = None
+    run: dict[str, Any] | None = None
+    authorizer: dict[str, Any] | None = None
+    parent_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def deny(self, error: errors.BrokerError) -> EventDraft:
+        details = {**self.details, "error": error.error, "reason": error.detail,
+                   "attestation_sha256": self.token_sha256, "requested_target": self.target}
+        if self.requested_scope is not None:
+            details["requested_scope"] = self.requested_scope
+        return EventDraft(type="deny", principal=self.principal, run=self.run,
+                          authorizer=self.authorizer, target=self.target,
+                          parent_id=self.parent_id, details=details)
+
+
+def authorizer_for(decision: Decision) -> dict[str, Any]:
+    assert decision.policy is not None
+    return {"type": "policy", "name": decision.policy.name, "digest": decision.policy.digest}
+
+
+def exchange(ctx: BrokerContext, request: ExchangeRequest, *, now: float | None = None) -> ExchangeResult:
+    """Run the pipeline for one request. Raises a :class:`broker.errors.BrokerError` on refusal."""
+    attempt = _Attempt(token_sha256=sha256_hex(request.subject_token), target=request.target,
+                       requested_scope=None if request.scopes is None else " ".join(request.scopes))
+    try:
+        result = _exchange(ctx, request, attempt, now=time.time() if now is None else now)
+    except errors.BrokerError as refusal:
+        _record_deny(ctx, attempt, refusal)
+        raise
+    except Exception as exc:  # a bug: record it as a deny, answer a generic server_error
+        log.exception("exchange failed unexpectedly")
+        refusal = errors.ServerError("internal error", detail=f"internal error: {type(exc).__name__}")
+        _record_deny(ctx, attempt, refusal)
+        raise refusal from exc
+    return result
+
+
+def _record_deny(ctx: BrokerContext, attempt: _Attempt, refusal: errors.BrokerError) -> None:
+    log.info("deny target=%s principal=%s error=%s detail=%s", attempt.target, attempt.principal,
+             refusal.error, refusal.detail)
+    try:
+        ctx.ledger.append(attempt.deny(refusal))
+    except LedgerUnavailable:
+        log.error("ledger unavailable: a deny could not be recorded (target=%s)", attempt.target)
+
+
+def _exchange(ctx: BrokerContext, request: ExchangeRequest, attempt: _Attempt, *, now: float) -> ExchangeResult:
+    # 1. verify the attestation
+    try:
+        attestation = verify_subject_token(request.subject_token, policy_set=ctx.policy_set,
+                                           jwks=ctx.jwks, replay=ctx.replay, now=now)
+    except errors.BrokerError as refusal:
+        unverified_issuer = getattr(refusal, "unverified_issuer", None)
+        if unverified_issuer:
+            attempt.details["unverified_issuer"] = unverified_issuer
+        raise
+    attempt.principal = attestation.principal
+    attempt.run = attestation.run
+    attempt.details.update({"issuer": attestation.issuer.name, "iss": attestation.issuer.issuer})
+
+    # 2. evaluate policies
+    decision = evaluate(ctx.policy_set, issuer=attestation.issuer, claims=attestation.claims,
+                        target_name=request.target, requested_scopes=request.scopes,
+                        requested_ttl=request.ttl)
+    if not decision.allowed:
+        error_class = decision.error or errors.UnauthorizedClient
+        raise error_class(_client_reason(error_class), detail=decision.reason)
+    assert decision.policy is not None and decision.target is not None
+    authorizer = authorizer_for(decision)
+    attempt.authorizer = authorizer
+    attempt.details["policy"] = decision.policy.name
+
+    # 3. issue
+    return _mint(ctx, attestation, decision, authorizer, now=now)
+
+
+def _client_reason(error_class: type) -> str:
+    return {
+        errors.InvalidTarget: "unknown target",
+        errors.InvalidScope: "requested scope is not allowed",
+        errors.UnauthorizedClient: "no policy allows this exchange",
+    }.get(error_class, "request refused")
+
+
+def _mint(ctx: BrokerContext, attestation: Attestation, decision: Decision,
+          authorizer: dict[str, Any], *, now: float) -> ExchangeResult:
+    target = decision.target
+    assert target is not None
+    issued_at = int(now)
+    expires_at = issued_at + decision.ttl
+    credential_id = new_credential_id(now=now)
+    scope = " ".join(decision.scopes)
+    kind = ctx.issuers.get(target.type)
+    if kind is None:
+        raise errors.InvalidTarget("target is not usable",
+                                   detail=f"no issuer for target type {target.type!r}")
+    issue_request = IssueRequest(credential_id=credential_id, target=target,
+                                 principal=attestation.principal, run=attestation.run,
+                                 authorizer=authorizer, scopes=decision.scopes,
+                                 issued_at=issued_at, expires_at=expires_at)
+    issued: IssuedCredential = kind.issue(issue_request)
+    try:
+        claims = {
+            "iss": ctx.issuer,
+            "sub": attestation.principal,
+            "aud": target.audience,
+            "iat": issued_at,
+            "nbf": issued_at,
+            "exp": expires_at,
+            "jti": credential_id,
+            "scope": scope,
+            "target": target.name,
+            "run": attestation.run,
+            "authz": authorizer,
+            "attestation": {"iss": attestation.issuer.issuer, "issuer": attestation.issuer.name,
+                            "sha256": attestation.token_sha256},
+        }
+        access_token = ctx.signer.sign(claims)
+        record = CredentialRecord(
+            credential_id=credential_id, principal=attestation.principal, run=attestation.run,
+            authorizer=authorizer, target=target.name, target_type=target.type, scope=scope,
+            issued_at=issued_at, expires_at=expires_at, issuer=attestation.issuer.name,
+            details=dict(issued.details))
+        event = EventDraft(
+            type="mint", credential_id=credential_id, principal=attestation.principal,
+            run=attestation.run, authorizer=authorizer, target=target.name,
+            details={"issuer": attestation.issuer.name, "iss": attestation.issuer.issuer,
+                     "attestation_sha256": attestation.token_sha256, "scope": scope,
+                     "issued_at": issued_at, "expires_at": expires_at, "ttl": decision.ttl,
+                     "target_type": target.type, "policy": decision.policy.name if decision.policy else None,
+                     "token_sha256": sha256_hex(access_token), **issued.details})
+        ctx.ledger.record_mint(event, record)
+    except BaseException as exc:
+        if issued.undo is not None:
+            try:
+                issued.undo()
+            except Exception:  # noqa: BLE001 - the original failure is what matters
+                log.exception("could not undo a credential whose mint was not recorded "
+                              "(credential_id=%s)", credential_id)
+        if isinstance(exc, LedgerUnavailable):
+            raise errors.TemporarilyUnavailable(
+                "the ledger is unavailable; nothing was issued",
+                detail="ledger unavailable while recording mint") from exc
+        raise
+    log.info("mint credential_id=%s principal=%s target=%s policy=%s ttl=%s", credential_id,
+             attestation.principal, target.name, authorizer.get("name"), decision.ttl)
+    return ExchangeResult(access_token=access_token, credential_id=credential_id,
+                          expires_in=expires_at - issued_at, expires_at=expires_at, scope=scope,
+                          credential=issued.secret)

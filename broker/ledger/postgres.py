@@ -1,0 +1,137 @@
+"""PostgreSQL backend: one chain shared by every broker process on every host.
+
+A chain write is one transaction that locks the single ``ledger_head`` row with
+``SELECT … FOR UPDATE``; concurrent writers queue on that row lock, so each one reads the head
+the previous one committed. The transaction is sent in pipeline mode, in two round trips after
+the pool's connection check: ``BEGIN`` + head lock (+ guard), then insert event + move head
+(+ extra) + ``COMMIT``. The lock is therefore held for about one round trip plus the commit.
+
+Connections come from a small :class:`psycopg_pool.ConnectionPool` per process (autocommit,
+so a read is a single round trip; writes open their transaction explicitly).
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool
+
+from broker.ledger.errors import LedgerUnavailable
+from broker.ledger.events import Event, EventDraft, utc_timestamp
+from broker.ledger.schema import LATEST_VERSION, MIGRATIONS, PG_SCHEMA_LOCK_KEY, SCHEMA_VERSION_DDL
+from broker.ledger.store import (
+    SQL_HEAD, SQL_INSERT_EVENT, SQL_MOVE_HEAD, Ledger, Params, Reader, Row, Statement,
+    event_params, json_text, seal_next,
+)
+
+SQL_HEAD_FOR_UPDATE = SQL_HEAD + " FOR UPDATE"
+
+
+class PostgresLedger(Ledger):
+    """The ledger in a PostgreSQL database (production: many processes, one chain)."""
+
+    _db_errors = (psycopg.Error,)   # includes psycopg_pool's PoolTimeout and PoolClosed
+
+    def __init__(self, url: str, *, pool_size: int = 4, timeout: float = 5.0) -> None:
+        try:
+            conninfo_to_dict(url)
+        except psycopg.Error:
+            # libpq's message quotes the whole URL, password included: drop it entirely.
+            raise ValueError("malformed PostgreSQL ledger URL") from None
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max(1, int(pool_size)),
+            open=True,
+            timeout=timeout,                       # waiting for a free connection
+            kwargs={"autocommit": True, "connect_timeout": max(2, int(timeout))},
+            check=ConnectionPool.check_connection,  # drop connections broken by a restart
+            name="nhi-broker-ledger",
+        )
+        try:
+            with self._unavailable_on_error("open"):
+                self._migrate()
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # -- schema ----------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        with self._pool.connection() as conn, conn.transaction():
+            # Released at commit; serializes schema creation across processes and hosts.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (PG_SCHEMA_LOCK_KEY,))
+            conn.execute(SCHEMA_VERSION_DDL)
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+            current = int(row[0]) if row else 0
+            if current > LATEST_VERSION:
+                raise LedgerUnavailable(f"ledger schema version {current} is newer than this"
+                                        f" broker supports ({LATEST_VERSION})")
+            for migration in MIGRATIONS:
+                if migration.version <= current:
+                    continue
+                for sql, params in migration.statements("postgres"):
+                    conn.execute(sql, params or None)
+                conn.execute("INSERT INTO schema_version (version, description, applied_at)"
+                             " VALUES (%s, %s, %s)",
+                             (migration.version, migration.description, utc_timestamp()))
+
+    # -- primitives ------------------------------------------------------------------------
+    def _read(self, sql: str, params: Params) -> list[Row]:
+        with self._pool.connection() as conn:
+            return conn.execute(sql, tuple(params) or None).fetchall()
+
+    def _append(self, draft: EventDraft, *, guard: Statement | None = None,
+                extra: Sequence[Statement] = ()) -> Event | None:
+        # Explicit BEGIN/COMMIT in pipeline mode measured cheaper than conn.transaction().
+        # On any error the pool's connection context rolls back (or discards a broken one).
+        with self._pool.connection() as conn:
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                head_cursor = conn.execute(SQL_HEAD_FOR_UPDATE)
+                guard_cursor = conn.execute(guard[0], guard[1]) if guard is not None else None
+                head = head_cursor.fetchone()          # round trip: BEGIN, lock (, guard)
+                if head is None:
+                    raise LedgerUnavailable("ledger_head row is missing")
+                if guard_cursor is not None and guard_cursor.fetchone() is None:
+                    conn.execute("ROLLBACK")           # nothing to do
+                    return None
+                event = seal_next(draft, head_seq=int(head[0]), head_hash=head[1],
+                                  head_ts=head[2], now=utc_timestamp())
+                conn.execute(SQL_INSERT_EVENT, event_params(event))
+                conn.execute(SQL_MOVE_HEAD, (event.seq, event.hash, event.ts))
+                for sql, params in extra:
+                    conn.execute(sql, params)
+                conn.execute("COMMIT")
+            # leaving the pipeline synced: the second round trip, which waits for the commit
+        return event
+
+    def _merge_details(self, credential_id: str, details: dict[str, Any]) -> bool:
+        with self._pool.connection() as conn, conn.transaction():
+            row = conn.execute("SELECT details FROM credentials WHERE credential_id = %s"
+                               " FOR UPDATE", (credential_id,)).fetchone()
+            if row is None:
+                return False
+            merged = {**json.loads(row[0]), **details}
+            conn.execute("UPDATE credentials SET details = %s WHERE credential_id = %s",
+                         (json_text(merged), credential_id))
+            return True
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Reader]:
+        with self._pool.connection() as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+            def read(sql: str, params: Params) -> list[Row]:
+                return conn.execute(sql, tuple(params) or None).fetchall()
+
+            try:
+                yield read
+            finally:
+                if not conn.broken:
+                    conn.execute("ROLLBACK")

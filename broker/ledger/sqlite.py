@@ -1,0 +1,168 @@
+"""SQLite backend: one database file, shared by the threads and processes of one host.
+
+WAL mode lets readers run beside the one writer; every chain write starts with
+``BEGIN IMMEDIATE``, which takes the database's write lock up front (waiting up to the busy
+timeout), so reading the head and writing the next event can never interleave with another
+writer, in this process or another. ``synchronous=FULL``: a committed event survives a power
+cut. Connections are pooled per process (one per concurrently active thread).
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any, Iterator, Sequence
+
+from broker.ledger.errors import LedgerUnavailable
+from broker.ledger.events import Event, EventDraft, utc_timestamp
+from broker.ledger.schema import LATEST_VERSION, MIGRATIONS, SCHEMA_VERSION_DDL
+from broker.ledger.store import (
+    SQL_HEAD, SQL_INSERT_EVENT, SQL_MOVE_HEAD, Ledger, Params, Reader, Row, Statement,
+    event_params, json_text, seal_next,
+)
+
+MIN_SQLITE = (3, 35, 0)   # UPDATE … RETURNING
+
+
+@lru_cache(maxsize=256)
+def _q(sql: str) -> str:
+    """The shared SQL uses ``%s`` placeholders; sqlite3 wants ``?``."""
+    return sql.replace("%s", "?")
+
+
+class SQLiteLedger(Ledger):
+    """The ledger in one SQLite file (the embedded default)."""
+
+    _db_errors = (sqlite3.Error,)
+
+    def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise RuntimeError("the SQLite ledger needs SQLite >= 3.35"
+                               f" (have {sqlite3.sqlite_version})")
+        self.path = path
+        self._busy_timeout = float(busy_timeout)
+        self._lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
+        with self._unavailable_on_error("open"):
+            with self._connection() as conn:
+                self._migrate(conn)
+
+    # -- connections -----------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions; every write says BEGIN IMMEDIATE.
+        # check_same_thread=False: a pooled connection moves between threads (one at a time).
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                raise LedgerUnavailable("the ledger is closed")
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._connect()
+        healthy = True
+        try:
+            yield conn
+        except BaseException:
+            healthy = _rollback(conn)
+            raise
+        finally:
+            with self._lock:
+                if healthy and not self._closed:
+                    self._idle.append(conn)
+                    conn = None
+            if conn is not None:
+                conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    # -- schema ----------------------------------------------------------------------------
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        # journal_mode is a property of the file; it cannot change inside a transaction.
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(SCHEMA_VERSION_DDL)
+        current = conn.execute(
+            "SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
+        if current > LATEST_VERSION:
+            raise LedgerUnavailable(f"ledger schema version {current} is newer than this broker"
+                                    f" supports ({LATEST_VERSION})")
+        for migration in MIGRATIONS:
+            if migration.version <= current:
+                continue
+            for sql, params in migration.statements("sqlite"):
+                conn.execute(_q(sql), params)
+            conn.execute("INSERT INTO schema_version (version, description, applied_at)"
+                         " VALUES (?, ?, ?)",
+                         (migration.version, migration.description, utc_timestamp()))
+        conn.execute("COMMIT")
+
+    # -- primitives ------------------------------------------------------------------------
+    def _read(self, sql: str, params: Params) -> list[Row]:
+        with self._connection() as conn:
+            return conn.execute(_q(sql), tuple(params)).fetchall()
+
+    def _append(self, draft: EventDraft, *, guard: Statement | None = None,
+                extra: Sequence[Statement] = ()) -> Event | None:
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            head_seq, head_hash, head_ts = conn.execute(SQL_HEAD).fetchall()[0]
+            if guard is not None and not conn.execute(_q(guard[0]), guard[1]).fetchall():
+                conn.execute("ROLLBACK")
+                return None
+            event = seal_next(draft, head_seq=int(head_seq), head_hash=head_hash,
+                              head_ts=head_ts, now=utc_timestamp())
+            conn.execute(_q(SQL_INSERT_EVENT), event_params(event))
+            conn.execute(_q(SQL_MOVE_HEAD), (event.seq, event.hash, event.ts))
+            for sql, params in extra:
+                conn.execute(_q(sql), params)
+            conn.execute("COMMIT")
+            return event
+
+    def _merge_details(self, credential_id: str, details: dict[str, Any]) -> bool:
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            rows = conn.execute("SELECT details FROM credentials WHERE credential_id = ?",
+                                (credential_id,)).fetchall()
+            if not rows:
+                conn.execute("ROLLBACK")
+                return False
+            merged = {**json.loads(rows[0][0]), **details}
+            conn.execute("UPDATE credentials SET details = ? WHERE credential_id = ?",
+                         (json_text(merged), credential_id))
+            conn.execute("COMMIT")
+            return True
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Reader]:
+        with self._connection() as conn:
+            # A deferred transaction: the first SELECT fixes the WAL snapshot for all others.
+            conn.execute("BEGIN")
+
+            def read(sql: str, params: Params) -> list[Row]:
+                return conn.execute(_q(sql), tuple(params)).fetchall()
+
+            yield read
+            conn.execute("ROLLBACK")
+
+
+def _rollback(conn: sqlite3.Connection) -> bool:
+    """End any open transaction after a failure; False if the connection is unusable."""
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        return True
+    except sqlite3.Error:
+        return False

@@ -1,0 +1,109 @@
+"""Decide whether a verified attestation may have a credential for a target. Default deny.
+
+:func:`evaluate` judges claims that the attestation step has already verified; it does not
+look at signatures. Order of judgement:
+
+1. the target must exist (else ``invalid_target``);
+2. candidate policies: same issuer, the target among their ``targets``, every ``match``
+   entry matching (a missing claim never matches) — none: ``unauthorized_client``;
+3. the first candidate, in load order, whose scopes admit the request — none:
+   ``invalid_scope``. No requested scopes (``None``) is granted all of the policy's scopes
+   (none if it lists none); requested scopes must be a subset of the policy's (a policy
+   without ``scopes`` admits only an empty request);
+4. the lifetime is the least of the target's ``max_ttl``, the policy's ``max_ttl`` and the
+   requested lifetime.
+
+Granted scopes are always returned sorted and without duplicates, whatever the request's order.
+Reasons are short and meant for the ledger and the log: names of policies, targets, issuers,
+claims and scopes, never claim values.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from broker import errors
+from broker.durations import format_duration
+from broker.policy.model import Decision, IssuerConfig, Policy, PolicySet, claim_value
+
+_MAX_LISTED = 3
+
+
+def evaluate(policy_set: PolicySet, *, issuer: IssuerConfig, claims: dict[str, Any],
+             target_name: str, requested_scopes: tuple[str, ...] | None,
+             requested_ttl: int | None = None) -> Decision:
+    target = policy_set.targets.get(target_name)
+    if target is None:
+        return Decision(allowed=False, error=errors.InvalidTarget,
+                        reason=f"unknown target {_short(target_name)}")
+    if requested_ttl is not None and (isinstance(requested_ttl, bool) or requested_ttl <= 0):
+        return Decision(allowed=False, target=target, error=errors.InvalidRequest,
+                        reason="requested lifetime must be a positive number of seconds")
+
+    considered = [p for p in policy_set.policies
+                  if p.issuer == issuer.name and target.name in p.targets]
+    candidates: list[Policy] = []
+    mismatches: list[str] = []
+    for policy in considered:
+        failed = [m.claim for m in policy.match if not m.matches(claim_value(claims, m.claim))]
+        if failed:
+            mismatches.append(f"{policy.name} [{', '.join(failed)}]")
+        else:
+            candidates.append(policy)
+    if not candidates:
+        if not considered:
+            reason = f"no policy allows issuer {issuer.name!r} target {target.name!r}"
+        else:
+            reason = (f"no policy allows issuer {issuer.name!r} target {target.name!r}: "
+                      f"claims did not match in {_listing(mismatches)}")
+        return Decision(allowed=False, target=target, error=errors.UnauthorizedClient, reason=reason)
+
+    for policy in candidates:
+        granted = _granted_scopes(policy, requested_scopes)
+        if granted is not None:
+            break
+    else:
+        assert requested_scopes is not None
+        return Decision(
+            allowed=False, target=target, error=errors.InvalidScope,
+            reason=(f"scopes {_short(' '.join(sorted(set(requested_scopes))))} are not granted "
+                    f"by matching policies {_listing([p.name for p in candidates])}"),
+        )
+
+    ttl = target.max_ttl
+    if policy.max_ttl is not None:
+        ttl = min(ttl, policy.max_ttl)
+    if requested_ttl is not None:
+        ttl = min(ttl, requested_ttl)
+    scope_text = " ".join(granted) if granted else "none"
+    return Decision(
+        allowed=True, policy=policy, target=target, scopes=granted, ttl=ttl,
+        reason=(f"policy {policy.name!r} allows target {target.name!r} "
+                f"(scopes: {_clip(scope_text)}; ttl {format_duration(ttl)})"),
+    )
+
+
+def _granted_scopes(policy: Policy, requested: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """The scopes granted under ``policy``, or None when it does not admit the request."""
+    offered = set(policy.scopes or ())
+    if requested is None:
+        return tuple(sorted(offered))
+    wanted = set(requested)
+    if not wanted <= offered:
+        return None
+    return tuple(sorted(wanted))
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:_MAX_LISTED])
+    if len(names) > _MAX_LISTED:
+        shown += f" and {len(names) - _MAX_LISTED} more"
+    return shown
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _short(text: str, limit: int = 120) -> str:
+    """A request value (target name, scopes) quoted and clipped for the ledger."""
+    return _clip(repr(text), limit)

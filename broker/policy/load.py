@@ -1,0 +1,800 @@
+"""Load trust policies: strict YAML parse, then compile into :mod:`broker.policy.model` objects.
+
+``BROKER_POLICY_DIR`` holds ``*.yaml`` / ``*.yml`` files (not recursive; hidden files skipped;
+read in name order). Each file holds YAML documents, each with a ``kind``: ``issuer``,
+``target``, ``policy`` or ``client``. Loading collects *every* problem of every file (a bad
+document does not stop the next one) and raises one :class:`PolicyError` listing them as
+``file:line: message``. A bad policy therefore fails at load or at ``broker policy check``,
+never in the middle of a request.
+
+Strictness: unknown keys, missing required keys, wrong types, duplicate keys, duplicate names
+within a kind, unknown kinds/presets/target types and references to undefined issuers or
+targets are all errors. Names match ``^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$``.
+
+Choices made here (the format is a user-facing contract; keep this list in step with the code):
+
+``kind: issuer``
+    Every preset field may be overridden. ``issuer`` is required when the preset has none
+    (``kubernetes``, ``spiffe``, ``oidc``). ``preset`` defaults to ``oidc``.
+    ``run`` is MERGED over the preset's run map: a listed field is added or replaces the
+    preset's claim, a field set to ``null`` removes the preset's field (removing a field the
+    preset does not have is an error, as it is most likely a typo).
+    ``required_claims`` (optional list) ADDS to the preset's required claims; it cannot remove
+    any.
+    ``algorithms`` replaces the preset's allowlist; only :data:`ASYMMETRIC_ALGORITHMS`.
+    ``issuer`` and ``jwks_uri`` are https URLs (http only for 127.0.0.0/8, ::1, localhost),
+    without credentials or fragment (``issuer`` also without query). At most one of
+    ``jwks_uri`` / ``jwks_file``; ``jwks_file`` is relative to the policy file's folder, must
+    exist and hold a JSON key set (``{"keys": [...]}``); it is stored as an absolute path.
+    ``principal`` is a template of literal text and ``{claim.path}`` placeholders (at least
+    one; no stray braces). ``leeway`` is whole seconds 0..300 (default 60); ``max_token_age``
+    a duration.
+``kind: target``
+    ``type`` must be registered in :data:`broker.policy.targets.TARGET_TYPES`, which also
+    says which extra keys the type allows. ``audience`` defaults to the name and must be unique
+    among targets. ``max_ttl`` is required.
+``kind: policy``
+    ``match`` is required and non-empty: a policy that should accept every token of an issuer
+    must say so (e.g. ``sub: {regex: ".*"}``). Pattern semantics: :mod:`broker.policy.patterns`.
+    ``scopes`` is an optional list of RFC 6749 scope tokens. Keys in
+    :data:`FUTURE_POLICY_KEYS` are accepted and kept, as written, in ``Policy.extra``.
+``kind: client``
+    ``secret_sha256`` is 64 hex digits (stored lower-case); ``may`` a non-empty subset of
+    ``audit``, ``introspect``, ``revoke``.
+
+Digests: a policy's digest is ``"sha256:" + sha256_hex(canonical_json(document))`` over the
+document as parsed (so key order and YAML spelling do not matter, values do). The policy set's
+digest covers the ordered list of policy digests and the issuer, target and client documents.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import urlsplit
+
+from broker.attestation.presets import ASYMMETRIC_ALGORITHMS, PRESETS, Preset
+from broker.canonical import canonical_json, sha256_hex
+from broker.durations import parse_duration
+from broker.policy.model import (
+    ClaimMatcher, Client, IssuerConfig, Policy, PolicySet, SourceRef, Target, claim_text,
+)
+from broker.policy.patterns import compile_exact, compile_glob, compile_regex
+from broker.policy.problems import PolicyError, Problem
+from broker.policy.source import Located, read_documents, type_name
+from broker.policy.targets import COMMON_TARGET_KEYS, TARGET_TYPES, TargetContext
+
+KINDS = ("issuer", "target", "policy", "client")
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+DEFAULT_PRESET = "oidc"
+DEFAULT_LEEWAY = 60
+MAX_LEEWAY = 300
+
+ISSUER_REQUIRED = frozenset({"kind", "name", "audience"})
+ISSUER_KEYS = ISSUER_REQUIRED | {
+    "preset", "issuer", "jwks_uri", "jwks_file", "algorithms", "principal", "run",
+    "required_claims", "max_token_age", "leeway",
+}
+TARGET_REQUIRED = frozenset({"kind", "name", "type", "max_ttl"})
+
+# Policy keys later issues add (e.g. "derive", "approval", "may_act"). A key listed here is
+# accepted and stored, as written, in Policy.extra (and covered by the policy's digest).
+FUTURE_POLICY_KEYS: frozenset[str] = frozenset()
+POLICY_REQUIRED = frozenset({"kind", "name", "issuer", "targets", "match"})
+POLICY_KEYS = POLICY_REQUIRED | {"scopes", "max_ttl"}
+
+CLIENT_PERMISSIONS = frozenset({"audit", "introspect", "revoke"})
+CLIENT_KEYS = frozenset({"kind", "name", "secret_sha256", "may"})
+
+_PATTERN_KEYS = ("glob", "regex")
+_CLAIM_PATH = re.compile(r"[^\s{}.]+(?:\.[^\s{}.]+)*")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_RUN_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")      # RFC 6749 §3.3 scope-token
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
+
+# ---------------------------------------------------------------------------- public API
+
+def load_policy_dir(path: str | Path) -> PolicySet:
+    """Load every ``*.yaml`` / ``*.yml`` file directly in ``path``, in name order."""
+    root = Path(path)
+    if not root.is_dir():
+        reason = "does not exist" if not root.exists() else "is not a directory"
+        raise PolicyError([Problem(str(root), 0, f"policy directory {reason}")])
+    files = sorted(
+        (p for p in root.iterdir()
+         if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()),
+        key=lambda p: p.name,
+    )
+    return load_policy_files(files)
+
+
+def load_policy_files(paths: Iterable[str | Path]) -> PolicySet:
+    """Load the given files in the given order (policies keep that order)."""
+    loader = _Loader()
+    for raw in paths:
+        path = Path(raw)
+        file = str(raw)
+        loader.files.append(file)
+        try:
+            text = path.read_bytes().decode("utf-8-sig")
+        except OSError as exc:
+            loader.problems.append(Problem(file, 0, f"cannot read policy file: {exc.strerror or exc}"))
+            continue
+        except UnicodeDecodeError as exc:
+            loader.problems.append(Problem(file, 0, f"policy file is not UTF-8: {exc.reason}"))
+            continue
+        loader.load_text(text, file, path.resolve().parent)
+    return loader.finish()
+
+
+def load_policy_text(text: str, filename: str = "<string>", *,
+                     base_dir: str | Path | None = None) -> PolicySet:
+    """Load policy documents from a string. ``jwks_file`` paths are relative to ``base_dir``
+    (default: the folder of ``filename``, or the working directory for ``<string>``)."""
+    loader = _Loader()
+    loader.files.append(filename)
+    if base_dir is None:
+        base_dir = Path.cwd() if filename.startswith("<") else Path(filename).resolve().parent
+    loader.load_text(text, filename, Path(base_dir))
+    return loader.finish()
+
+
+def check_policy_dir(path: str | Path) -> list[Problem]:
+    """Every problem of the policy directory (empty when it loads); for ``broker policy check``."""
+    try:
+        load_policy_dir(path)
+    except PolicyError as exc:
+        return exc.problems
+    return []
+
+
+# ---------------------------------------------------------------------------- loading
+
+class _Loader:
+    """Accumulates documents and problems over all files; :meth:`finish` builds the set."""
+
+    def __init__(self) -> None:
+        self.files: list[str] = []
+        self.problems: list[Problem] = []
+        self.declared: dict[str, dict[str, SourceRef]] = {kind: {} for kind in KINDS}
+        self.documents: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS if kind != "policy"}
+        self.issuers: dict[str, IssuerConfig] = {}
+        self.targets: dict[str, Target] = {}
+        self.audiences: dict[str, tuple[str, SourceRef]] = {}
+        self.policies: list[Policy] = []
+        self.clients: dict[str, Client] = {}
+        self.references: list[tuple[_Doc, str, Located]] = []   # (policy doc, kind, name node)
+
+    def load_text(self, text: str, file: str, base_dir: Path) -> None:
+        def report(line: int, message: str) -> None:
+            self.problems.append(Problem(file, line, message))
+
+        for node in read_documents(text, report):
+            self._document(node, file, base_dir)
+
+    def _document(self, node: Located, file: str, base_dir: Path) -> None:
+        if not node.is_mapping:
+            self.problems.append(Problem(
+                file, node.line, f"a policy document must be a mapping with a 'kind', got {type_name(node.data)}"))
+            return
+        kind_node = node.get("kind")
+        if kind_node is None:
+            self.problems.append(Problem(
+                file, node.line, f"document has no 'kind' (one of: {', '.join(KINDS)})"))
+            return
+        kind = kind_node.data
+        if kind_node.reported:
+            return
+        if kind not in KINDS:
+            shown = repr(kind) if isinstance(kind, str) else type_name(kind)
+            self.problems.append(Problem(
+                file, kind_node.line, f"unknown kind {shown} (one of: {', '.join(KINDS)})"))
+            return
+        doc = _Doc(self, file, base_dir, node, kind)
+        doc.read_name()
+        if kind == "issuer":
+            _compile_issuer(doc)
+        elif kind == "target":
+            _compile_target(doc)
+        elif kind == "policy":
+            _compile_policy(doc)
+        else:
+            _compile_client(doc)
+
+    def finish(self) -> PolicySet:
+        for doc, kind, ref in self.references:
+            known = self.declared[kind]
+            if ref.data not in known:
+                listing = ", ".join(sorted(known)) or "none"
+                doc.error(ref.line, f"unknown {kind} {ref.data!r} (defined {kind}s: {listing})")
+        if self.problems:
+            order = {file: i for i, file in enumerate(self.files)}
+            raise PolicyError(sorted(self.problems, key=lambda p: (order.get(p.file, -1), p.line)))
+        digest_input = {
+            "policies": [p.digest for p in self.policies],
+            "issuers": self.documents["issuer"],
+            "targets": self.documents["target"],
+            "clients": self.documents["client"],
+        }
+        return PolicySet(
+            issuers=dict(self.issuers),
+            targets=dict(self.targets),
+            policies=tuple(self.policies),
+            clients=dict(self.clients),
+            digest=_digest(digest_input),
+        )
+
+
+def _digest(document: Any) -> str:
+    return "sha256:" + sha256_hex(canonical_json(document))
+
+
+class _Doc:
+    """One document being compiled: typed field readers that report ``file:line`` problems."""
+
+    def __init__(self, loader: _Loader, file: str, base_dir: Path, node: Located, kind: str) -> None:
+        self.loader = loader
+        self.file = file
+        self.base_dir = base_dir
+        self.node = node
+        self.kind = kind
+        self.name: str | None = None
+        self.ok = True
+
+    @property
+    def source(self) -> SourceRef:
+        return SourceRef(self.file, self.node.line)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.name!r}" if self.name else f"{self.kind} document"
+
+    def error(self, line: int, message: str) -> None:
+        self.ok = False
+        self.loader.problems.append(Problem(self.file, line, f"{self.label}: {message}"))
+
+    def quiet(self, node: Located) -> bool:
+        """True when reading ``node`` already reported a problem (an alias, a refused tag...):
+        the document is bad, but a second message about the same value would be noise."""
+        if node.reported:
+            self.ok = False
+        return node.reported
+
+    def read_name(self) -> None:
+        node = self.node.get("name")
+        if node is None:
+            return                      # reported by check_keys as a missing required key
+        if self.quiet(node):
+            return
+        if not isinstance(node.data, str) or not NAME_RE.fullmatch(node.data):
+            shown = repr(node.data) if isinstance(node.data, str) else type_name(node.data)
+            self.error(node.line, f"name must be 1-128 letters, digits, '.', '_' or '-' "
+                                  f"starting with a letter or digit, got {shown}")
+            return
+        self.name = node.data
+        declared = self.loader.declared[self.kind]
+        if self.name in declared:
+            self.error(node.line, f"duplicate {self.kind} name {self.name!r} "
+                                  f"(first defined at {declared[self.name]})")
+            return
+        declared[self.name] = SourceRef(self.file, node.line)
+
+    def check_keys(self, required: Iterable[str], allowed: Iterable[str]) -> None:
+        allowed = frozenset(allowed)
+        assert self.node.items is not None
+        for key, (line, _) in self.node.items.items():
+            if key not in allowed:
+                self.error(line, f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
+        for key in sorted(required):
+            if key not in self.node.items:
+                self.error(self.node.line, f"missing required key {key!r}")
+
+    # --- typed readers; each returns None (and reports) when the value is unusable ----------
+
+    def string(self, key: str) -> str | None:
+        node = self.node.get(key)
+        if node is None or self.quiet(node):
+            return None
+        if not isinstance(node.data, str) or not node.data.strip():
+            got = "an empty string" if isinstance(node.data, str) else type_name(node.data)
+            self.error(node.line, f"{key} must be a non-empty string, got {got}")
+            return None
+        return node.data
+
+    def string_list(self, key: str, *, allow_empty: bool = False) -> list[Located] | None:
+        """The elements of a list of non-empty strings (duplicates reported)."""
+        node = self.node.get(key)
+        if node is None or self.quiet(node):
+            return None
+        if not node.is_list:
+            self.error(node.line, f"{key} must be a list of strings, got {type_name(node.data)}")
+            return None
+        assert node.elements is not None
+        if not node.elements and not allow_empty:
+            self.error(node.line, f"{key} must not be empty")
+            return None
+        good: list[Located] = []
+        seen: set[str] = set()
+        for element in node.elements:
+            if self.quiet(element):
+                continue
+            if not isinstance(element.data, str) or not element.data.strip():
+                got = "an empty string" if isinstance(element.data, str) else type_name(element.data)
+                self.error(element.line, f"{key} must be a list of non-empty strings, got {got}")
+            elif element.data in seen:
+                self.error(element.line, f"{key} lists {element.data!r} twice")
+            else:
+                seen.add(element.data)
+                good.append(element)
+        return good if len(good) == len(node.elements) else None
+
+    def duration(self, key: str) -> int | None:
+        node = self.node.get(key)
+        if node is None or self.quiet(node):
+            return None
+        try:
+            return parse_duration(node.data)
+        except ValueError as exc:
+            self.error(node.line, f"{key}: {exc}")
+            return None
+
+    def url(self, key: str, *, allow_query: bool) -> str | None:
+        value = self.string(key)
+        if value is None:
+            return None
+        problem = _url_problem(value, allow_query=allow_query)
+        if problem:
+            self.error(self.node.get(key).line, f"{key} {problem}")   # type: ignore[union-attr]
+            return None
+        return value
+
+
+def _url_problem(value: str, *, allow_query: bool) -> str | None:
+    if value != value.strip() or any(ch.isspace() for ch in value):
+        return "must not contain whitespace"
+    try:
+        parts = urlsplit(value)
+        parts.port                                      # noqa: B018 - validates the port
+    except ValueError as exc:
+        return f"is not a valid URL: {exc}"
+    if parts.scheme not in ("https", "http"):
+        return f"must be an https URL, got {value!r}"
+    host = parts.hostname
+    if not host:
+        return f"has no host: {value!r}"
+    if parts.username is not None or parts.password is not None:
+        return "must not contain credentials"
+    if parts.fragment or value.endswith("#"):
+        return "must not contain a fragment"
+    if not allow_query and (parts.query or "?" in value):
+        return "must not contain a query"
+    if parts.scheme == "http" and not _is_loopback(host):
+        return (f"must use https; http is allowed only for loopback hosts "
+                f"(127.0.0.0/8, ::1, localhost), got {value!r}")
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _claim_path_ok(path: Any) -> bool:
+    return isinstance(path, str) and _CLAIM_PATH.fullmatch(path) is not None
+
+
+def _template_problem(template: str) -> str | None:
+    placeholders = _PLACEHOLDER.findall(template)
+    rest = _PLACEHOLDER.sub("", template)
+    if "{" in rest or "}" in rest:
+        return f"has an unbalanced '{{' or '}}': {template!r}"
+    if not placeholders:
+        return f"must contain at least one {{claim}} placeholder: {template!r}"
+    for placeholder in placeholders:
+        if not _claim_path_ok(placeholder):
+            return f"has a malformed placeholder {{{placeholder}}} (want a claim name or dotted path)"
+    return None
+
+
+# ---------------------------------------------------------------------------- kind: issuer
+
+def _compile_issuer(doc: _Doc) -> None:
+    doc.check_keys(ISSUER_REQUIRED, ISSUER_KEYS)
+    node = doc.node
+
+    preset: Preset | None = None
+    preset_name = DEFAULT_PRESET
+    if node.get("preset") is not None:
+        given = doc.string("preset")
+        if given is not None and given not in PRESETS:
+            doc.error(node.get("preset").line,  # type: ignore[union-attr]
+                      f"unknown preset {given!r} (one of: {', '.join(sorted(PRESETS))})")
+        elif given is not None:
+            preset_name = given
+            preset = PRESETS[given]
+    else:
+        preset = PRESETS[DEFAULT_PRESET]
+
+    issuer_url = doc.url("issuer", allow_query=False)
+    if node.get("issuer") is None and preset is not None:
+        if preset.issuer is None:
+            doc.error(node.line, f"missing required key 'issuer' (preset {preset_name!r} has no default issuer)")
+        else:
+            issuer_url = preset.issuer
+
+    audience = doc.string("audience")
+    jwks_uri = doc.url("jwks_uri", allow_query=True)
+    jwks_file = _jwks_file(doc)
+    if node.get("jwks_uri") is not None and node.get("jwks_file") is not None:
+        doc.error(node.key_line("jwks_file"), "give at most one of 'jwks_uri' and 'jwks_file'")
+
+    algorithms = _algorithms(doc, preset)
+    principal = preset.principal if preset else ""
+    if node.get("principal") is not None:
+        given = doc.string("principal")
+        if given is not None:
+            problem = _template_problem(given)
+            if problem:
+                doc.error(node.get("principal").line, f"principal {problem}")  # type: ignore[union-attr]
+            else:
+                principal = given
+    run = _run_map(doc, preset)
+    required_claims = _required_claims(doc, preset)
+    max_token_age = doc.duration("max_token_age")
+    leeway = _leeway(doc)
+
+    if not doc.ok or doc.name is None or preset is None:
+        return
+    assert issuer_url is not None and audience is not None and algorithms is not None
+    assert run is not None and required_claims is not None
+    doc.loader.documents["issuer"][doc.name] = node.data
+    doc.loader.issuers[doc.name] = IssuerConfig(
+        name=doc.name,
+        preset=preset.name,
+        issuer=issuer_url,
+        audience=audience,
+        algorithms=algorithms,
+        principal=principal,
+        run=run,
+        required_claims=required_claims,
+        jwks_uri=jwks_uri,
+        jwks_file=jwks_file,
+        max_token_age=max_token_age,
+        leeway=leeway,
+        source=doc.source,
+    )
+
+
+def _jwks_file(doc: _Doc) -> str | None:
+    value = doc.string("jwks_file")
+    if value is None:
+        return None
+    line = doc.node.get("jwks_file").line  # type: ignore[union-attr]
+    path = Path(value)
+    if not path.is_absolute():
+        path = doc.base_dir / path
+    path = path.resolve()
+    if not path.is_file():
+        doc.error(line, f"jwks_file {value!r} does not exist (looked for {path})")
+        return None
+    try:
+        key_set = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        doc.error(line, f"jwks_file {value!r} is not a readable JSON key set ({type(exc).__name__})")
+        return None
+    if not isinstance(key_set, dict) or not isinstance(key_set.get("keys"), list):
+        doc.error(line, f"jwks_file {value!r} is not a JSON key set (want an object with a 'keys' list)")
+        return None
+    return str(path)
+
+
+def _algorithms(doc: _Doc, preset: Preset | None) -> tuple[str, ...] | None:
+    node = doc.node.get("algorithms")
+    if node is None:
+        return preset.algorithms if preset else None
+    if doc.quiet(node):
+        return None
+    if not node.is_list or not node.elements:
+        got = "an empty list" if node.is_list else type_name(node.data)
+        doc.error(node.line, f"algorithms must be a non-empty list of algorithm names, got {got}")
+        return None
+    allowed = ", ".join(sorted(ASYMMETRIC_ALGORITHMS))
+    result: list[str] = []
+    bad = False
+    for element in node.elements:
+        alg = element.data
+        if doc.quiet(element):
+            pass
+        elif not isinstance(alg, str):
+            doc.error(element.line, f"algorithms must be strings, got {type_name(alg)}")
+        elif alg.lower() == "none":
+            doc.error(element.line, "algorithm 'none' is never allowed: an unsigned token proves nothing")
+        elif alg.upper().startswith("HS"):
+            doc.error(element.line, f"algorithm {alg!r} is not allowed: HMAC uses a shared secret, "
+                                    f"which cannot prove which workload signed")
+        elif alg not in ASYMMETRIC_ALGORITHMS:
+            doc.error(element.line, f"unknown algorithm {alg!r} (allowed: {allowed})")
+        else:
+            if alg not in result:
+                result.append(alg)
+            continue
+        bad = True
+    return None if bad else tuple(result)
+
+
+def _run_map(doc: _Doc, preset: Preset | None) -> dict[str, str] | None:
+    run = dict(preset.run) if preset else {}
+    node = doc.node.get("run")
+    if node is None:
+        return run
+    if doc.quiet(node):
+        return None
+    if not node.is_mapping:
+        doc.error(node.line, f"run must be a mapping of run field -> claim, got {type_name(node.data)}")
+        return None
+    assert node.items is not None
+    ok = True
+    for field, (key_line, value) in node.items.items():
+        if not _RUN_FIELD.fullmatch(field):
+            doc.error(key_line, f"run field {field!r} must be a letter or '_' then letters, digits or '_'")
+            ok = False
+        elif doc.quiet(value):
+            ok = False
+        elif value.data is None:
+            if preset is not None and field not in run:
+                doc.error(value.line, f"run field {field!r} is null but preset {preset.name!r} "
+                                      f"has no such field to remove")
+                ok = False
+            run.pop(field, None)
+        elif not _claim_path_ok(value.data):
+            got = repr(value.data) if isinstance(value.data, str) else type_name(value.data)
+            doc.error(value.line, f"run.{field} must be a claim name or dotted path (or null to "
+                                  f"remove the preset's field), got {got}")
+            ok = False
+        else:
+            run[field] = value.data
+    return run if ok else None
+
+
+def _required_claims(doc: _Doc, preset: Preset | None) -> tuple[str, ...] | None:
+    claims = list(preset.required_claims) if preset else []
+    elements = doc.string_list("required_claims", allow_empty=True)
+    if doc.node.get("required_claims") is not None and elements is None:
+        return None
+    ok = True
+    for element in elements or ():
+        if not _claim_path_ok(element.data):
+            doc.error(element.line, f"required_claims: {element.data!r} is not a claim name or dotted path")
+            ok = False
+        elif element.data not in claims:
+            claims.append(element.data)
+    return tuple(claims) if ok else None
+
+
+def _leeway(doc: _Doc) -> int:
+    node = doc.node.get("leeway")
+    if node is None or doc.quiet(node):
+        return DEFAULT_LEEWAY
+    value = node.data
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LEEWAY:
+        shown = repr(value) if isinstance(value, int) and not isinstance(value, bool) else type_name(value)
+        doc.error(node.line, f"leeway must be whole seconds from 0 to {MAX_LEEWAY}, got {shown}")
+        return DEFAULT_LEEWAY
+    return value
+
+
+# ---------------------------------------------------------------------------- kind: target
+
+def _compile_target(doc: _Doc) -> None:
+    node = doc.node
+    type_node = node.get("type")
+    schema = None
+    if type_node is not None:
+        type_name_ = doc.string("type")
+        if type_name_ is not None:
+            schema = TARGET_TYPES.get(type_name_)
+            if schema is None:
+                doc.error(type_node.line, f"unknown target type {type_name_!r} "
+                                          f"(one of: {', '.join(sorted(TARGET_TYPES))})")
+    if schema is not None:
+        doc.check_keys(TARGET_REQUIRED | schema.required_keys, COMMON_TARGET_KEYS | schema.allowed_keys)
+    else:   # without a known type, the type's own keys cannot be judged: only the common ones
+        doc.check_keys(TARGET_REQUIRED, set(node.items or ()))
+
+    audience = doc.name
+    if node.get("audience") is not None:
+        audience = doc.string("audience")
+    max_ttl = doc.duration("max_ttl")
+
+    options: dict[str, Any] = {}
+    if schema is not None and doc.name is not None:
+        nodes = {key: node.get(key) for key in schema.allowed_keys if node.get(key) is not None}
+        options = {key: value.data for key, value in nodes.items()}  # type: ignore[union-attr]
+        ctx = TargetContext(name=doc.name, type=schema.name, options=options, file=doc.file,
+                            line=node.line, base_dir=doc.base_dir, nodes=nodes)  # type: ignore[arg-type]
+        for problem in schema.validate(ctx) or ():
+            doc.ok = False
+            doc.loader.problems.append(problem)
+        options = ctx.options
+
+    if audience is not None and doc.name is not None:
+        line = node.get("audience").line if node.get("audience") is not None else node.line  # type: ignore[union-attr]
+        other = doc.loader.audiences.get(audience)
+        if other is not None:
+            doc.error(line, f"audience {audience!r} is already the audience of target "
+                            f"{other[0]!r} ({other[1]})")
+        else:
+            doc.loader.audiences[audience] = (doc.name, SourceRef(doc.file, line))
+
+    if not doc.ok or schema is None or doc.name is None:
+        return
+    assert audience is not None and max_ttl is not None
+    doc.loader.documents["target"][doc.name] = node.data
+    doc.loader.targets[doc.name] = Target(
+        name=doc.name, type=schema.name, audience=audience, max_ttl=max_ttl,
+        options=options, source=doc.source,
+    )
+
+
+# ---------------------------------------------------------------------------- kind: policy
+
+def _compile_policy(doc: _Doc) -> None:
+    allowed = POLICY_KEYS | FUTURE_POLICY_KEYS
+    doc.check_keys(POLICY_REQUIRED, allowed)
+    node = doc.node
+
+    issuer = doc.string("issuer")
+    if issuer is not None:
+        doc.loader.references.append((doc, "issuer", node.get("issuer")))  # type: ignore[arg-type]
+    target_nodes = doc.string_list("targets")
+    for element in target_nodes or ():
+        doc.loader.references.append((doc, "target", element))
+    match = _match(doc)
+    scopes: tuple[str, ...] | None = None
+    scope_nodes = doc.string_list("scopes", allow_empty=True)
+    for element in scope_nodes or ():
+        if not _SCOPE.fullmatch(element.data):
+            doc.error(element.line, f"scope {element.data!r} must not contain spaces, '\"' or '\\'")
+    if scope_nodes is not None:
+        scopes = tuple(e.data for e in scope_nodes)
+    max_ttl = doc.duration("max_ttl")
+    extra = {key: node.get(key).data for key in FUTURE_POLICY_KEYS if node.get(key) is not None}  # type: ignore[union-attr]
+
+    if not doc.ok or doc.name is None:
+        return
+    assert issuer is not None and target_nodes is not None and match is not None
+    doc.loader.policies.append(Policy(
+        name=doc.name,
+        issuer=issuer,
+        targets=tuple(e.data for e in target_nodes),
+        match=match,
+        scopes=scopes,
+        max_ttl=max_ttl,
+        digest=_digest(node.data),
+        extra=extra,
+        source=doc.source,
+    ))
+
+
+def _match(doc: _Doc) -> tuple[ClaimMatcher, ...] | None:
+    node = doc.node.get("match")
+    if node is None or doc.quiet(node):
+        return None
+    if not node.is_mapping or not node.items:
+        got = "an empty mapping" if node.is_mapping else type_name(node.data)
+        doc.error(node.line, f"match must be a non-empty mapping of claim -> pattern, got {got}")
+        return None
+    matchers: list[ClaimMatcher] = []
+    ok = True
+    for claim, (key_line, spec) in node.items.items():
+        if not _claim_path_ok(claim):
+            doc.error(key_line, f"match: {claim!r} is not a claim name or dotted path")
+            ok = False
+            continue
+        patterns = _patterns(doc, claim, spec)
+        if patterns is None:
+            ok = False
+            continue
+        matchers.append(ClaimMatcher(claim=claim, patterns=patterns, spec=spec.data))
+    return tuple(matchers) if ok else None
+
+
+def _patterns(doc: _Doc, claim: str, spec: Located) -> tuple[re.Pattern[str], ...] | None:
+    if doc.quiet(spec):
+        return None
+    if not spec.is_list:
+        one = _pattern(doc, claim, spec)
+        return None if one is None else (one,)
+    assert spec.elements is not None
+    if not spec.elements:
+        doc.error(spec.line, f"match.{claim}: an empty list matches nothing")
+        return None
+    patterns = []
+    for element in spec.elements:
+        if doc.quiet(element):
+            pattern = None
+        elif element.is_list:
+            doc.error(element.line, f"match.{claim}: lists of patterns cannot be nested")
+            pattern = None
+        else:
+            pattern = _pattern(doc, claim, element)
+        if pattern is not None:
+            patterns.append(pattern)
+    return tuple(patterns) if len(patterns) == len(spec.elements) else None
+
+
+def _pattern(doc: _Doc, claim: str, spec: Located) -> re.Pattern[str] | None:
+    value = spec.data
+    if isinstance(value, (bool, int, str)):
+        return compile_exact(claim_text(value))  # type: ignore[arg-type]
+    if not spec.is_mapping:
+        hint = "; quote it to match text" if isinstance(value, float) else ""
+        doc.error(spec.line, f"match.{claim}: a pattern is a string, integer, boolean, "
+                             f"{{glob: ...}}, {{regex: ...}} or a list of these, got {type_name(value)}{hint}")
+        return None
+    assert spec.items is not None
+    keys = list(spec.items)
+    if len(keys) != 1 or keys[0] not in _PATTERN_KEYS:
+        doc.error(spec.line, f"match.{claim}: a pattern mapping has exactly one key, 'glob' or "
+                             f"'regex', got {', '.join(repr(k) for k in keys) or 'none'}")
+        return None
+    kind = keys[0]
+    body = spec.items[kind][1]
+    if doc.quiet(body):
+        return None
+    if not isinstance(body.data, str) or body.data == "":
+        got = "an empty string" if isinstance(body.data, str) else type_name(body.data)
+        doc.error(body.line, f"match.{claim}: {kind} must be a non-empty string, got {got}")
+        return None
+    try:
+        if kind == "glob":
+            return compile_glob(body.data)
+        return compile_regex(body.data)
+    except (re.error, ValueError) as exc:
+        doc.error(body.line, f"match.{claim}: invalid {kind} {body.data!r}: {exc}")
+        return None
+
+
+# ---------------------------------------------------------------------------- kind: client
+
+def _compile_client(doc: _Doc) -> None:
+    doc.check_keys(CLIENT_KEYS, CLIENT_KEYS)
+    node = doc.node
+    secret_sha256 = None
+    secret_node = node.get("secret_sha256")
+    if secret_node is not None and not doc.quiet(secret_node):
+        value = secret_node.data
+        if not isinstance(value, str):
+            doc.error(secret_node.line, f"secret_sha256 must be a quoted string of 64 hex digits, "
+                                        f"got {type_name(value)}")
+        elif not _SHA256_HEX.fullmatch(value):
+            # never echo the value: someone may have pasted the secret itself here
+            doc.error(secret_node.line, f"secret_sha256 must be 64 hex digits (a SHA-256 of the "
+                                        f"secret, not the secret), got {len(value)} characters")
+        else:
+            secret_sha256 = value.lower()
+    may: set[str] = set()
+    may_nodes = doc.string_list("may")
+    for element in may_nodes or ():
+        if element.data not in CLIENT_PERMISSIONS:
+            doc.error(element.line, f"unknown permission {element.data!r} "
+                                    f"(one of: {', '.join(sorted(CLIENT_PERMISSIONS))})")
+        else:
+            may.add(element.data)
+
+    if not doc.ok or doc.name is None:
+        return
+    assert secret_sha256 is not None
+    doc.loader.documents["client"][doc.name] = node.data
+    doc.loader.clients[doc.name] = Client(
+        name=doc.name, secret_sha256=secret_sha256, may=frozenset(may), source=doc.source,
+    )

@@ -1,0 +1,200 @@
+"""Strict YAML reading: PyYAML's node API (safe loading) turned into :class:`Located` trees.
+
+Every value keeps the 1-based line it was written on, so each later check can say ``file:line``.
+Refused outright, as problems (the rest of the file is still read):
+
+- aliases (``*name``) and anchors (``&name``): no shared or exponentially expanding structures;
+- merge keys (``<<``) and every tag that is not a plain string, integer, boolean, null, float,
+  list or mapping (``!!python/...``, ``!!binary``, ``!!set``, ``!custom`` ...);
+- unquoted dates and times (YAML 1.1 would turn ``2024-01-01`` into a date): quote them;
+- infinite and not-a-number floats;
+- non-scalar or empty mapping keys, and duplicate keys in a mapping.
+
+Mapping keys are taken as written (``on:`` is the string ``"on"``, not YAML 1.1's ``True``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.events import AliasEvent, MappingStartEvent, ScalarEvent, SequenceStartEvent
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+_TAG = "tag:yaml.org,2002:"
+_STR, _INT, _BOOL, _NULL, _FLOAT = (_TAG + t for t in ("str", "int", "bool", "null", "float"))
+_TIMESTAMP, _MERGE, _SEQ, _MAP = _TAG + "timestamp", _TAG + "merge", _TAG + "seq", _TAG + "map"
+
+_ALIAS = "!broker/refused-alias"     # stands in for an alias, already reported
+
+_SCALARS = SafeConstructor()
+
+ReportFn = Callable[[int, str], None]
+
+
+@dataclass
+class Located:
+    """A YAML value with its line. ``data`` is the plain Python value (what digests cover).
+
+    For a mapping, ``items`` maps each key to ``(key_line, value)``; for a list, ``elements``
+    holds the located elements. Scalars have neither.
+    """
+    data: Any
+    line: int
+    items: dict[str, tuple[int, "Located"]] | None = None
+    elements: list["Located"] | None = None
+    reported: bool = False      # the reader already reported this value; checks stay quiet
+
+    @property
+    def is_mapping(self) -> bool:
+        return self.items is not None
+
+    @property
+    def is_list(self) -> bool:
+        return self.elements is not None
+
+    def key_line(self, key: str) -> int:
+        assert self.items is not None
+        return self.items[key][0] if key in self.items else self.line
+
+    def get(self, key: str) -> "Located | None":
+        if self.items is None or key not in self.items:
+            return None
+        return self.items[key][1]
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that reports anchors and aliases instead of resolving them."""
+
+    def __init__(self, stream: str, report: ReportFn) -> None:  # noqa: D107
+        super().__init__(stream)
+        self._report = report
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:  # type: ignore[override]
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, AliasEvent):
+            self.get_event()
+            self._report(line, f"YAML aliases (*{event.anchor}) are not allowed in policy files")
+            return ScalarNode(_ALIAS, "", event.start_mark, event.end_mark)
+        if isinstance(event, (ScalarEvent, SequenceStartEvent, MappingStartEvent)) and event.anchor:
+            self._report(line, f"YAML anchors (&{event.anchor}) are not allowed in policy files")
+            event.anchor = None
+        return super().compose_node(parent, index)
+
+
+def read_documents(text: str, report: ReportFn) -> Iterator[Located]:
+    """Yield each non-empty document of ``text``; report problems as ``(line, message)``.
+
+    A YAML syntax error ends the file (the parser cannot resume); it is reported, and the
+    documents before it have already been yielded.
+    """
+    loader = _StrictLoader(text, report)
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            if isinstance(node, ScalarNode) and node.tag == _NULL and node.value in ("", "~", "null"):
+                continue   # an empty document, e.g. after a trailing '---'
+            yield _locate(node, report)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        detail = f"{context}: {problem}" if context else problem
+        report(line, f"YAML syntax error: {detail}")
+    finally:
+        loader.dispose()
+
+
+def _locate(node: Node, report: ReportFn) -> Located:
+    line = node.start_mark.line + 1
+    if isinstance(node, ScalarNode) and node.tag == _ALIAS:
+        return Located(None, line, reported=True)
+    if isinstance(node, ScalarNode):
+        problems: list[str] = []
+        value = _scalar(node, lambda _line, message: problems.append(message))
+        for message in problems:
+            report(line, message)
+        return Located(value, line, reported=bool(problems))
+    if isinstance(node, SequenceNode):
+        if node.tag != _SEQ:
+            report(line, f"YAML tag {node.tag} is not allowed in policy files")
+        elements = [_locate(child, report) for child in node.value]
+        return Located([e.data for e in elements], line, elements=elements,
+                       reported=node.tag != _SEQ)
+    if isinstance(node, MappingNode):
+        if node.tag != _MAP:
+            report(line, f"YAML tag {node.tag} is not allowed in policy files")
+        items: dict[str, tuple[int, Located]] = {}
+        for key_node, value_node in node.value:
+            key_line = key_node.start_mark.line + 1
+            if not isinstance(key_node, ScalarNode):
+                report(key_line, "mapping keys must be plain strings")
+                continue
+            if key_node.tag == _ALIAS:
+                continue        # already reported
+            if key_node.tag == _MERGE:
+                report(key_line, "YAML merge keys (<<) are not allowed in policy files")
+                continue
+            if key_node.tag not in (_STR, _INT, _BOOL, _NULL, _FLOAT, _TIMESTAMP):
+                report(key_line, f"YAML tag {key_node.tag} is not allowed in policy files")
+                continue
+            key = key_node.value
+            if key == "":
+                report(key_line, "empty mapping key")
+                continue
+            if key in items:
+                report(key_line, f"duplicate key {key!r} (first at line {items[key][0]})")
+                continue
+            items[key] = (key_line, _locate(value_node, report))
+        return Located({k: v.data for k, (_, v) in items.items()}, line, items=items,
+                       reported=node.tag != _MAP)
+    raise TypeError(f"unexpected YAML node {node!r}")  # pragma: no cover - PyYAML has no others
+
+
+def _scalar(node: ScalarNode, report: ReportFn) -> Any:
+    line = node.start_mark.line + 1
+    tag = node.tag
+    if tag == _STR:
+        return node.value
+    if tag == _NULL:
+        return None
+    if tag == _BOOL:
+        return _SCALARS.construct_yaml_bool(node)
+    if tag == _INT:
+        return _SCALARS.construct_yaml_int(node)
+    if tag == _FLOAT:
+        value = _SCALARS.construct_yaml_float(node)
+        if math.isinf(value) or math.isnan(value):
+            report(line, f"{node.value!r} is not a finite number")
+            return None
+        return value
+    if tag == _TIMESTAMP:
+        report(line, f"unquoted date/time {node.value!r}: quote it to use it as a string")
+        return node.value
+    report(line, f"YAML tag {tag} is not allowed in policy files")
+    return None
+
+
+def type_name(value: Any) -> str:
+    """How a YAML value's type is called in messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
