@@ -1,0 +1,45 @@
+"""`broker keys …`."""
+from __future__ import annotations
+
+
+import click
+from rich.table import Table
+
+from broker import config as cfg
+from broker.cli.common import console, env_config
+
+
+# -- keys -----------------------------------------------------------------------------------
+def _signer():
+    from broker.policy import PolicyError, load_policy_dir
+    from broker.signing import open_signer
+
+    config = env_config()
+    try:
+        retention = load_policy_dir(cfg.policy_dir(config)).max_target_ttl() + 120
+    except (PolicyError, OSError):
+        retention = 24 * 3600       # without policies, keep old keys published for a day
+    return open_signer(cfg.text(config, "SIGNER"), state_dir=cfg.state_dir(config),
+                       issuer=cfg.issuer(config), retention=retention)
+
+
+@click.group()
+def keys() -> None:
+    """The broker's signing keys."""
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Make a new signing key; old public keys stay published until their tokens expire."""
+    kid = _signer().rotate()
+    console.print(f"new signing key: {kid}")
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Show the keyring."""
+    table = Table("kid", "created", "retired", "published")
+    for key in _signer().describe():
+        table.add_row(key["kid"], str(key["created_at"]), str(key["retired_at"] or "-"),
+                      "yes" if key["published"] else "no")
+    console.print(table)

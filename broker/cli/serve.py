@@ -1,0 +1,39 @@
+"""`broker serve`."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from broker import config as cfg
+from broker.cli.common import env_config, err_console
+
+
+# -- serve ----------------------------------------------------------------------------------
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
+@click.option("--workers", type=int, default=None, help="gunicorn worker processes (default 2 x CPUs, 2..8).")
+@click.option("--threads", type=int, default=4, show_default=True, help="Threads per worker.")
+@click.option("--dev", is_flag=True, help="Werkzeug's single-process development server instead of gunicorn.")
+def serve(host: str, port: int, workers: int | None, threads: int, dev: bool) -> None:
+    """Run the broker (gunicorn with several workers unless --dev)."""
+    from broker import build_context
+    from broker.ledger import LedgerUnavailable
+    from broker.policy import PolicyError
+    from broker.server import serve as run_server
+
+    config = env_config()
+    try:
+        ctx = build_context(config)          # checks policies, creates schema and signing key
+    except PolicyError as exc:
+        err_console.print(f"[red]refusing to start: the policy set in {cfg.policy_dir(config)} is invalid[/red]")
+        for problem in exc.problems:
+            err_console.print(f"  {problem}")
+        sys.exit(2)
+    except LedgerUnavailable as exc:
+        err_console.print(f"[red]refusing to start: the ledger is unreachable[/red] "
+                          f"({cfg.redact_url(cfg.database_url(config))}): {exc}")
+        sys.exit(3)
+    ctx.close()
+    run_server(host=host, port=port, workers=workers, threads=threads, dev=dev)
