@@ -3,7 +3,7 @@
 A chain write is one transaction that locks the single ``ledger_head`` row with
 ``SELECT … FOR UPDATE``; concurrent writers queue on that row lock, so each one reads the head
 the previous one committed. The transaction is sent in pipeline mode, in two round trips after
-the pool's connection check: ``BEGIN`` + head lock (+ guard), then insert event + move head
+the pool's connection check (only for a connection idle for a while): ``BEGIN`` + head lock (+ guard), then insert event + move head
 (+ extra) + ``COMMIT``. The lock is therefore held for about one round trip plus the commit.
 
 Connections come from a small :class:`psycopg_pool.ConnectionPool` per process (autocommit,
@@ -12,6 +12,7 @@ so a read is a single round trip; writes open their transaction explicitly).
 from __future__ import annotations
 
 import json
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
@@ -28,6 +29,21 @@ from broker.ledger.store import (
 )
 
 SQL_HEAD_FOR_UPDATE = SQL_HEAD + " FOR UPDATE"
+
+#: A pooled connection unused for longer than this is pinged before use; busy ones are not
+#: (a ping per request would add a round trip to every append).
+IDLE_CHECK_SECONDS = 5.0
+
+
+class _LostBeforeCommit(Exception):
+    """The connection broke before COMMIT was sent (internal: triggers one retry)."""
+
+
+def _check_if_idle(conn: psycopg.Connection[Any]) -> None:
+    now = time.monotonic()
+    if now - getattr(conn, "_nhb_checked_at", 0.0) > IDLE_CHECK_SECONDS:
+        ConnectionPool.check_connection(conn)
+    conn._nhb_checked_at = now  # type: ignore[attr-defined]
 
 
 class PostgresLedger(Ledger):
@@ -48,7 +64,7 @@ class PostgresLedger(Ledger):
             open=True,
             timeout=timeout,                       # waiting for a free connection
             kwargs={"autocommit": True, "connect_timeout": max(2, int(timeout))},
-            check=ConnectionPool.check_connection,  # drop connections broken by a restart
+            check=_check_if_idle,                   # drop connections broken by a restart
             name="nhi-broker-ledger",
         )
         try:
@@ -72,8 +88,11 @@ class PostgresLedger(Ledger):
             if current > LATEST_VERSION:
                 raise LedgerUnavailable(f"ledger schema version {current} is newer than this"
                                         f" broker supports ({LATEST_VERSION})")
-            for migration in MIGRATIONS:
-                if migration.version <= current:
+            # Each version not yet recorded, in version order (so a version merged later than a
+            # higher one is still applied).
+            applied = {int(v) for (v,) in conn.execute("SELECT version FROM schema_version").fetchall()}
+            for migration in sorted(MIGRATIONS, key=lambda m: m.version):
+                if migration.version in applied:
                     continue
                 for sql, params in migration.statements("postgres"):
                     conn.execute(sql, params or None)
@@ -83,19 +102,45 @@ class PostgresLedger(Ledger):
 
     # -- primitives ------------------------------------------------------------------------
     def _read(self, sql: str, params: Params) -> list[Row]:
-        with self._pool.connection() as conn:
-            return conn.execute(sql, tuple(params) or None).fetchall()
+        attempts = self._pool.max_size + 1
+        for attempt in range(1, attempts + 1):
+            with self._pool.connection() as conn:
+                try:
+                    return conn.execute(sql, tuple(params) or None).fetchall()
+                except psycopg.OperationalError:
+                    # A pooled connection the server dropped (restart, failover): the pool
+                    # discards it on return; a read is safe to retry on a fresh one.
+                    if attempt == attempts:
+                        raise
+        raise AssertionError("unreachable")
 
     def _append(self, draft: EventDraft, *, guard: Statement | None = None,
                 extra: Sequence[Statement] = ()) -> Event | None:
+        attempts = self._pool.max_size + 1     # every pooled connection may be dead at once
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._append_once(draft, guard=guard, extra=extra)
+            except _LostBeforeCommit as lost:
+                # The connection was dead before anything was committed: retrying on a
+                # fresh connection cannot duplicate the event.
+                if attempt == attempts:
+                    raise lost.__cause__ from None  # type: ignore[misc]
+        raise AssertionError("unreachable")
+
+    def _append_once(self, draft: EventDraft, *, guard: Statement | None,
+                     extra: Sequence[Statement]) -> Event | None:
         # Explicit BEGIN/COMMIT in pipeline mode measured cheaper than conn.transaction().
         # On any error the pool's connection context rolls back (or discards a broken one).
         with self._pool.connection() as conn:
             with conn.pipeline():
-                conn.execute("BEGIN")
-                head_cursor = conn.execute(SQL_HEAD_FOR_UPDATE)
-                guard_cursor = conn.execute(guard[0], guard[1]) if guard is not None else None
-                head = head_cursor.fetchone()          # round trip: BEGIN, lock (, guard)
+                try:
+                    conn.execute("BEGIN")
+                    head_cursor = conn.execute(SQL_HEAD_FOR_UPDATE)
+                    guard_cursor = conn.execute(guard[0], guard[1]) if guard is not None else None
+                    head = head_cursor.fetchone()      # round trip: BEGIN, lock (, guard)
+                except psycopg.OperationalError as exc:
+                    # Nothing was committed yet (COMMIT is not sent): safe to retry.
+                    raise _LostBeforeCommit() from exc
                 if head is None:
                     raise LedgerUnavailable("ledger_head row is missing")
                 if guard_cursor is not None and guard_cursor.fetchone() is None:

@@ -1,0 +1,127 @@
+"""Shared pieces of the benchmark scripts: a real broker process and a load generator.
+
+Figures come from these scripts, never from timed assertions in the test suite.
+"""
+from __future__ import annotations
+
+import contextlib
+import http.client
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def broker_process(env: dict[str, str], *, workers: int, threads: int = 4) -> Iterator[str]:
+    """`broker serve` (gunicorn) in its own process group; yields the base URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker.cli", "serve", "--port", str(port), "--workers", str(workers),
+         "--threads", str(threads)],
+        env={**os.environ, "BROKER_ISSUER": base, "BROKER_LOG_LEVEL": "WARNING", **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"broker exited with {proc.returncode}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("broker did not start")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _client(args: tuple[str, list[bytes], mp.Queue]) -> None:
+    base, bodies, out = args
+    url = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    latencies, failures = [], 0
+    for body in bodies:
+        start = time.perf_counter()
+        conn.request("POST", "/token", body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        latencies.append(time.perf_counter() - start)
+        if response.status != 200:
+            failures += 1
+    conn.close()
+    out.put((latencies, failures))
+
+
+def run_load(base: str, bodies: list[bytes], clients: int) -> dict[str, float]:
+    """Send the request bodies from `clients` processes with keep-alive; return throughput and latency."""
+    chunks = [bodies[i::clients] for i in range(clients)]
+    queue: mp.Queue = mp.Queue()
+    procs = [mp.Process(target=_client, args=((base, chunk, queue),)) for chunk in chunks]
+    start = time.perf_counter()
+    for p in procs:
+        p.start()
+    results = [queue.get() for _ in procs]
+    elapsed = time.perf_counter() - start
+    for p in procs:
+        p.join()
+    latencies = sorted(l for lat, _ in results for l in lat)
+    failures = sum(f for _, f in results)
+    return {
+        "requests": len(latencies),
+        "failures": failures,
+        "per_second": len(latencies) / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+    }
+
+
+def exchange_body(token: str, target: str, scope: str | None = None) -> bytes:
+    form = {"grant_type": GRANT, "subject_token": token, "subject_token_type": JWT_TYPE, "audience": target}
+    if scope:
+        form["scope"] = scope
+    return urllib.parse.urlencode(form).encode()
+
+
+@contextlib.contextmanager
+def fresh_pg_database(admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres") -> Iterator[str]:
+    import secrets
+
+    import psycopg
+    from psycopg import sql
+
+    name = f"nhb_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield admin_dsn.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
