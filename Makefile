@@ -2,17 +2,19 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= dev,postgres,redis,vault
+EXTRAS ?= dev,postgres,redis,vault,demo
 
-.PHONY: demo test services bench clean
+.PHONY: demo test services browser bench bench-lineage bench-postgres clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Reinstall whenever pyproject.toml changes (editable, so the source tree is what runs).
+# The demo extra (pgserver: an embedded PostgreSQL) is optional: where it cannot be installed,
+# the demo runs without its PostgreSQL part.
 $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[demo]' || $(BIN)/python -m pip install --quiet -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
@@ -26,11 +28,23 @@ demo: $(VENV)/.installed-demo
 services:
 	@scripts/ensure-services
 
-test: $(VENV)/.installed-test services
+# The web-page tests drive a real headless Chromium (Debian's chromium + chromium-driver).
+browser:
+	@scripts/ensure-browser
+
+test: $(VENV)/.installed-test services browser
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-test services
 	$(BIN)/python bench/exchange.py
+
+# Audit query latency on a 1,000,000-event ledger (SQLite and PostgreSQL); a few minutes.
+bench-lineage: $(VENV)/.installed-test services
+	$(BIN)/python bench/lineage.py
+
+# PostgreSQL credentials: mints/s and p50/p99 vs bare CREATE/DROP ROLE, usage-ingest lines/s.
+bench-postgres: $(VENV)/.installed-test services
+	$(BIN)/python bench/postgres.py
 
 clean:
 	rm -rf $(VENV) .broker .pytest_cache build *.egg-info

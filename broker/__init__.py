@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+if TYPE_CHECKING:   # Flask is imported by create_app only: broker.sdk must import without it
+    from flask import Flask
 
 __version__ = "0.1.0"
 
@@ -27,14 +28,15 @@ def build_context(config: dict[str, Any]):
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     issuer = cfg.issuer(config)
     signer = open_signer(cfg.text(config, "SIGNER"), state_dir=state_dir, issuer=issuer,
-                         retention=policy_set.max_target_ttl() + 120)
+                         retention=policy_set.max_target_ttl() + 120, config=config)
     ledger = open_ledger(cfg.database_url(config))
     jwks = JWKSCache(timeout=cfg.number(config, "JWKS_TIMEOUT"),
                      cache_ttl=cfg.number(config, "JWKS_CACHE_TTL"),
                      min_refetch_interval=cfg.number(config, "JWKS_MIN_REFETCH_INTERVAL"))
     replay = open_replay_guard(cfg.redis_url(config), state_dir)
     return BrokerContext(issuer=issuer, policy_set=policy_set, signer=signer, ledger=ledger,
-                         jwks=jwks, replay=replay, issuers=build_issuers(config))
+                         jwks=jwks, replay=replay,
+                         issuers=build_issuers(config, policy_set=policy_set))
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -42,6 +44,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from broker import config as cfg
     from broker.api import audit, oauth, token, wellknown
     from broker.api.errors import register_error_handlers
+
+    from flask import Flask
 
     app = Flask(__name__)
     app.config.from_mapping(cfg.DEFAULTS)
@@ -56,5 +60,25 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     for blueprint in (token.bp, oauth.bp, wellknown.bp, audit.bp):
         app.register_blueprint(blueprint)
+    from broker.api import lineage
+    from broker import web
+
+    app.register_blueprint(lineage.bp)
+    app.register_blueprint(web.bp)
+    from broker.api import usage
+
+    app.register_blueprint(usage.bp)
+    from broker.reaper import start_reaper
+
+    reaper = start_reaper(app.extensions["broker"], app.config)   # BROKER_REAPER_INTERVAL
+    if reaper is not None:
+        app.extensions["broker"].extras["reaper"] = reaper        # stopped by ctx.close()
+    from broker.api import ledger as ledger_api
+    from broker.ledger.checkpoints import start_checkpointer
+
+    app.register_blueprint(ledger_api.bp)
+    checkpointer = start_checkpointer(app.extensions["broker"], app.config)  # BROKER_CHECKPOINT_INTERVAL
+    if checkpointer is not None:
+        app.extensions["broker"].extras["checkpointer"] = checkpointer  # stopped by ctx.close()
     register_error_handlers(app)
     return app

@@ -22,6 +22,13 @@ DEFAULTS: dict[str, Any] = {
     "JWKS_MIN_REFETCH_INTERVAL": 10.0,      # at most one refetch per issuer per this many seconds
     "REDIS_TIMEOUT": 0.5,                   # seconds; Redis slower than this fails closed (503)
     "MAX_CONTENT_LENGTH": 64 * 1024,        # bytes of request body accepted
+    "CHECKPOINT_INTERVAL": None,            # seconds between signed ledger checkpoints; 0 = off;
+                                            # None: 300 in `broker serve`, off when TESTING
+    "CHECKPOINT_WITNESS": None,             # comma-separated URLs (POST JSON) / files (JSON lines)
+    "REAPER_INTERVAL": 15,                  # seconds between expiry sweeps in `broker serve`; 0 = off
+    "REAPER_ORPHAN_GRACE": 300,             # seconds before an nhb_ role unknown to the ledger is an orphan
+    "POSTGRES_POOL_SIZE": 4,                # admin connections per postgres target, per process
+    "POSTGRES_TIMEOUT": 5.0,                # seconds to get an admin connection to a postgres target
 }
 
 

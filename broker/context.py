@@ -26,7 +26,9 @@ class BrokerContext:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
-        for closer in (getattr(self.ledger, "close", None), getattr(self.replay, "close", None)):
+        # Background work (the reaper) first, then the issuers' pools, then the stores.
+        closers = [getattr(x, "close", None) for x in (*self.extras.values(), *self.issuers.values())]
+        for closer in (*closers, getattr(self.ledger, "close", None), getattr(self.replay, "close", None)):
             if closer is not None:
                 try:
                     closer()

@@ -8,6 +8,11 @@
 The event is drafted before the work starts and written in ``finally``-style handling, so every
 attempt that reaches attestation checking leaves one record, success or failure. The client
 sees a short reason; the ledger and the log get the detail. Secrets never enter either.
+
+A subject token that claims the broker's own ``iss`` is a *parent* credential (fan-out): steps
+1 and 2 become "verify the parent against our keys and the ledger" and "apply the derive rules"
+(:mod:`broker.derive`); steps 3 and 4 are the same, and the ``mint`` or ``deny`` names the
+parent in its ``parent_id``.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker import errors
+from broker import derive
 from broker.attestation import Attestation, verify_subject_token
 from broker.canonical import sha256_hex
 from broker.context import BrokerContext
@@ -24,7 +30,8 @@ from broker.ids import new_credential_id
 from broker.issuers import IssuedCredential, IssueRequest
 from broker.ledger import LedgerUnavailable
 from broker.ledger.events import CredentialRecord, EventDraft
-from broker.policy import Decision, evaluate
+from broker.policy import Decision, Target, evaluate
+from broker.revocation import revoke_descendants, revoke_one
 
 log = logging.getLogger("broker.exchange")
 
@@ -55,6 +62,7 @@ class ExchangeResult:
     scope: str
     issued_token_type: str = TOKEN_TYPE_JWT
     credential: dict[str, Any] | None = None  # secret-bearing kinds only; never logged
+    parent_id: str | None = None              # children (fan-out) only
 
     def to_response(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -65,6 +73,8 @@ class ExchangeResult:
             "scope": self.scope,
             "credential_id": self.credential_id,
         }
+        if self.parent_id is not None:
+            body["parent_id"] = self.parent_id
         if self.credential is not None:
             body["credential"] = self.credential
         return body
@@ -97,12 +107,35 @@ def authorizer_for(decision: Decision) -> dict[str, Any]:
     return {"type": "policy", "name": decision.policy.name, "digest": decision.policy.digest}
 
 
+@dataclass(frozen=True)
+class _Grant:
+    """Everything the mint needs, whichever path (attestation or parent) allowed it."""
+    principal: str
+    run: dict[str, Any]
+    attestation: dict[str, Any]       # the JWT's `attestation` claim: {"iss", "issuer", "sha256"}
+    issuer_name: str                  # the attestation issuer's config name
+    target: Target
+    scopes: tuple[str, ...]
+    ttl: int
+    authorizer: dict[str, Any]
+    policy_name: str
+    parent_id: str | None = None
+    act: dict[str, Any] | None = None
+    details: dict[str, Any] = field(default_factory=dict)   # extra mint-event details
+
+
+class _AlreadyRecorded(errors.InvalidGrant):
+    """A refusal whose attempt already has its event (a mint undone by a revocation)."""
+
+
 def exchange(ctx: BrokerContext, request: ExchangeRequest, *, now: float | None = None) -> ExchangeResult:
     """Run the pipeline for one request. Raises a :class:`broker.errors.BrokerError` on refusal."""
     attempt = _Attempt(token_sha256=sha256_hex(request.subject_token), target=request.target,
                        requested_scope=None if request.scopes is None else " ".join(request.scopes))
     try:
         result = _exchange(ctx, request, attempt, now=time.time() if now is None else now)
+    except _AlreadyRecorded:
+        raise
     except errors.BrokerError as refusal:
         _record_deny(ctx, attempt, refusal)
         raise
@@ -124,6 +157,8 @@ def _record_deny(ctx: BrokerContext, attempt: _Attempt, refusal: errors.BrokerEr
 
 
 def _exchange(ctx: BrokerContext, request: ExchangeRequest, attempt: _Attempt, *, now: float) -> ExchangeResult:
+    if derive.is_broker_token(request.subject_token, ctx.issuer):
+        return _derive(ctx, request, attempt, now=now)
     # 1. verify the attestation
     try:
         attestation = verify_subject_token(request.subject_token, policy_set=ctx.policy_set,
@@ -150,7 +185,79 @@ def _exchange(ctx: BrokerContext, request: ExchangeRequest, attempt: _Attempt, *
     attempt.details["policy"] = decision.policy.name
 
     # 3. issue
-    return _mint(ctx, attestation, decision, authorizer, now=now)
+    grant = _Grant(principal=attestation.principal, run=attestation.run,
+                   attestation=_attestation_claim(attestation), issuer_name=attestation.issuer.name,
+                   target=decision.target, scopes=decision.scopes, ttl=decision.ttl,
+                   authorizer=authorizer, policy_name=decision.policy.name)
+    return _mint(ctx, grant, now=now)
+
+
+def _attestation_claim(attestation: Attestation) -> dict[str, Any]:
+    return {"iss": attestation.issuer.issuer, "issuer": attestation.issuer.name,
+            "sha256": attestation.token_sha256}
+
+
+def _derive(ctx: BrokerContext, request: ExchangeRequest, attempt: _Attempt, *,
+            now: float) -> ExchangeResult:
+    """Fan-out: the subject token is a credential this broker issued (see broker.derive)."""
+    attempt.details["derive"] = True
+    # 1. verify the parent: our signature, then the ledger (exists, live, ancestors live)
+    try:
+        parent = derive.verify_parent(request.subject_token, signer=ctx.signer, ledger=ctx.ledger,
+                                      now=now)
+    except derive.ParentRefused as refusal:
+        attempt.parent_id = refusal.parent_id
+        attempt.details["parent_verified"] = refusal.parent_verified
+        if refusal.record is not None:
+            attempt.principal, attempt.run = refusal.record.principal, refusal.record.run
+        raise
+    except LedgerUnavailable as exc:
+        raise errors.TemporarilyUnavailable("the ledger is unavailable; nothing was issued",
+                                            detail="ledger unavailable while checking the parent") from exc
+    record = parent.record
+    attempt.parent_id = record.credential_id
+    attempt.principal, attempt.run = record.principal, record.run
+    attempt.details.update({"parent_verified": True, "parent_target": record.target,
+                            "depth": parent.depth + 1})
+
+    # 2. the derive rules of the policy that authorized the chain
+    plan = derive.plan_child(ctx.policy_set, parent, target_name=request.target,
+                             requested_scopes=request.scopes, requested_ttl=request.ttl, now=now)
+    attempt.authorizer = plan.authorizer
+    attempt.details["policy"] = plan.policy.name
+
+    # 3. issue, linked to the parent
+    attestation = parent.claims.get("attestation")
+    grant = _Grant(principal=record.principal, run=record.run,
+                   attestation=attestation if isinstance(attestation, dict) else {},
+                   issuer_name=record.issuer or "", target=plan.target, scopes=plan.scopes,
+                   ttl=plan.ttl, authorizer=plan.authorizer, policy_name=plan.policy.name,
+                   parent_id=record.credential_id, act=plan.act,
+                   details={"depth": plan.depth, "root_id": parent.root.credential_id,
+                            "derive_rule": plan.rule.target})
+    result = _mint(ctx, grant, now=now)
+
+    # 4. an ancestor revoked while this child was being minted: the cascade may have missed
+    # it, so revoke it here (its own revoke event) and refuse. The mint is this attempt's event.
+    try:
+        lineage = ctx.ledger.ancestors_of(record.credential_id, max_depth=len(parent.lineage))
+    except LedgerUnavailable:
+        lineage = list(parent.lineage)
+    revoked = next((a for a in lineage if a.revoked_at is not None), None)
+    if revoked is not None:
+        try:
+            child = ctx.ledger.get_credential(result.credential_id)
+            if child is not None:
+                revoke_one(ctx, child, details={"cause": "parent revoked",
+                                                "root": revoked.credential_id,
+                                                "parent": record.credential_id})
+                revoke_descendants(ctx, child, requested_by={"root": revoked.credential_id})
+        except (errors.BrokerError, LedgerUnavailable):
+            log.exception("could not revoke child %s of revoked ancestor %s",
+                          result.credential_id, revoked.credential_id)
+        raise _AlreadyRecorded("the parent credential is revoked",
+                               detail="an ancestor was revoked while the child was minted")
+    return result
 
 
 def _client_reason(error_class: type) -> str:
@@ -161,27 +268,26 @@ def _client_reason(error_class: type) -> str:
     }.get(error_class, "request refused")
 
 
-def _mint(ctx: BrokerContext, attestation: Attestation, decision: Decision,
-          authorizer: dict[str, Any], *, now: float) -> ExchangeResult:
-    target = decision.target
-    assert target is not None
+def _mint(ctx: BrokerContext, grant: _Grant, *, now: float) -> ExchangeResult:
+    target = grant.target
     issued_at = int(now)
-    expires_at = issued_at + decision.ttl
+    expires_at = issued_at + grant.ttl
     credential_id = new_credential_id(now=now)
-    scope = " ".join(decision.scopes)
+    scope = " ".join(grant.scopes)
     kind = ctx.issuers.get(target.type)
     if kind is None:
         raise errors.InvalidTarget("target is not usable",
                                    detail=f"no issuer for target type {target.type!r}")
     issue_request = IssueRequest(credential_id=credential_id, target=target,
-                                 principal=attestation.principal, run=attestation.run,
-                                 authorizer=authorizer, scopes=decision.scopes,
-                                 issued_at=issued_at, expires_at=expires_at)
+                                 principal=grant.principal, run=grant.run,
+                                 authorizer=grant.authorizer, scopes=grant.scopes,
+                                 issued_at=issued_at, expires_at=expires_at,
+                                 parent_id=grant.parent_id)
     issued: IssuedCredential = kind.issue(issue_request)
     try:
-        claims = {
+        claims: dict[str, Any] = {
             "iss": ctx.issuer,
-            "sub": attestation.principal,
+            "sub": grant.principal,
             "aud": target.audience,
             "iat": issued_at,
             "nbf": issued_at,
@@ -189,25 +295,29 @@ def _mint(ctx: BrokerContext, attestation: Attestation, decision: Decision,
             "jti": credential_id,
             "scope": scope,
             "target": target.name,
-            "run": attestation.run,
-            "authz": authorizer,
-            "attestation": {"iss": attestation.issuer.issuer, "issuer": attestation.issuer.name,
-                            "sha256": attestation.token_sha256},
+            "run": grant.run,
+            "authz": grant.authorizer,
+            "attestation": grant.attestation,
         }
+        if grant.parent_id is not None:
+            claims["parent_id"] = grant.parent_id
+        if grant.act is not None:
+            claims["act"] = grant.act
         access_token = ctx.signer.sign(claims)
         record = CredentialRecord(
-            credential_id=credential_id, principal=attestation.principal, run=attestation.run,
-            authorizer=authorizer, target=target.name, target_type=target.type, scope=scope,
-            issued_at=issued_at, expires_at=expires_at, issuer=attestation.issuer.name,
-            details=dict(issued.details))
+            credential_id=credential_id, principal=grant.principal, run=grant.run,
+            authorizer=grant.authorizer, target=target.name, target_type=target.type, scope=scope,
+            issued_at=issued_at, expires_at=expires_at, issuer=grant.issuer_name,
+            parent_id=grant.parent_id, details=dict(issued.details))
         event = EventDraft(
-            type="mint", credential_id=credential_id, principal=attestation.principal,
-            run=attestation.run, authorizer=authorizer, target=target.name,
-            details={"issuer": attestation.issuer.name, "iss": attestation.issuer.issuer,
-                     "attestation_sha256": attestation.token_sha256, "scope": scope,
-                     "issued_at": issued_at, "expires_at": expires_at, "ttl": decision.ttl,
-                     "target_type": target.type, "policy": decision.policy.name if decision.policy else None,
-                     "token_sha256": sha256_hex(access_token), **issued.details})
+            type="mint", credential_id=credential_id, parent_id=grant.parent_id,
+            principal=grant.principal, run=grant.run, authorizer=grant.authorizer,
+            target=target.name,
+            details={"issuer": grant.issuer_name, "iss": grant.attestation.get("iss"),
+                     "attestation_sha256": grant.attestation.get("sha256"), "scope": scope,
+                     "issued_at": issued_at, "expires_at": expires_at, "ttl": grant.ttl,
+                     "target_type": target.type, "policy": grant.policy_name,
+                     "token_sha256": sha256_hex(access_token), **grant.details, **issued.details})
         ctx.ledger.record_mint(event, record)
     except BaseException as exc:
         if issued.undo is not None:
@@ -221,8 +331,9 @@ def _mint(ctx: BrokerContext, attestation: Attestation, decision: Decision,
                 "the ledger is unavailable; nothing was issued",
                 detail="ledger unavailable while recording mint") from exc
         raise
-    log.info("mint credential_id=%s principal=%s target=%s policy=%s ttl=%s", credential_id,
-             attestation.principal, target.name, authorizer.get("name"), decision.ttl)
+    log.info("mint credential_id=%s principal=%s target=%s policy=%s ttl=%s parent_id=%s",
+             credential_id, grant.principal, target.name, grant.policy_name, grant.ttl,
+             grant.parent_id)
     return ExchangeResult(access_token=access_token, credential_id=credential_id,
                           expires_in=expires_at - issued_at, expires_at=expires_at, scope=scope,
-                          credential=issued.secret)
+                          credential=issued.secret, parent_id=grant.parent_id)

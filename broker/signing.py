@@ -39,6 +39,7 @@ class Signer(Protocol):
     issuer: str
 
     def sign(self, claims: dict[str, Any]) -> str: ...
+    def sign_bytes(self, payload: bytes, *, typ: str) -> str: ...
     def jwks(self) -> dict[str, Any]: ...
     def verify(self, token: str, *, verify_exp: bool = True) -> dict[str, Any]: ...
     def rotate(self) -> str: ...
@@ -183,6 +184,13 @@ class FileSigner:
         return jwt.encode(claims, key.private, algorithm=ALGORITHM,
                           headers={"kid": key.kid, "typ": "JWT"})
 
+    def sign_bytes(self, payload: bytes, *, typ: str) -> str:
+        """A compact JWS (ES256, ``kid`` and ``typ`` in the header) over exactly ``payload``:
+        for statements that are not tokens, such as ledger checkpoints."""
+        key = self._active()
+        return jwt.api_jws.encode(payload, key.private, algorithm=ALGORITHM,
+                                  headers={"kid": key.kid, "typ": typ})
+
     def jwks(self) -> dict[str, Any]:
         with self._lock:
             self._reload()
@@ -252,8 +260,17 @@ class FileSigner:
                      "published": k.kid in published} for k in self._keys]
 
 
-def open_signer(spec: str, *, state_dir: str, issuer: str, retention: int) -> Signer:
-    """``file`` (default) or, in a later issue, ``vault-transit:<key>``."""
+def open_signer(spec: str, *, state_dir: str, issuer: str, retention: int,
+                config: Any = None) -> Signer:
+    """``file`` (default) or ``vault-transit:<key>`` (keys in Vault/OpenBao Transit, reached
+    through ``BROKER_VAULT_*`` in ``config``, default the process environment; see
+    :mod:`broker.signing_vault`)."""
     if spec == "file":
         return FileSigner(state_dir, issuer=issuer, retention=retention)
-    raise ValueError(f"unknown BROKER_SIGNER {spec!r} (supported: file)")
+    if spec.startswith("vault-transit:"):
+        from broker.config import env_config
+        from broker.signing_vault import open_transit_signer
+
+        return open_transit_signer(spec[len("vault-transit:"):], issuer=issuer, retention=retention,
+                                   config=env_config() if config is None else config)
+    raise ValueError(f"unknown BROKER_SIGNER {spec!r} (supported: file, vault-transit:<key>)")

@@ -14,6 +14,8 @@ bp = Blueprint("wellknown", __name__)
 def _metadata() -> dict:
     ctx = broker_context()
     base = ctx.issuer
+    # What the signer really uses (ES256 for file keys; EdDSA for an Ed25519 Transit key).
+    algorithms = sorted({k.get("alg", ALGORITHM) for k in ctx.signer.jwks().get("keys", [])}) or [ALGORITHM]
     return {
         "issuer": base,
         "jwks_uri": f"{base}/.well-known/jwks.json",
@@ -23,9 +25,9 @@ def _metadata() -> dict:
         "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
         "token_endpoint_auth_methods_supported": ["none"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
-        "revocation_endpoint_auth_methods_supported": ["client_secret_basic"],
-        "id_token_signing_alg_values_supported": [ALGORITHM],
-        "token_endpoint_auth_signing_alg_values_supported": [ALGORITHM],
+        # "none": the holder revokes its own credential with the token alone (docs/fanout.md)
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "none"],
+        "id_token_signing_alg_values_supported": algorithms,
         "response_types_supported": [],
         "subject_types_supported": ["public"],
         "scopes_supported": sorted({s for p in ctx.policy_set.policies for s in (p.scopes or ())}),

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from broker.cli import devtools, keys, ledger, policy, serve
+from broker.cli import audit, devtools, exchange, ingest, keys, ledger, policy, reap, serve
+import broker.issuers  # noqa: F401,E402 - registers every target type (postgres…) before policies load
 
 
 @click.group()
@@ -16,4 +17,8 @@ main.add_command(serve.serve)
 main.add_command(policy.policy)
 main.add_command(ledger.ledger)
 main.add_command(keys.keys)
+main.add_command(audit.audit)
 main.add_command(devtools.dev_issuer)
+main.add_command(reap.reap)
+main.add_command(ingest.ingest)
+main.add_command(exchange.exchange)

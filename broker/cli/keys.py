@@ -20,7 +20,7 @@ def _signer():
     except (PolicyError, OSError):
         retention = 24 * 3600       # without policies, keep old keys published for a day
     return open_signer(cfg.text(config, "SIGNER"), state_dir=cfg.state_dir(config),
-                       issuer=cfg.issuer(config), retention=retention)
+                       issuer=cfg.issuer(config), retention=retention, config=config)
 
 
 @click.group()

@@ -19,24 +19,130 @@ def ledger() -> None:
 @ledger.command("verify")
 @click.option("--database-url", default=None, help="Ledger URL (default $BROKER_DATABASE_URL).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def ledger_verify(database_url: str | None, as_json: bool) -> None:
-    """Recompute the hash chain: exit 0 when intact, 1 naming the first bad event."""
+@click.option("--checkpoint", "checkpoint_file", default=None, metavar="FILE",
+              help="A checkpoint saved earlier: prove the ledger is an append-only extension of it.")
+@click.option("--jwks", default=None, metavar="FILE|URL",
+              help="Verify checkpoint signatures with this JWKS (default: the keys in $BROKER_STATE_DIR).")
+def ledger_verify(database_url: str | None, as_json: bool, checkpoint_file: str | None,
+                  jwks: str | None) -> None:
+    """Recompute the hash chain and the Merkle tree, check the stored checkpoints and, with
+    --checkpoint, that the ledger extends that checkpoint: exit 0 when all hold, 1 naming
+    the first problem, 3 when the ledger is unreachable."""
     from broker.ledger import LedgerUnavailable, open_ledger
+    from broker.ledger.checkpoints import CheckpointError, load_jwks, local_checkpoint_keys
+    from broker.ledger.integrity import verify_ledger
 
-    url = database_url or cfg.database_url(env_config())
+    config = env_config()
+    url = database_url or cfg.database_url(config)
+    try:
+        keys = load_jwks(jwks) if jwks else local_checkpoint_keys(cfg.state_dir(config))
+        unverified_checkpoint = None
+        if checkpoint_file is not None:
+            with open(checkpoint_file, "rb") as fh:
+                unverified_checkpoint = json.loads(fh.read())
+    except (OSError, ValueError, CheckpointError) as exc:
+        err_console.print(f"[red]cannot read[/red] {exc}")
+        sys.exit(2)
     try:
         store = open_ledger(url)
-        report = store.verify()
-        store.close()
+        try:
+            report = verify_ledger(store, keys=keys, checkpoint=unverified_checkpoint)
+        finally:
+            store.close()
     except LedgerUnavailable as exc:
         err_console.print(f"[red]ledger unreachable[/red] ({cfg.redact_url(url)}): {exc}")
         sys.exit(3)
     if as_json:
-        click.echo(json.dumps({"ok": report.ok, "count": report.count,
-                               "first_bad_seq": report.first_bad_seq, "reason": report.reason}))
-    elif report.ok:
-        console.print(f"ok: {report.count} events, chain intact")
+        click.echo(json.dumps(report.to_dict()))
+        sys.exit(0 if report.ok else 1)
+    chain, tree = report.chain, report.tree
+    if chain.ok:
+        console.print(f"ok: {chain.count} events, chain intact")
     else:
-        err_console.print(f"[red]TAMPERED[/red]: first bad event seq={report.first_bad_seq}: "
-                          f"{report.reason} ({report.count} events read)")
+        err_console.print(f"[red]TAMPERED[/red]: first bad event seq={chain.first_bad_seq}: "
+                          f"{chain.reason} ({chain.count} events read)")
+    if tree.ok:
+        console.print(f"ok: merkle tree ({tree.tree_size} of {tree.ledger_size} events) matches"
+                      " a recomputation from the events")
+    else:
+        err_console.print(f"[red]TAMPERED[/red]: merkle tree: {tree.reason}")
+    signatures = "signatures checked" if report.signatures_checked else "signatures NOT checked (no keys)"
+    if report.checkpoint_problems:
+        for problem in report.checkpoint_problems:
+            err_console.print(f"[red]TAMPERED[/red]: {problem}")
+    else:
+        console.print(f"ok: {report.checkpoints_checked} stored checkpoint(s) agree, {signatures}")
+    if report.extension is not None:
+        ext = report.extension
+        if ext.ok:
+            console.print(f"ok: {ext.reason} (checkpoint root {ext.root_hash},"
+                          f" current root {ext.ledger_root})")
+        else:
+            err_console.print(f"[red]{'FORKED' if ext.forked else 'FAILED'}[/red]: {ext.reason}")
     sys.exit(0 if report.ok else 1)
+
+
+@ledger.command("checkpoint")
+@click.option("--database-url", default=None, help="Ledger URL (default $BROKER_DATABASE_URL).")
+@click.option("--out", "out_file", default=None, metavar="FILE", help="Write the checkpoint JSON here.")
+@click.option("--witness", "witnesses", multiple=True, metavar="URL|FILE",
+              help="Publish it: POST JSON to a URL, or append a JSON line to a file (repeatable;"
+                   " default $BROKER_CHECKPOINT_WITNESS).")
+@click.option("--new", "force", is_flag=True, help="Sign a new checkpoint even if the ledger has not grown.")
+def ledger_checkpoint(database_url: str | None, out_file: str | None, witnesses: tuple[str, ...],
+                      force: bool) -> None:
+    """Sign a checkpoint of the whole ledger (Merkle tree size and root) with the broker's key,
+    store it, save it and publish it outside the broker's database."""
+    from broker.ledger import LedgerUnavailable, open_ledger
+    from broker.ledger.checkpoints import (
+        CheckpointRefused, WitnessError, checkpoint_now, publish, witness_list,
+    )
+    from broker.ledger.tree import TreeIntegrityError
+    from broker.signing import open_signer
+
+    config = env_config()
+    url = database_url or cfg.database_url(config)
+    signer = open_signer(cfg.text(config, "SIGNER"), state_dir=cfg.state_dir(config),
+                         issuer=cfg.issuer(config), retention=24 * 3600)
+    try:
+        store = open_ledger(url)
+        try:
+            checkpoint, _ = checkpoint_now(store, signer, issuer=cfg.issuer(config),
+                                           state_dir=cfg.state_dir(config), force=force)
+        finally:
+            store.close()
+    except LedgerUnavailable as exc:
+        err_console.print(f"[red]ledger unreachable[/red] ({cfg.redact_url(url)}): {exc}")
+        sys.exit(3)
+    except (CheckpointRefused, TreeIntegrityError) as exc:
+        err_console.print(f"[red]TAMPERED[/red]: refusing to sign: {exc}")
+        sys.exit(1)
+    document = json.dumps(checkpoint.to_dict(), indent=2)
+    if out_file:
+        with open(out_file, "w") as fh:
+            fh.write(document + "\n")
+    click.echo(document)
+    failed = False
+    for witness in witnesses or witness_list(config.get("CHECKPOINT_WITNESS")):
+        try:
+            publish(checkpoint, witness)
+            err_console.print(f"published to {witness}")
+        except WitnessError as exc:
+            err_console.print(f"[red]witness failed[/red]: {exc}")
+            failed = True
+    sys.exit(4 if failed else 0)
+
+
+@ledger.command("verify-proof")
+@click.option("--proof", required=True, metavar="FILE|URL", help="Inclusion or consistency proof JSON.")
+@click.option("--checkpoint", "checkpoints", required=True, multiple=True, metavar="FILE|URL",
+              help="A checkpoint the proof must be anchored to (repeatable).")
+@click.option("--jwks", required=True, metavar="FILE|URL", help="The broker's JWKS.")
+@click.option("--issuer", default=None, help="Require checkpoints from this broker (its iss).")
+def ledger_verify_proof(proof: str, checkpoints: tuple[str, ...], jwks: str,
+                        issuer: str | None) -> None:
+    """Check a proof against signed checkpoints, offline: exit 0 verified, 1 invalid proof or
+    checkpoint, 2 forked log, 3 unreadable input."""
+    from broker.ledger.verify_offline import run
+
+    sys.exit(run(proof, list(checkpoints), jwks, issuer=issuer))

@@ -4,6 +4,14 @@ DEMO ONLY. It starts the INSECURE local dev issuer (GitHub-Actions-shaped tokens
 127.0.0.1:8099, starts ``broker serve`` (gunicorn) on embedded defaults (SQLite ledger, file
 signing key, embedded replay store in ./.broker) with the demo policies in policies/demo, then
 plays the CI step and the auditor through the real HTTP API, and stops everything.
+
+When the optional ``demo`` extra is installed (``pip install '.[demo]'``: the PyPI package
+``pgserver``, which ships real PostgreSQL binaries, and psycopg), it also starts an embedded
+PostgreSQL in a temporary folder as the ``payments-db`` target — logging every statement as
+``jsonlog``, SCRAM passwords required for minted roles — and tells the rest of the story: the
+CI run gets its own database login, runs an ``UPDATE`` with it, the database's log is ingested,
+and the auditor asks "who ran this?" and is told the run and the policy. Without the extra
+that part is skipped and the demo still succeeds.
 """
 from __future__ import annotations
 
@@ -85,6 +93,153 @@ def _wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 30.0) -> N
     raise RuntimeError("broker did not become healthy in time")
 
 
+class EmbeddedPostgres:
+    """DEMO ONLY: a throwaway PostgreSQL from the ``pgserver`` package, on 127.0.0.1 with SCRAM
+    passwords for every role but the local superuser, every statement logged as jsonlog."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.root = tempfile.mkdtemp(prefix="nhb-demo-pg-")
+        self.pgdata = os.path.join(self.root, "data")
+        self.log_dir = os.path.join(self.pgdata, "nhb_log")
+        self.port = _free_port(0)
+        self.server: Any = None
+
+    def start(self) -> "EmbeddedPostgres":
+        import pgserver
+        import psycopg
+
+        os.chmod(self.root, 0o755)
+        self.server = pgserver.get_server(self.pgdata, cleanup_mode=None)   # initdb + start
+        with psycopg.connect(self.server.get_uri(), autocommit=True) as conn:
+            for name, value in (("logging_collector", "on"), ("log_destination", "jsonlog"),
+                                ("log_directory", "nhb_log"), ("log_file_mode", "0644"),
+                                ("log_statement", "all"), ("log_connections", "on"),
+                                ("log_disconnections", "on"), ("log_timezone", "UTC"),
+                                ("password_encryption", "scram-sha-256")):
+                conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")        # demo constants only
+        with open(os.path.join(self.pgdata, "pg_hba.conf"), "w") as hba:
+            hba.write("local all all trust\n"
+                      "host all postgres 127.0.0.1/32 trust\n"
+                      "host all all 127.0.0.1/32 scram-sha-256\n")
+        socket_dir = self.server.get_postmaster_info().socket_dir
+        pgserver.pg_ctl(["-w", "-m", "fast", "-o", f"-h 127.0.0.1 -p {self.port} -k {socket_dir}",
+                         "-l", os.path.join(self.pgdata, "log"), "restart"],
+                        pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
+        with psycopg.connect(self.admin_dsn("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE payments")
+            conn.execute("CREATE ROLE payments_app NOLOGIN")
+        with psycopg.connect(self.admin_dsn("payments"), autocommit=True) as conn:
+            conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance bigint)")
+            conn.execute("INSERT INTO accounts VALUES (1, 'acme-treasury', 1000000), (2, 'acme-ops', 5000)")
+            conn.execute("GRANT SELECT, UPDATE ON accounts TO payments_app")
+        return self
+
+    def admin_dsn(self, dbname: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def stop(self) -> None:
+        import shutil
+
+        if self.server is not None:
+            try:
+                import pgserver
+
+                pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.server.pgdata,
+                                user=self.server.system_user, timeout=60)
+            except Exception:  # noqa: BLE001 - best effort at exit
+                pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _embedded_postgres() -> EmbeddedPostgres | None:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")   # platformdirs, via pgserver
+    logging.getLogger("pgserver").setLevel(logging.CRITICAL)           # its failures are reported below
+    try:
+        import pgserver  # noqa: F401
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        console.print("[yellow]PostgreSQL part skipped:[/yellow] install the demo extra "
+                      "(pip install '.\\[demo]') for the embedded PostgreSQL target.")
+        return None
+    pg = EmbeddedPostgres()
+    try:
+        return pg.start()
+    except Exception as exc:  # noqa: BLE001 - the rest of the demo still runs
+        console.print(f"[yellow]PostgreSQL part skipped:[/yellow] the embedded PostgreSQL did not start ({exc})")
+        pg.stop()
+        return None
+
+
+def _mask(credential: dict[str, Any]) -> dict[str, Any]:
+    password = credential.get("password", "")
+    shown = dict(credential)
+    shown["password"] = password[:4] + "..."
+    shown["dsn"] = credential["dsn"].replace(password, password[:4] + "...")
+    return shown
+
+
+def _postgres_story(base: str, issuer: Any, env: dict[str, str], pg: EmbeddedPostgres) -> bool:
+    """Steps 9-13: a database login for the run, an UPDATE, the log ingested, who ran it."""
+    import psycopg
+
+    status, body = _http("GET", f"{issuer.issuer}/token?audience={DEMO_AUDIENCE}",
+                         headers={"Authorization": f"Bearer {issuer.request_token}"})
+    form = {"grant_type": GRANT, "subject_token": body["value"], "subject_token_type": JWT_TYPE,
+            "audience": "payments-db", "scope": "payments:write"}
+    status, body = _http("POST", f"{base}/token", form=form)
+    if status != 200:
+        console.print(f"[red]database credential refused[/red]: {body}")
+        return False
+    credential = body["credential"]
+    _show("9. POST /token audience=payments-db → a PostgreSQL login of its own (password shown cut)",
+          {"credential_id": body["credential_id"], "credential": _mask(credential)})
+
+    statement = "UPDATE accounts SET balance = balance - 2500 WHERE owner = 'acme-ops'"
+    with psycopg.connect(credential["dsn"], autocommit=True) as conn:
+        user = conn.execute("SELECT current_user").fetchone()[0]
+        conn.execute(statement)
+    console.print(Panel(f"connected as [bold]{user}[/bold] and ran:\n  {statement}",
+                        title="10. the CI job runs its migration step with exactly that credential",
+                        title_align="left"))
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:                # the logging collector writes promptly
+        logged = [f for f in os.listdir(pg.log_dir) if f.endswith(".json")]
+        if any(statement in open(os.path.join(pg.log_dir, f), errors="replace").read() for f in logged):
+            break
+        time.sleep(0.2)
+    ingest = subprocess.run([sys.executable, "-m", "broker.cli", "ingest", "postgres-log", pg.log_dir,
+                             "--format", "jsonlog"], env=env, capture_output=True, text=True)
+    console.print(Panel((ingest.stdout or ingest.stderr).strip(),
+                        title=f"11. broker ingest postgres-log {pg.log_dir}", title_align="left"))
+    if ingest.returncode != 0:
+        return False
+
+    status, found = _http("GET", f"{base}/v1/usage?" + urllib.parse.urlencode(
+        {"statement": "UPDATE accounts"}), auth=AUDITOR)
+    hits = [{k: h.get(k) for k in ("statement", "at", "credential_id", "principal", "run", "authorizer")}
+            for h in (found or {}).get("usage", [])]
+    _show("12. auditor: who ran \"UPDATE accounts\"?  GET /v1/usage?statement=UPDATE accounts", hits)
+    if status != 200 or not any(h["credential_id"] == body["credential_id"] for h in hits):
+        return False
+
+    status, _ = _http("POST", f"{base}/revoke", form={"credential_id": body["credential_id"]}, auth=AUDITOR)
+    try:
+        psycopg.connect(credential["dsn"], connect_timeout=5).close()
+        after = "login still works (unexpected)"
+    except psycopg.OperationalError:
+        after = "login refused: the role is gone"
+    console.print(Panel(f"POST /revoke → {status}; {after}", title="13. auditor revokes the credential",
+                        title_align="left"))
+    return status == 200 and after.startswith("login refused")
+
+
 def run() -> int:
     os.environ["BROKER_INSECURE_DEV_ISSUER"] = "1"   # this is the demo: allow the dev issuer
     from broker.devtools.dev_issuer import DevIssuer
@@ -97,6 +252,9 @@ def run() -> int:
            "BROKER_STATE_DIR": os.environ.get("BROKER_STATE_DIR", os.path.join(repo, ".broker"))}
     env.pop("BROKER_DATABASE_URL", None)
     env.pop("BROKER_REDIS_URL", None)
+    pg = _embedded_postgres()
+    if pg is not None:
+        env["DEMO_PAYMENTS_DB_ADMIN_DSN"] = pg.admin_dsn("payments")
 
     console.rule("[bold]nhi-broker demo[/bold]")
     console.print("[yellow]DEV ONLY:[/yellow] a local issuer on 127.0.0.1:8099 plays GitHub Actions' OIDC provider.")
@@ -149,10 +307,15 @@ def run() -> int:
         status, info = _http("POST", f"{base}/introspect", form={"token": body["access_token"]}, auth=AUDITOR)
         _show("7. auditor: POST /introspect", {k: info[k] for k in ("active", "sub", "run", "authz") if k in info})
 
+        if pg is not None and not _postgres_story(base, issuer, env, pg):
+            console.print("[red]the PostgreSQL part of the demo failed[/red]")
+            return 1
+
         verify = subprocess.run([sys.executable, "-m", "broker.cli", "ledger", "verify"], env=env,
                                 capture_output=True, text=True)
-        console.print(Panel(verify.stdout.strip() or verify.stderr.strip(), title="8. broker ledger verify",
-                            title_align="left"))
+        step = 14 if pg is not None else 8
+        console.print(Panel(verify.stdout.strip() or verify.stderr.strip(),
+                            title=f"{step}. broker ledger verify", title_align="left"))
         if verify.returncode != 0:
             return 1
         console.rule("[green]demo complete[/green]")
@@ -164,6 +327,8 @@ def run() -> int:
         except subprocess.TimeoutExpired:
             broker.kill()
         issuer.stop()
+        if pg is not None:
+            pg.stop()
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from broker.ledger.events import Event, EventDraft, utc_timestamp
 from broker.ledger.schema import LATEST_VERSION, MIGRATIONS, PG_SCHEMA_LOCK_KEY, SCHEMA_VERSION_DDL
 from broker.ledger.store import (
     SQL_HEAD, SQL_INSERT_EVENT, SQL_MOVE_HEAD, Ledger, Params, Reader, Row, Statement,
-    event_params, json_text, seal_next,
+    Transaction, event_params, json_text, seal_next,
 )
 
 SQL_HEAD_FOR_UPDATE = SQL_HEAD + " FOR UPDATE"
@@ -50,6 +50,7 @@ class PostgresLedger(Ledger):
     """The ledger in a PostgreSQL database (production: many processes, one chain)."""
 
     _db_errors = (psycopg.Error,)   # includes psycopg_pool's PoolTimeout and PoolClosed
+    _audit_postgres = True          # audit queries use arrays and LATERAL (ledger/queries.py)
 
     def __init__(self, url: str, *, pool_size: int = 4, timeout: float = 5.0) -> None:
         try:
@@ -180,3 +181,36 @@ class PostgresLedger(Ledger):
             finally:
                 if not conn.broken:
                     conn.execute("ROLLBACK")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Transaction]:
+        with self._pool.connection() as conn, conn.transaction():
+            yield _PostgresTransaction(conn)
+
+
+class _PostgresTransaction:
+    """:class:`~broker.ledger.store.Transaction` on one pooled PostgreSQL connection."""
+
+    lock_suffix = " FOR UPDATE"
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Params = ()) -> list[Row]:
+        cursor = self._conn.execute(sql, tuple(params) or None)
+        return cursor.fetchall() if cursor.description is not None else []
+
+    def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        with self._conn.cursor() as cursor:
+            cursor.executemany(sql, rows)
+
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Params]) -> None:
+        """Bulk insert with ``COPY … FROM STDIN`` (Ledger.append_many / record_usage): far
+        cheaper for the client than executemany. ``table``/``columns`` are the store's own."""
+        from psycopg import sql
+
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)))
+        with self._conn.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)

@@ -107,8 +107,71 @@ _INDEXES = (
 )
 
 
+# Version 5 (audit queries, broker/ledger/queries.py): every filtered event query walks an
+# index ending in seq, so keyset pages and "first N usage events" read only what they return;
+# usage counts are index-only.
+_AUDIT_INDEXES = (
+    "CREATE INDEX events_credential_type_seq_idx ON events (credential_id, type, seq)",
+    "CREATE INDEX events_principal_seq_idx ON events (principal, seq)",
+    "CREATE INDEX events_principal_type_seq_idx ON events (principal, type, seq)",
+    "CREATE INDEX events_type_seq_idx ON events (type, seq)",
+    "CREATE INDEX credentials_principal_issued_idx ON credentials (principal, issued_at)",
+)
+
+
 def _plain(*sql: str) -> tuple[Statement, ...]:
     return tuple((s, ()) for s in sql)
+
+
+# Version 2 (usage linking, broker/usage/): ``usage_lines`` is the projection of ``usage``
+# events that the log ingester dedupes on (``line_key`` — e.g. session id + session line
+# number — is unique, so re-reading a log or a rotated copy records nothing twice) and that
+# "who ran this" (GET /v1/usage) searches by statement text and statement time (``at``, RFC
+# 3339 UTC as written by the database's log). The partial index keeps the reaper's
+# "credentials still to end" query proportional to the live credentials of its kinds.
+def _usage_tables(bigint: str) -> tuple[Statement, ...]:
+    return _plain(
+        "CREATE TABLE usage_lines ("
+        f" seq {bigint} PRIMARY KEY,"
+        " line_key TEXT NOT NULL UNIQUE,"
+        " credential_id TEXT NOT NULL,"
+        " at TEXT NOT NULL,"
+        " statement TEXT)",
+        "CREATE INDEX usage_lines_at_idx ON usage_lines (at, seq)",
+        "CREATE INDEX credentials_unended_idx ON credentials (target_type, expires_at)"
+        " WHERE ended_at IS NULL",
+    )
+
+
+# Version 3 (Merkle tree and signed checkpoints, broker/ledger/tree.py and checkpoints.py):
+# ``merkle_nodes`` holds the hash of every complete subtree (level 0 = leaf hashes) of the
+# RFC 6962 tree over the events, ``merkle_head.size`` how many events they cover (filled in
+# batches, never by the append path); ``checkpoints`` keeps every signed tree head.
+def _merkle_tables(*, bigint: str, blob: str, nodes_suffix: str, identity: str) -> tuple[Statement, ...]:
+    return (
+        *_plain(
+            "CREATE TABLE merkle_nodes ("
+            " level INTEGER NOT NULL CHECK (level >= 0),"
+            f" idx {bigint} NOT NULL CHECK (idx >= 0),"
+            f" hash {blob} NOT NULL,"
+            f" PRIMARY KEY (level, idx)){nodes_suffix}",
+            "CREATE TABLE merkle_head ("
+            " id INTEGER PRIMARY KEY CHECK (id = 1),"
+            f" size {bigint} NOT NULL)",
+        ),
+        ("INSERT INTO merkle_head (id, size) VALUES (1, 0)", ()),
+        *_plain(
+            "CREATE TABLE checkpoints ("
+            f" id {identity},"
+            f" tree_size {bigint} NOT NULL CHECK (tree_size >= 0),"
+            " root_hash TEXT NOT NULL,"
+            " ts TEXT NOT NULL,"
+            " issuer TEXT NOT NULL,"
+            " key_id TEXT NOT NULL,"
+            " signature TEXT NOT NULL)",
+            "CREATE INDEX checkpoints_tree_size_idx ON checkpoints (tree_size, id)",
+        ),
+    )
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -127,6 +190,28 @@ MIGRATIONS: tuple[Migration, ...] = (
             *_plain(*_INDEXES),
         ),
     ),
+    Migration(
+        version=2,
+        description="usage lines (log-line dedupe, statement search), credentials still to end",
+        postgres=_usage_tables("BIGINT"),
+        sqlite=_usage_tables("INTEGER"),
+    ),
+    Migration(
+        version=3,
+        description="merkle tree nodes and signed checkpoints",
+        postgres=_merkle_tables(bigint="BIGINT", blob="BYTEA", nodes_suffix="",
+                                identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
+        # WITHOUT ROWID: the (level, idx) key is the table's b-tree, no second index.
+        sqlite=_merkle_tables(bigint="INTEGER", blob="BLOB", nodes_suffix=" WITHOUT ROWID",
+                              identity="INTEGER PRIMARY KEY"),
+    ),
+    Migration(
+        version=5,
+        description="audit indexes: usage per credential, event search, principal windows",
+        postgres=_plain(*_AUDIT_INDEXES),
+        sqlite=_plain(*_AUDIT_INDEXES),
+    ),
 )
 
-LATEST_VERSION = MIGRATIONS[-1].version
+# Versions are applied in version order, each once (see the backends' _migrate).
+LATEST_VERSION = max(m.version for m in MIGRATIONS)

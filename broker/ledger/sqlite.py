@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Iterator, Sequence
@@ -20,7 +21,7 @@ from broker.ledger.events import Event, EventDraft, utc_timestamp
 from broker.ledger.schema import LATEST_VERSION, MIGRATIONS, SCHEMA_VERSION_DDL
 from broker.ledger.store import (
     SQL_HEAD, SQL_INSERT_EVENT, SQL_MOVE_HEAD, Ledger, Params, Reader, Row, Statement,
-    event_params, json_text, seal_next,
+    Transaction, event_params, json_text, seal_next,
 )
 
 MIN_SQLITE = (3, 35, 0)   # UPDATE … RETURNING
@@ -91,7 +92,7 @@ class SQLiteLedger(Ledger):
     # -- schema ----------------------------------------------------------------------------
     def _migrate(self, conn: sqlite3.Connection) -> None:
         # journal_mode is a property of the file; it cannot change inside a transaction.
-        conn.execute("PRAGMA journal_mode=WAL")
+        _set_wal(conn, self._busy_timeout)
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(SCHEMA_VERSION_DDL)
         current = conn.execute(
@@ -99,8 +100,11 @@ class SQLiteLedger(Ledger):
         if current > LATEST_VERSION:
             raise LedgerUnavailable(f"ledger schema version {current} is newer than this broker"
                                     f" supports ({LATEST_VERSION})")
-        for migration in MIGRATIONS:
-            if migration.version <= current:
+        # Each version not yet recorded, in version order (so a version merged later than a
+        # higher one is still applied).
+        applied = {int(v) for (v,) in conn.execute("SELECT version FROM schema_version").fetchall()}
+        for migration in sorted(MIGRATIONS, key=lambda m: m.version):
+            if migration.version in applied:
                 continue
             for sql, params in migration.statements("sqlite"):
                 conn.execute(_q(sql), params)
@@ -156,6 +160,43 @@ class SQLiteLedger(Ledger):
 
             yield read
             conn.execute("ROLLBACK")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Transaction]:
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            yield _SQLiteTransaction(conn)
+            conn.execute("COMMIT")
+
+
+class _SQLiteTransaction:
+    """:class:`~broker.ledger.store.Transaction` on one SQLite connection."""
+
+    lock_suffix = ""     # BEGIN IMMEDIATE already holds the database's write lock
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Params = ()) -> list[Row]:
+        return self._conn.execute(_q(sql), tuple(params)).fetchall()
+
+    def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        self._conn.executemany(_q(sql), rows)
+
+
+def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """``PRAGMA journal_mode=WAL``, retried: while another process holds the lock to create
+    the schema in a fresh file, SQLite answers "database is locked" at once instead of
+    waiting for the busy timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _rollback(conn: sqlite3.Connection) -> bool:

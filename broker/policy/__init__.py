@@ -8,18 +8,19 @@ from __future__ import annotations
 
 from broker.policy.evaluate import evaluate
 from broker.policy.load import (
-    FUTURE_POLICY_KEYS, check_policy_dir, load_policy_dir, load_policy_files, load_policy_text,
+    ALLOWED_EXTRA_POLICY_KEYS, FUTURE_POLICY_KEYS, check_policy_dir, load_policy_dir,
+    load_policy_files, load_policy_text,
 )
 from broker.policy.model import (
-    ClaimMatcher, Client, Decision, IssuerConfig, Policy, PolicySet, SourceRef, Target,
+    ClaimMatcher, Client, Decision, DeriveRule, IssuerConfig, Policy, PolicySet, SourceRef, Target,
     claim_text, claim_value,
 )
 from broker.policy.problems import PolicyError, Problem
 from broker.policy.targets import TARGET_TYPES, TargetContext, TargetSchema, register_target_type
 
 __all__ = [
-    "FUTURE_POLICY_KEYS", "TARGET_TYPES",
-    "ClaimMatcher", "Client", "Decision", "IssuerConfig", "Policy", "PolicyError", "PolicySet",
+    "ALLOWED_EXTRA_POLICY_KEYS", "FUTURE_POLICY_KEYS", "TARGET_TYPES",
+    "ClaimMatcher", "Client", "Decision", "DeriveRule", "IssuerConfig", "Policy", "PolicyError", "PolicySet",
     "Problem", "SourceRef", "Target", "TargetContext", "TargetSchema",
     "check_policy_dir", "claim_text", "claim_value", "evaluate", "load_policy_dir",
     "load_policy_files", "load_policy_text", "register_target_type",

@@ -37,7 +37,14 @@ Choices made here (the format is a user-facing contract; keep this list in step 
     ``match`` is required and non-empty: a policy that should accept every token of an issuer
     must say so (e.g. ``sub: {regex: ".*"}``). Pattern semantics: :mod:`broker.policy.patterns`.
     ``scopes`` is an optional list of RFC 6749 scope tokens. Keys in
-    :data:`FUTURE_POLICY_KEYS` are accepted and kept, as written, in ``Policy.extra``.
+    :data:`ALLOWED_EXTRA_POLICY_KEYS` are accepted, validated and kept, as written, in
+    ``Policy.extra``; today ``derive`` and ``max_depth`` (fan-out, :mod:`broker.derive`):
+    ``derive`` is a non-empty list whose entries are a target name or a mapping
+    ``{target, scopes, max_ttl, from}`` (``target`` required; ``scopes`` a list of scope tokens,
+    possibly empty; ``max_ttl`` a duration; ``from`` a non-empty list of target names). Every
+    named target must be defined; a target appears at most once. They are compiled into
+    ``Policy.derive``. ``max_depth`` is an integer 1..:data:`MAX_DERIVE_DEPTH` and only
+    allowed beside ``derive``.
 ``kind: client``
     ``secret_sha256`` is 64 hex digits (stored lower-case); ``may`` a non-empty subset of
     ``audit``, ``introspect``, ``revoke``.
@@ -59,7 +66,8 @@ from broker.attestation.presets import ASYMMETRIC_ALGORITHMS, PRESETS, Preset
 from broker.canonical import canonical_json, sha256_hex
 from broker.durations import parse_duration
 from broker.policy.model import (
-    ClaimMatcher, Client, IssuerConfig, Policy, PolicySet, SourceRef, Target, claim_text,
+    MAX_DERIVE_DEPTH, ClaimMatcher, Client, DeriveRule, IssuerConfig, Policy, PolicySet, SourceRef,
+    Target, claim_text,
 )
 from broker.policy.patterns import compile_exact, compile_glob, compile_regex
 from broker.policy.problems import PolicyError, Problem
@@ -80,9 +88,12 @@ ISSUER_KEYS = ISSUER_REQUIRED | {
 }
 TARGET_REQUIRED = frozenset({"kind", "name", "type", "max_ttl"})
 
-# Policy keys later issues add (e.g. "derive", "approval", "may_act"). A key listed here is
-# accepted and stored, as written, in Policy.extra (and covered by the policy's digest).
-FUTURE_POLICY_KEYS: frozenset[str] = frozenset()
+# Policy keys beyond the core ones, added by later issues (fan-out: "derive", "max_depth").
+# A key listed here is accepted, checked by its own reader below, and stored, as written, in
+# Policy.extra (and covered by the policy's digest).
+ALLOWED_EXTRA_POLICY_KEYS: frozenset[str] = frozenset({"derive", "max_depth"})
+FUTURE_POLICY_KEYS = ALLOWED_EXTRA_POLICY_KEYS   # the old name, for code written against it
+DERIVE_RULE_KEYS = frozenset({"target", "scopes", "max_ttl", "from"})
 POLICY_REQUIRED = frozenset({"kind", "name", "issuer", "targets", "match"})
 POLICY_KEYS = POLICY_REQUIRED | {"scopes", "max_ttl"}
 
@@ -648,7 +659,7 @@ def _compile_target(doc: _Doc) -> None:
 # ---------------------------------------------------------------------------- kind: policy
 
 def _compile_policy(doc: _Doc) -> None:
-    allowed = POLICY_KEYS | FUTURE_POLICY_KEYS
+    allowed = POLICY_KEYS | ALLOWED_EXTRA_POLICY_KEYS
     doc.check_keys(POLICY_REQUIRED, allowed)
     node = doc.node
 
@@ -667,7 +678,9 @@ def _compile_policy(doc: _Doc) -> None:
     if scope_nodes is not None:
         scopes = tuple(e.data for e in scope_nodes)
     max_ttl = doc.duration("max_ttl")
-    extra = {key: node.get(key).data for key in FUTURE_POLICY_KEYS if node.get(key) is not None}  # type: ignore[union-attr]
+    extra = {key: node.get(key).data for key in ALLOWED_EXTRA_POLICY_KEYS if node.get(key) is not None}  # type: ignore[union-attr]
+    derive = _derive_rules(doc) if "derive" in ALLOWED_EXTRA_POLICY_KEYS else ()
+    max_depth = _max_depth(doc) if "max_depth" in ALLOWED_EXTRA_POLICY_KEYS else None
 
     if not doc.ok or doc.name is None:
         return
@@ -682,7 +695,144 @@ def _compile_policy(doc: _Doc) -> None:
         digest=_digest(node.data),
         extra=extra,
         source=doc.source,
+        derive=derive or (),
+        max_depth=max_depth,
     ))
+
+
+def _derive_rules(doc: _Doc) -> tuple[DeriveRule, ...] | None:
+    """``derive``: which targets credentials authorized by this policy may derive (fan-out)."""
+    node = doc.node.get("derive")
+    if node is None:
+        return ()
+    if doc.quiet(node):
+        return None
+    if not node.is_list or not node.elements:
+        got = "an empty list" if node.is_list else type_name(node.data)
+        doc.error(node.line, f"derive must be a non-empty list of target names or "
+                             f"{{target, scopes, max_ttl, from}} mappings, got {got}")
+        return None
+    rules: list[DeriveRule] = []
+    seen: dict[str, int] = {}
+    ok = True
+    for element in node.elements:
+        rule = None if doc.quiet(element) else _derive_rule(doc, element)
+        if rule is None:
+            ok = False
+            continue
+        if rule.target in seen:
+            doc.error(element.line, f"derive lists target {rule.target!r} twice (first at line "
+                                    f"{seen[rule.target]}); use 'from' in one entry instead")
+            ok = False
+            continue
+        seen[rule.target] = element.line
+        rules.append(rule)
+    return tuple(rules) if ok else None
+
+
+def _derive_rule(doc: _Doc, element: Located) -> DeriveRule | None:
+    if isinstance(element.data, str):
+        target_node: Located | None = element
+        fields: dict[str, tuple[int, Located]] = {}
+    elif element.is_mapping:
+        assert element.items is not None
+        fields = element.items
+        ok = True
+        for key, (line, _) in fields.items():
+            if key not in DERIVE_RULE_KEYS:
+                doc.error(line, f"derive: unknown key {key!r} (allowed: "
+                                f"{', '.join(sorted(DERIVE_RULE_KEYS))})")
+                ok = False
+        target_node = element.get("target")
+        if target_node is None:
+            doc.error(element.line, "derive: an entry mapping needs 'target'")
+            return None
+        if not ok:
+            return None
+    else:
+        doc.error(element.line, f"derive: an entry is a target name or a mapping with 'target', "
+                                f"got {type_name(element.data)}")
+        return None
+    if doc.quiet(target_node):
+        return None
+    if not isinstance(target_node.data, str) or not target_node.data.strip():
+        doc.error(target_node.line, f"derive: target must be a target name, got "
+                                    f"{type_name(target_node.data)}")
+        return None
+    doc.loader.references.append((doc, "target", target_node))
+    ok = True
+    scopes: tuple[str, ...] | None = None
+    if "scopes" in fields:
+        scopes = _derive_names(doc, fields["scopes"][1], "scopes", allow_empty=True)
+        for scope in scopes or ():
+            if not _SCOPE.fullmatch(scope):
+                doc.error(fields["scopes"][1].line,
+                          f"derive: scope {scope!r} must not contain spaces, '\"' or '\\'")
+                ok = False
+        ok = ok and scopes is not None
+    max_ttl: int | None = None
+    if "max_ttl" in fields:
+        ttl_node = fields["max_ttl"][1]
+        if not doc.quiet(ttl_node):
+            try:
+                max_ttl = parse_duration(ttl_node.data)
+            except ValueError as exc:
+                doc.error(ttl_node.line, f"derive: max_ttl: {exc}")
+        ok = ok and max_ttl is not None
+    from_targets: tuple[str, ...] | None = None
+    if "from" in fields:
+        from_node = fields["from"][1]
+        from_targets = _derive_names(doc, from_node, "from", allow_empty=False)
+        if from_targets is not None:
+            assert from_node.elements is not None
+            for ref in from_node.elements:
+                doc.loader.references.append((doc, "target", ref))
+        ok = ok and from_targets is not None
+    if not ok:
+        return None
+    return DeriveRule(target=target_node.data, scopes=scopes, max_ttl=max_ttl,
+                      from_targets=from_targets)
+
+
+def _derive_names(doc: _Doc, node: Located, key: str, *, allow_empty: bool) -> tuple[str, ...] | None:
+    """A list of distinct non-empty strings inside a ``derive`` entry."""
+    if doc.quiet(node):
+        return None
+    if not node.is_list or (not node.elements and not allow_empty):
+        got = "an empty list" if node.is_list else type_name(node.data)
+        doc.error(node.line, f"derive: {key} must be a {'' if allow_empty else 'non-empty '}"
+                             f"list of strings, got {got}")
+        return None
+    assert node.elements is not None
+    names: list[str] = []
+    for element in node.elements:
+        if doc.quiet(element):
+            return None
+        if not isinstance(element.data, str) or not element.data.strip():
+            got = "an empty string" if isinstance(element.data, str) else type_name(element.data)
+            doc.error(element.line, f"derive: {key} must be a list of non-empty strings, got {got}")
+            return None
+        if element.data in names:
+            doc.error(element.line, f"derive: {key} lists {element.data!r} twice")
+            return None
+        names.append(element.data)
+    return tuple(names)
+
+
+def _max_depth(doc: _Doc) -> int | None:
+    node = doc.node.get("max_depth")
+    if node is None or doc.quiet(node):
+        return None
+    value = node.data
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DERIVE_DEPTH:
+        shown = repr(value) if isinstance(value, int) and not isinstance(value, bool) else type_name(value)
+        doc.error(node.line, f"max_depth must be a whole number from 1 to {MAX_DERIVE_DEPTH}, "
+                             f"got {shown}")
+        return None
+    if doc.node.get("derive") is None:
+        doc.error(node.line, "max_depth has no effect without derive")
+        return None
+    return value
 
 
 def _match(doc: _Doc) -> tuple[ClaimMatcher, ...] | None:

@@ -59,6 +59,26 @@ class ClaimMatcher:
         return any(p.fullmatch(text) for p in self.patterns)
 
 
+#: ``max_depth`` of a policy with ``derive`` when it says none: root → child → grandchild →
+#: great-grandchild. And the largest ``max_depth`` a policy may set.
+DEFAULT_DERIVE_DEPTH = 3
+MAX_DERIVE_DEPTH = 10
+
+
+@dataclass(frozen=True)
+class DeriveRule:
+    """One entry of a policy's ``derive``: credentials this policy authorized (and their
+    descendants) may be exchanged for a child credential for ``target``.
+
+    ``scopes`` None: the child's scopes are a subset of its parent's. ``from_targets`` None: any
+    parent target. ``max_ttl`` None: the target's ``max_ttl``. The child never outlives its
+    parent, whatever these say (see :mod:`broker.derive`)."""
+    target: str
+    scopes: tuple[str, ...] | None = None
+    max_ttl: int | None = None
+    from_targets: tuple[str, ...] | None = None
+
+
 @dataclass(frozen=True)
 class Policy:
     """``kind: policy`` — who may get which target, with which scopes, for how long."""
@@ -71,6 +91,8 @@ class Policy:
     digest: str                       # "sha256:<hex>" over the canonical document
     extra: dict[str, Any] = field(default_factory=dict)  # keys later issues add (derive, approval, ...)
     source: SourceRef | None = field(default=None, compare=False)
+    derive: tuple[DeriveRule, ...] = ()   # compiled ``derive`` (fan-out); empty: no children
+    max_depth: int | None = None          # ``max_depth``: longest derivation chain (None: default)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,10 @@ def minted(client, dev_issuer):
     ("malformed basic", {"Authorization": "Basic !!!"}, 401, "invalid_client"),
 ])
 def test_client_authentication_is_required(client, minted, path, case, headers, status, error):
-    response = client.post(path, data={"token": minted["access_token"]}, headers=headers)
+    data = {"token": minted["access_token"]}
+    if path == "/revoke" and not headers:   # token= alone is its holder revoking it (tests/fanout)
+        data = {"credential_id": minted["credential_id"]}
+    response = client.post(path, data=data, headers=headers)
     assert response.status_code == status
     assert response.get_json()["error"] == error
     if status == 401:
@@ -49,8 +52,9 @@ def test_introspect_active_then_revoked_inactive(client, minted, ledger):
     assert client.post("/introspect", data={"token": token},
                        headers=basic(*INTROSPECTOR)).get_json() == {"active": False}
     types = [e.type for e in ledger.events_for_credential(minted["credential_id"])]
-    assert types == ["mint", "introspect", "revoke", "introspect"]
-    revoke = ledger.events_for_credential(minted["credential_id"])[2]
+    # an active introspection is also a usage of the credential by the calling client (issue 6)
+    assert types == ["mint", "introspect", "usage", "revoke", "introspect"]
+    revoke = ledger.events_for_credential(minted["credential_id"])[3]
     assert revoke.details["client"] == "auditor" and revoke.details["result"] == "revoked"
     assert ledger.get_credential(minted["credential_id"]).revoked_at is not None
 

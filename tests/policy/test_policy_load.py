@@ -332,6 +332,6 @@ def test_future_policy_keys_are_kept_in_extra(monkeypatch):
     """)
     with pytest.raises(PolicyError):
         load_policy_text(text)
-    monkeypatch.setattr(load, "FUTURE_POLICY_KEYS", frozenset({"approval"}))
+    monkeypatch.setattr(load, "ALLOWED_EXTRA_POLICY_KEYS", frozenset({"approval"}))
     (policy,) = load_policy_text(text).policies
     assert policy.extra == {"approval": {"required": True, "approvers": ["alice"]}}

@@ -107,8 +107,8 @@ CASES = [
     ("required_claims not claims", ISSUER + "issuer: https://x.example\nrequired_claims: ['a b']\n", 5,
      "required_claims: 'a b' is not a claim"),
     # --- kind: target ------------------------------------------------------------------------
-    ("target unknown type", "kind: target\nname: db\ntype: postgres\nmax_ttl: 60\nadmin_dsn_env: X\n", 3,
-     "unknown target type 'postgres' (one of: "),
+    ("target unknown type", "kind: target\nname: db\ntype: mainframe\nmax_ttl: 60\nadmin_dsn_env: X\n", 3,
+     "unknown target type 'mainframe' (one of: "),
     ("target missing type", "kind: target\nname: db\nmax_ttl: 60\n", 1, "missing required key 'type'"),
     ("target missing max_ttl", "kind: target\nname: t\ntype: jwt\n", 1,
      "target 't': missing required key 'max_ttl'"),
@@ -164,7 +164,7 @@ CASES = [
     ("policy empty scope", POLICY + "match: {sub: x}\nscopes: ['']\n", 6, "got an empty string"),
     ("policy bad max_ttl", POLICY + "match: {sub: x}\nmax_ttl: 1w\n", 6, "max_ttl: not a duration: '1w'"),
     ("policy future key not yet allowed", POLICY + "match: {sub: x}\napproval: {required: true}\n", 6,
-     "unknown key 'approval' (allowed: issuer, kind, match, max_ttl, name, scopes, targets)"),
+     "unknown key 'approval' (allowed: derive, issuer, kind, match, max_depth, max_ttl, name, scopes, targets)"),
     ("policy duplicate name", POLICY + "match: {sub: x}\n---\n" + POLICY + "match: {sub: y}\n", 8,
      "duplicate policy name 'p'"),
     # --- kind: client ------------------------------------------------------------------------

