@@ -122,8 +122,9 @@ def test_auto_renew_replaces_the_credential_before_expiry_with_a_fresh_attestati
         for t in readers:
             t.start()
         deadline = time.monotonic() + 10
-        while cred.credential_id == first and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while (cred.credential_id == first or cred.credential_id not in seen) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)                # until the readers have seen the renewed one
         stop.set()
         for t in readers:
             t.join()
