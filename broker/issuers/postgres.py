@@ -49,7 +49,6 @@ import os
 import re
 import secrets
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -543,18 +542,7 @@ class PostgresIssuer:
 
         db.run(create_role, action="create role")
         connect = {**db.client_defaults(), **options.get("connect", {})}
-        secret = {
-            "type": KIND,
-            "username": role,
-            "password": password,
-            "host": connect["host"],
-            "port": int(connect["port"]),
-            "dbname": connect["dbname"],
-            "dsn": _client_dsn(role, password, connect),
-            "expires_at": _rfc3339(request.expires_at),
-        }
-        if connect.get("sslmode"):
-            secret["sslmode"] = connect["sslmode"]
+        secret = database_credential(role, password, connect, expires_at=request.expires_at)
         details = {"role": role, "database": connect["dbname"], "host": connect["host"],
                    "port": int(connect["port"]), "grants": grants}
         record = _RoleRef(target=target.name, credential_id=request.credential_id)
@@ -660,6 +648,25 @@ class _RoleRef:
     @property
     def role(self) -> str:
         return role_name(self.credential_id)
+
+
+def database_credential(username: str, password: str, connect: dict[str, Any], *,
+                        expires_at: int) -> dict[str, Any]:
+    """The ``credential`` object of the token response for a PostgreSQL login (postgres and
+    vault-database kinds alike). Secret: only ever returned to the client."""
+    secret: dict[str, Any] = {
+        "type": KIND,
+        "username": username,
+        "password": password,
+        "host": connect["host"],
+        "port": int(connect["port"]),
+        "dbname": connect["dbname"],
+        "dsn": _client_dsn(username, password, connect),
+        "expires_at": _rfc3339(expires_at),
+    }
+    if connect.get("sslmode"):
+        secret["sslmode"] = connect["sslmode"]
+    return secret
 
 
 def _client_dsn(role: str, password: str, connect: dict[str, Any]) -> str:

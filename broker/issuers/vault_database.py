@@ -53,7 +53,7 @@ from typing import Any
 
 from broker import errors
 from broker.issuers.base import IssuedCredential, IssueRequest
-from broker.issuers.postgres import CONNECT_KEYS, SSLMODES, _client_dsn
+from broker.issuers.postgres import CONNECT_KEYS, SSLMODES, database_credential
 from broker.ledger.events import CredentialRecord, EventDraft, utc_timestamp
 from broker.policy.problems import Problem
 from broker.policy.targets import TargetContext, register_target_type
@@ -65,7 +65,6 @@ from broker.vault import (
 log = logging.getLogger("broker.issuers.vault_database")
 
 KIND = "vault-database"
-CREDENTIAL_TYPE = "postgres"        # the credential object is the postgres kind's
 DEFAULT_MOUNT = "database"
 DEFAULT_PORT = 5432
 #: A lease Vault could not shorten may outlive the policy by this much before the broker
@@ -240,18 +239,7 @@ class VaultDatabaseIssuer:
         now = time.time()
         connect = dict(options["connect"])
         connect.setdefault("port", DEFAULT_PORT)
-        secret = {
-            "type": CREDENTIAL_TYPE,
-            "username": username,
-            "password": password,
-            "host": connect["host"],
-            "port": int(connect["port"]),
-            "dbname": connect["dbname"],
-            "dsn": _client_dsn(username, password, connect),
-            "expires_at": _rfc3339(request.expires_at),
-        }
-        if connect.get("sslmode"):
-            secret["sslmode"] = connect["sslmode"]
+        secret = database_credential(username, password, connect, expires_at=request.expires_at)
         details = {
             "role": username, "username": username,
             "lease_id": lease_id, "lease_duration": duration,

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,33 +94,43 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_broker(env: dict[str, str], *, workers: int = 2, timeout: float = 30.0) -> Iterator[str]:
-    """Start `broker serve` (gunicorn) as a real process; yield its base URL."""
+def running_broker(env: dict[str, str], *, workers: int = 2, timeout: float = 30.0,
+                   log_path: Path | None = None) -> Iterator[str]:
+    """Start `broker serve` (gunicorn) as a real process; yield its base URL.
+
+    With ``log_path``, everything the server prints is kept there (tests search it for secrets).
+    """
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     full_env = {**os.environ, "BROKER_ISSUER": base, **env}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "broker.cli", "serve", "--port", str(port), "--workers", str(workers)],
-        env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-                raise RuntimeError(f"broker exited early ({proc.returncode}):\n{out}")
-            try:
-                if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("broker did not become healthy")
-            time.sleep(0.1)
-        yield base
-    finally:
-        proc.terminate()
+    with contextlib.ExitStack() as stack:
+        # A file, never a pipe: a chatty server must not block on a full pipe buffer.
+        out = stack.enter_context(open(log_path, "wb") if log_path is not None
+                                  else tempfile.TemporaryFile())
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "broker.cli", "serve", "--port", str(port), "--workers", str(workers)],
+            env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    out.flush()
+                    out.seek(0)
+                    printed = out.read().decode(errors="replace")
+                    raise RuntimeError(f"broker exited early ({proc.returncode}):\n{printed}")
+                try:
+                    if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("broker did not become healthy")
+                time.sleep(0.1)
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

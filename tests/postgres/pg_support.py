@@ -2,21 +2,17 @@
 issuer, a target database in the throwaway cluster, and a real broker whose output is kept."""
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 from api_support import (  # noqa: E402
-    AUDIENCE, AUDITOR, GRANT, INTROSPECTOR, JWT_TYPE, REPO, basic, free_port, sha,
+    AUDIENCE, AUDITOR, GRANT, INTROSPECTOR, JWT_TYPE, REPO, basic, free_port, running_broker, sha,
 )
 
 __all__ = ["AUDIENCE", "AUDITOR", "GRANT", "INTROSPECTOR", "JWT_TYPE", "REPO", "basic",
@@ -121,35 +117,7 @@ def broker_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 1
                           cwd=REPO, env={**os.environ, **(env or {})}, timeout=timeout)
 
 
-@contextlib.contextmanager
 def running_broker_logged(env: dict[str, str], log_path: Path, *, workers: int = 2,
-                          timeout: float = 30.0) -> Iterator[str]:
+                          timeout: float = 30.0):
     """`broker serve` (gunicorn) as a real process, everything it prints kept in ``log_path``."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "broker.cli", "serve", "--port", str(port), "--workers", str(workers)],
-            env={**os.environ, "BROKER_ISSUER": base, **env}, stdout=out, stderr=subprocess.STDOUT,
-            cwd=REPO)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"broker exited early ({proc.returncode}):\n{log_path.read_text()}")
-                try:
-                    if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("broker did not become healthy")
-                time.sleep(0.1)
-            yield base
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    return running_broker(env, workers=workers, timeout=timeout, log_path=log_path)
