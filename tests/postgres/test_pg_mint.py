@@ -7,7 +7,6 @@ import sqlite3
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from pg_support import AUDITOR, basic, token_form
 

@@ -1,7 +1,6 @@
 """Usage linking: the database's own log → usage events → "who ran this" (real PostgreSQL)."""
 from __future__ import annotations
 
-import json
 import shutil
 import sqlite3
 import time
