@@ -80,5 +80,29 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     checkpointer = start_checkpointer(app.extensions["broker"], app.config)  # BROKER_CHECKPOINT_INTERVAL
     if checkpointer is not None:
         app.extensions["broker"].extras["checkpointer"] = checkpointer  # stopped by ctx.close()
+    _install_rate_limit(app)
     register_error_handlers(app)
     return app
+
+
+def _install_rate_limit(app: Flask) -> None:
+    """``BROKER_RATE_LIMIT`` on ``POST /token`` per client address (off unless set);
+    ``BROKER_PROXY_FIX_X_FOR`` trusts that many reverse proxies' X-Forwarded-For."""
+    from flask import request
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from broker import config as cfg
+    from broker.ratelimit import open_rate_limiter
+
+    hops = int(app.config.get("PROXY_FIX_X_FOR") or 0)
+    if hops > 0:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops)  # type: ignore[method-assign]
+    limiter = open_rate_limiter(app.config.get("RATE_LIMIT"), redis_url=cfg.redis_url(app.config),
+                                state_dir=cfg.state_dir(app.config))
+    if limiter is None:
+        return
+
+    @app.before_request
+    def _rate_limit() -> None:
+        if request.endpoint == "token.token":
+            limiter.check(request.remote_addr or "unknown")

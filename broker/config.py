@@ -24,6 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONTENT_LENGTH": 64 * 1024,        # bytes of request body accepted
     "CHECKPOINT_INTERVAL": None,            # seconds between signed ledger checkpoints; 0 = off;
                                             # None: 300 in `broker serve`, off when TESTING
+    "RATE_LIMIT": None,                     # "600/60s": POST /token per client address; None = off
+    "PROXY_FIX_X_FOR": 0,                   # reverse proxies whose X-Forwarded-For is trusted
     "CHECKPOINT_WITNESS": None,             # comma-separated URLs (POST JSON) / files (JSON lines)
     "REAPER_INTERVAL": 15,                  # seconds between expiry sweeps in `broker serve`; 0 = off
     "REAPER_ORPHAN_GRACE": 300,             # seconds before an nhb_ role unknown to the ledger is an orphan
