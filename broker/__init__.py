@@ -34,9 +34,11 @@ def build_context(config: dict[str, Any]):
                      cache_ttl=cfg.number(config, "JWKS_CACHE_TTL"),
                      min_refetch_interval=cfg.number(config, "JWKS_MIN_REFETCH_INTERVAL"))
     replay = open_replay_guard(cfg.redis_url(config), state_dir)
-    return BrokerContext(issuer=issuer, policy_set=policy_set, signer=signer, ledger=ledger,
-                         jwks=jwks, replay=replay,
-                         issuers=build_issuers(config, policy_set=policy_set))
+    ctx = BrokerContext(issuer=issuer, policy_set=policy_set, signer=signer, ledger=ledger,
+                        jwks=jwks, replay=replay,
+                        issuers=build_issuers(config, policy_set=policy_set))
+    ctx.extras["approval_interval"] = int(cfg.number(config, "APPROVAL_POLL_INTERVAL"))
+    return ctx
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -68,6 +70,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from broker.api import usage
 
     app.register_blueprint(usage.bp)
+    from broker.api import approvals as approvals_api
+    from broker.web.people import init_people
+
+    app.register_blueprint(approvals_api.bp)
+    init_people(app)          # people's pages: sign-in through the human IdP, approvals, delegations
     from broker.reaper import start_reaper
 
     reaper = start_reaper(app.extensions["broker"], app.config)   # BROKER_REAPER_INTERVAL

@@ -31,6 +31,8 @@ DEFAULTS: dict[str, Any] = {
     "REAPER_ORPHAN_GRACE": 300,             # seconds before an nhb_ role unknown to the ledger is an orphan
     "POSTGRES_POOL_SIZE": 4,                # admin connections per postgres target, per process
     "POSTGRES_TIMEOUT": 5.0,                # seconds to get an admin connection to a postgres target
+    "SECRET_KEY": None,                     # signs people's session cookies; None: $STATE_DIR/session.key
+    "APPROVAL_POLL_INTERVAL": 5,            # seconds between approval polls (RFC 8628 `interval`)
 }
 
 

@@ -175,8 +175,10 @@ def policy_name_of(authorizer: dict[str, Any] | None) -> str | None:
         return None
     if authorizer.get("type") in ("policy", "derive"):
         name = authorizer.get("name")
-    else:                           # e.g. a human approval that names the policy it approved under
+    else:                           # a human approval or a delegation names the policy it was under
         name = authorizer.get("policy")
+        if isinstance(name, dict):  # {"name", "digest"} (docs/approvals.md)
+            name = name.get("name")
     return name if isinstance(name, str) else None
 
 

@@ -118,3 +118,37 @@ class ServerError(BrokerError):
     """RFC 6749 §4.1.2.1 ``server_error``: an unexpected condition; details only in the log."""
     error = "server_error"
     status_code = 500
+
+
+class AuthorizationPending(BrokerError):
+    """RFC 8628 §3.5 ``authorization_pending``: a person has not decided yet; poll again after
+    ``interval`` seconds (the answer carries ``approval_id``, ``approval_url``, ``interval``)."""
+    error = "authorization_pending"
+    status_code = 400
+
+
+class SlowDown(BrokerError):
+    """RFC 8628 §3.5 ``slow_down``: polled sooner than ``interval``; wait 5 seconds more."""
+    error = "slow_down"
+    status_code = 400
+
+
+class ExpiredToken(BrokerError):
+    """RFC 8628 §3.5 ``expired_token``: the approval request expired before it was approved
+    (or was not collected in time after it); start a new request."""
+    error = "expired_token"
+    status_code = 400
+
+
+class ApprovalDenied(BrokerError):
+    """RFC 8628 §3.5 ``access_denied`` at the token endpoint (HTTP 400): a person denied the
+    request. Final."""
+    error = "access_denied"
+    status_code = 400
+
+
+class InvalidToken(BrokerError):
+    """RFC 6750 §3.1 ``invalid_token``: the bearer (a person's ID token) is missing, malformed,
+    expired, forged or not from the configured human IdP (HTTP 401)."""
+    error = "invalid_token"
+    status_code = 401

@@ -13,24 +13,41 @@ A subject token that claims the broker's own ``iss`` is a *parent* credential (f
 1 and 2 become "verify the parent against our keys and the ledger" and "apply the derive rules"
 (:mod:`broker.derive`); steps 3 and 4 are the same, and the ``mint`` or ``deny`` names the
 parent in its ``parent_id``.
+
+Human authorizers (docs/approvals.md):
+
+* A policy with ``approval`` does not mint at step 3: the first attempt records an approval
+  request — its one event is ``approval_requested`` — and answers ``authorization_pending``
+  (:mod:`broker.approvals`). Polls (``approval_id`` and a fresh attestation of the same run)
+  are ordinary attempts, each one ``deny`` event until a person's approval lets one mint; that
+  mint consumes the approval in the same transaction (``authz.type: human``).
+* An ``actor_token`` makes the exchange a delegation (:mod:`broker.delegation`): the subject is
+  a person (a broker-issued delegation token, or the person's ID token when a policy allows),
+  the actor token is the agent's attestation; step 2 is :func:`evaluate_delegation` plus the
+  grant's bounds, and the mint is guarded by the grant being live (``authz.type:
+  delegation``, ``act.sub`` = the agent).
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker import errors
+from broker import approvals, delegation, errors
 from broker import derive
 from broker.attestation import Attestation, verify_subject_token
+from broker.attestation.errors import REPLAYED
 from broker.canonical import sha256_hex
 from broker.context import BrokerContext
+from broker.humans import HumanTokenRefused, Person, verify_id_token
 from broker.ids import new_credential_id
 from broker.issuers import IssuedCredential, IssueRequest
 from broker.ledger import LedgerUnavailable
 from broker.ledger.events import CredentialRecord, EventDraft
-from broker.policy import Decision, Target, evaluate
+from broker.ledger.store import Statement
+from broker.policy import Decision, Target, evaluate, evaluate_delegation
 from broker.revocation import revoke_descendants, revoke_one
 
 log = logging.getLogger("broker.exchange")
@@ -40,6 +57,7 @@ TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
 TOKEN_TYPE_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
 TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 SUBJECT_TOKEN_TYPES = frozenset({TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN})
+ACTOR_TOKEN_TYPES = frozenset({TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN})
 REQUESTED_TOKEN_TYPES = frozenset({TOKEN_TYPE_JWT, TOKEN_TYPE_ACCESS_TOKEN})
 
 
@@ -51,6 +69,9 @@ class ExchangeRequest:
     target: str                               # the `audience` parameter: a target name
     scopes: tuple[str, ...] | None = None     # None: not requested
     ttl: int | None = None                    # optional requested lifetime (seconds)
+    approval_id: str | None = None            # a poll of an approval request
+    actor_token: str | None = None            # RFC 8693 actor_token: the agent's attestation
+    actor_token_type: str | None = None
 
 
 @dataclass
@@ -122,10 +143,21 @@ class _Grant:
     parent_id: str | None = None
     act: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)   # extra mint-event details
+    # Ledger statements that must hold / run with the mint (an approval consumed, a delegation
+    # still live and linked), given the new credential id; and the refusal when the guard fails.
+    guard_for: Callable[[str], Statement] | None = None
+    extra_for: Callable[[str], Sequence[Statement]] | None = None
+    guard_refusal: str = "the authorization is no longer valid"
 
 
 class _AlreadyRecorded(errors.InvalidGrant):
     """A refusal whose attempt already has its event (a mint undone by a revocation)."""
+
+
+def _already_recorded(refusal: errors.BrokerError) -> errors.BrokerError:
+    """Mark a refusal whose attempt already has its one event (``approval_requested``)."""
+    refusal.recorded = True  # type: ignore[attr-defined]
+    return refusal
 
 
 def exchange(ctx: BrokerContext, request: ExchangeRequest, *, now: float | None = None) -> ExchangeResult:
@@ -137,7 +169,8 @@ def exchange(ctx: BrokerContext, request: ExchangeRequest, *, now: float | None 
     except _AlreadyRecorded:
         raise
     except errors.BrokerError as refusal:
-        _record_deny(ctx, attempt, refusal)
+        if not getattr(refusal, "recorded", False):
+            _record_deny(ctx, attempt, refusal)
         raise
     except Exception as exc:  # a bug: record it as a deny, answer a generic server_error
         log.exception("exchange failed unexpectedly")
@@ -157,7 +190,17 @@ def _record_deny(ctx: BrokerContext, attempt: _Attempt, refusal: errors.BrokerEr
 
 
 def _exchange(ctx: BrokerContext, request: ExchangeRequest, attempt: _Attempt, *, now: float) -> ExchangeResult:
+    if request.approval_id is not None:
+        attempt.details["approval_id"] = request.approval_id[:64]
+    if request.actor_token is not None:
+        return _delegate(ctx, request, attempt, now=now)
     if derive.is_broker_token(request.subject_token, ctx.issuer):
+        if delegation.is_delegation_token(request.subject_token):
+            raise errors.InvalidGrant("a delegation token is only accepted with an actor_token",
+                                      detail="delegation token without actor_token")
+        if request.approval_id is not None:
+            raise errors.InvalidRequest("approval_id is not accepted when deriving",
+                                        detail="approval_id sent with a parent credential")
         return _derive(ctx, request, attempt, now=now)
     # 1. verify the attestation
     try:
@@ -167,6 +210,9 @@ def _exchange(ctx: BrokerContext, request: ExchangeRequest, attempt: _Attempt, *
         unverified_issuer = getattr(refusal, "unverified_issuer", None)
         if unverified_issuer:
             attempt.details["unverified_issuer"] = unverified_issuer
+        if request.approval_id is not None and refusal.detail == "token replayed":
+            refusal.description = (f"{REPLAYED}: each poll needs a fresh attestation "
+                                   "of the same run")
         raise
     attempt.principal = attestation.principal
     attempt.run = attestation.run
@@ -184,11 +230,40 @@ def _exchange(ctx: BrokerContext, request: ExchangeRequest, attempt: _Attempt, *
     attempt.authorizer = authorizer
     attempt.details["policy"] = decision.policy.name
 
+    # 2b. a person must approve (the policy's `approval`)
+    guard_for: Callable[[str], Statement] | None = None
+    rule = decision.policy.approval
+    if rule is not None:
+        if request.approval_id is None:
+            record = approvals.request_approval(
+                ctx, policy=decision.policy, rule=rule, principal=attestation.principal,
+                run=attestation.run, issuer=attestation.issuer, target=decision.target.name,
+                target_type=decision.target.type, requested_scopes=request.scopes,
+                requested_ttl=request.ttl, scopes=decision.scopes, ttl=decision.ttl,
+                attestation_sha256=attestation.token_sha256, now=now)
+            raise _already_recorded(approvals.pending_error(ctx, record, first=True))
+        approval = approvals.check_poll(
+            ctx, approval_id=request.approval_id, policy=decision.policy,
+            principal=attestation.principal, run=attestation.run,
+            issuer_name=attestation.issuer.name, target=decision.target.name,
+            requested_scopes=request.scopes, requested_ttl=request.ttl, now=now)
+        authorizer = approvals.human_authorizer(approval)
+        attempt.authorizer = authorizer
+        approval_id = approval.approval_id
+
+        def _consume(credential_id: str) -> Statement:
+            return ctx.ledger.approval_consume_guard(approval_id, credential_id=credential_id,
+                                                     now=int(now),
+                                                     pickup_window=approvals.PICKUP_WINDOW)
+        guard_for = _consume
+
     # 3. issue
     grant = _Grant(principal=attestation.principal, run=attestation.run,
                    attestation=_attestation_claim(attestation), issuer_name=attestation.issuer.name,
                    target=decision.target, scopes=decision.scopes, ttl=decision.ttl,
-                   authorizer=authorizer, policy_name=decision.policy.name)
+                   authorizer=authorizer, policy_name=decision.policy.name,
+                   details={"approval_id": request.approval_id} if rule is not None else {},
+                   guard_for=guard_for, guard_refusal="the approval was already used")
     return _mint(ctx, grant, now=now)
 
 
@@ -260,6 +335,121 @@ def _derive(ctx: BrokerContext, request: ExchangeRequest, attempt: _Attempt, *,
     return result
 
 
+def _delegate(ctx: BrokerContext, request: ExchangeRequest, attempt: _Attempt, *,
+              now: float) -> ExchangeResult:
+    """Delegation: an agent (``actor_token``) acts for a person (``subject_token``)."""
+    attempt.details["delegation"] = True
+    idp = ctx.policy_set.human_idp
+    if idp is None:
+        raise errors.InvalidRequest("actor_token is not accepted: no human-idp is configured",
+                                    detail="actor_token without a human-idp")
+    if request.approval_id is not None:
+        raise errors.InvalidRequest("approval_id is not accepted with an actor_token")
+    # 1a. the subject: a person, through a delegation grant or their own ID token
+    grant = None
+    if derive.is_broker_token(request.subject_token, ctx.issuer):
+        try:
+            grant = delegation.verify_delegation_token(ctx, request.subject_token, now=now)
+        except delegation.DelegationRefused as refusal:
+            if refusal.delegation_id:
+                attempt.details["delegation_id"] = refusal.delegation_id
+            raise
+        person_claims = dict(grant.details.get("person") or {})
+        person = Person.from_record(person_claims)
+        via = "delegation"
+        attempt.details["delegation_id"] = grant.delegation_id
+        subject_expires = grant.expires_at
+    else:
+        try:
+            person, id_claims = verify_id_token(request.subject_token, idp=idp, jwks=ctx.jwks,
+                                                now=now)
+        except HumanTokenRefused as refusal:
+            raise errors.InvalidGrant("subject_token is not acceptable",
+                                      detail=f"person's ID token: {refusal.detail}") from None
+        via = "id_token"
+        subject_expires = int(id_claims["exp"])
+    attempt.principal = person.email
+    attempt.details.update({"subject_via": via, "subject_token_sha256": attempt.token_sha256})
+
+    # 1b. the actor: the agent's own attestation (replay-guarded like any attestation)
+    if request.actor_token_type not in ACTOR_TOKEN_TYPES:
+        raise errors.InvalidRequest("actor_token_type must be urn:ietf:params:oauth:token-type:jwt "
+                                    "or urn:ietf:params:oauth:token-type:id_token")
+    try:
+        actor = verify_subject_token(request.actor_token, policy_set=ctx.policy_set,
+                                     jwks=ctx.jwks, replay=ctx.replay, now=now)
+    except errors.BrokerError as refusal:
+        attempt.details["actor_refused"] = True
+        unverified_issuer = getattr(refusal, "unverified_issuer", None)
+        if unverified_issuer:
+            attempt.details["actor_unverified_issuer"] = unverified_issuer
+        if isinstance(refusal, errors.InvalidGrant):
+            refusal.description = "actor_token is not acceptable"
+        raise
+    attempt.run = actor.run
+    attempt.details.update({"actor": actor.principal, "actor_issuer": actor.issuer.name,
+                            "actor_attestation_sha256": actor.token_sha256})
+
+    # 2a. the grant's bounds
+    requested_scopes = request.scopes
+    if grant is not None:
+        if actor.principal != grant.agent:
+            raise errors.InvalidGrant("the delegation was not granted to this agent",
+                                      detail=f"delegation {grant.delegation_id} is for another agent")
+        if request.target not in grant.targets:
+            raise errors.InvalidTarget("the delegation does not cover this target",
+                                       detail=f"delegation {grant.delegation_id} does not list "
+                                              f"target {request.target[:120]!r}")
+        if requested_scopes is None:
+            requested_scopes = tuple(grant.scopes)
+        elif not set(requested_scopes) <= set(grant.scopes):
+            wider = " ".join(sorted(set(requested_scopes) - set(grant.scopes)))
+            raise errors.InvalidScope("requested scope is not allowed",
+                                      detail=f"scopes {wider[:120]!r} are wider than delegation "
+                                             f"{grant.delegation_id}")
+    # 2b. the policies: the person on one side, the agent on the other (may_act)
+    decision = evaluate_delegation(ctx.policy_set, person=person.claims(), via=via,
+                                   actor_issuer=actor.issuer, actor_claims=actor.claims,
+                                   target_name=request.target, requested_scopes=requested_scopes,
+                                   requested_ttl=request.ttl)
+    if not decision.allowed:
+        error_class = decision.error or errors.UnauthorizedClient
+        raise error_class(_client_reason(error_class), detail=decision.reason)
+    assert decision.policy is not None and decision.target is not None
+    remaining = subject_expires - int(now)
+    if remaining <= 0:
+        raise errors.InvalidGrant("the delegation has expired", detail="subject expired")
+    ttl = min(decision.ttl, remaining)
+    authorizer = {"type": "delegation",
+                  "grant_id": grant.delegation_id if grant is not None else None,
+                  "granted_by": person.email, "via": via,
+                  "policy": {"name": decision.policy.name, "digest": decision.policy.digest}}
+    attempt.authorizer = authorizer
+    attempt.details["policy"] = decision.policy.name
+
+    # 3. issue: sub = the person, act = the agent; guarded by the grant being live
+    guard_for: Callable[[str], Statement] | None = None
+    extra_for: Callable[[str], Sequence[Statement]] | None = None
+    if grant is not None:
+        grant_id = grant.delegation_id
+
+        def _use(credential_id: str) -> Statement:
+            return ctx.ledger.delegation_use_guard(grant_id, now=int(now))
+
+        def _link(credential_id: str) -> Sequence[Statement]:
+            return (ctx.ledger.delegation_link(grant_id, credential_id),)
+        guard_for, extra_for = _use, _link
+    mint_grant = _Grant(
+        principal=person.email, run=actor.run, attestation=_attestation_claim(actor),
+        issuer_name=actor.issuer.name, target=decision.target, scopes=decision.scopes, ttl=ttl,
+        authorizer=authorizer, policy_name=decision.policy.name,
+        act={"sub": actor.principal, "iss": actor.issuer.issuer},
+        details={"delegation_id": authorizer["grant_id"], "actor": actor.principal,
+                 "subject_via": via, "subject_token_sha256": attempt.token_sha256},
+        guard_for=guard_for, extra_for=extra_for, guard_refusal="the delegation was revoked")
+    return _mint(ctx, mint_grant, now=now)
+
+
 def _client_reason(error_class: type) -> str:
     return {
         errors.InvalidTarget: "unknown target",
@@ -318,7 +508,14 @@ def _mint(ctx: BrokerContext, grant: _Grant, *, now: float) -> ExchangeResult:
                      "issued_at": issued_at, "expires_at": expires_at, "ttl": grant.ttl,
                      "target_type": target.type, "policy": grant.policy_name,
                      "token_sha256": sha256_hex(access_token), **grant.details, **issued.details})
-        ctx.ledger.record_mint(event, record)
+        if grant.guard_for is None and grant.extra_for is None:
+            ctx.ledger.record_mint(event, record)
+        else:
+            guard = grant.guard_for(credential_id) if grant.guard_for is not None else None
+            extra = tuple(grant.extra_for(credential_id)) if grant.extra_for is not None else ()
+            if ctx.ledger.record_mint(event, record, guard=guard, extra=extra) is None:
+                raise errors.InvalidGrant(grant.guard_refusal,
+                                          detail=f"mint guard failed: {grant.guard_refusal}")
     except BaseException as exc:
         if issued.undo is not None:
             try:

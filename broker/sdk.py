@@ -42,7 +42,11 @@ Errors
     ``error_description`` (``.description``) and the HTTP ``.status``. When the broker answers
     ``authorization_pending`` or ``slow_down`` with an ``approval_id`` (a human approval is
     required), the SDK polls by re-sending the request with ``approval_id`` every ``interval``
-    seconds (``slow_down`` adds 5 s, as RFC 8628 §3.5) until ``approval_timeout``.
+    seconds (``slow_down`` adds 5 s, as RFC 8628 §3.5) until ``approval_timeout``. Each poll
+    carries a fresh attestation from the ``subject_token`` callable (or from detection): the
+    broker's replay guard refuses an attestation used before. A fixed string is re-sent as is,
+    which the broker refuses — pass a callable (``Broker.attestation_provider()``) when a
+    target may need an approval. The ``approval_url`` is logged (warning) for the person.
 """
 from __future__ import annotations
 
@@ -286,7 +290,8 @@ class Broker:
 
     def __init__(self, url: str | None = None, *, subject_token: SubjectToken | None = None,
                  timeout: float = 10.0, approval_timeout: float = 600.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 on_approval_pending: Callable[[dict[str, Any]], None] | None = None) -> None:
         url = url or os.environ.get("BROKER_URL")
         if not url:
             raise ValueError("the broker URL is required (argument or BROKER_URL)")
@@ -297,6 +302,7 @@ class Broker:
         self.subject_token = subject_token
         self.timeout = float(timeout)
         self.approval_timeout = float(approval_timeout)
+        self.on_approval_pending = on_approval_pending   # called with each pending answer's body
         self._opener = _opener(ssl_context)
 
     def __repr__(self) -> str:
@@ -339,13 +345,49 @@ class Broker:
         scope_text = _scope_text(scope)
 
         def mint() -> _Issued:
-            return self._exchange(self._attestation(), target, scope_text, ttl)
+            return self._exchange(self._attestation(), target, scope_text, ttl,
+                                  fresh_attestation=self._fresh_attestation())
 
         return Credential(self, mint(), target=target, reissue=mint, auto_renew=auto_renew,
                           renew_margin=renew_margin)
 
+    def act_for(self, delegation_token: str, target: str, *, scope: str | Iterable[str] | None = None,
+                ttl: str | int | None = None, subject_token_type: str = TOKEN_TYPE_JWT,
+                auto_renew: bool = False, renew_margin: float | None = None) -> "Credential":
+        """Mint a credential for ``target`` acting for a person (RFC 8693 ``actor_token``):
+        ``delegation_token`` is the person's delegation token (or their ID token, with
+        ``subject_token_type=urn:ietf:params:oauth:token-type:id_token``, where a policy allows
+        it); this workload's attestation is the actor token (fresh for every mint and renewal).
+        The credential names the person (``sub``) and this workload (``act``)."""
+        if not isinstance(delegation_token, str) or not delegation_token:
+            raise ValueError("act_for needs the person's delegation token")
+        if auto_renew and self.subject_token is not None and not callable(self.subject_token):
+            raise ValueError("auto_renew needs a fresh attestation for every renewal: pass a "
+                             "callable subject_token, e.g. Broker.attestation_provider()")
+        scope_text = _scope_text(scope)
+
+        def mint() -> _Issued:
+            form = {"grant_type": GRANT_TYPE_TOKEN_EXCHANGE, "subject_token": delegation_token,
+                    "subject_token_type": subject_token_type, "actor_token": self._attestation(),
+                    "actor_token_type": TOKEN_TYPE_JWT, "audience": target}
+            if scope_text:
+                form["scope"] = scope_text
+            if ttl is not None:
+                form["ttl"] = str(ttl)
+            return _Issued.from_response(self._post("/token", form, {}))
+
+        return Credential(self, mint(), target=target, reissue=mint, auto_renew=auto_renew,
+                          renew_margin=renew_margin)
+
+    def _fresh_attestation(self) -> Callable[[], str] | None:
+        """Where each approval poll gets its attestation: a fresh one from the provider (the
+        broker refuses a replayed attestation), or None for a fixed string, which is re-sent."""
+        source = self.subject_token
+        return self._attestation if source is None or callable(source) else None
+
     def _exchange(self, subject_token: str, target: str, scope: str | None,
-                  ttl: str | int | None, *, credential_id: str | None = None) -> _Issued:
+                  ttl: str | int | None, *, credential_id: str | None = None,
+                  fresh_attestation: Callable[[], str] | None = None) -> _Issued:
         form = {"grant_type": GRANT_TYPE_TOKEN_EXCHANGE, "subject_token": subject_token,
                 "subject_token_type": TOKEN_TYPE_JWT, "audience": target}
         if scope:
@@ -353,9 +395,10 @@ class Broker:
         if ttl is not None:
             form["ttl"] = str(ttl)
         headers = {CREDENTIAL_ID_HEADER: credential_id} if credential_id else {}
-        return _Issued.from_response(self._post_token(form, headers))
+        return _Issued.from_response(self._post_token(form, headers, fresh_attestation=fresh_attestation))
 
-    def _post_token(self, form: dict[str, str], headers: dict[str, str]) -> dict[str, Any]:
+    def _post_token(self, form: dict[str, str], headers: dict[str, str], *,
+                    fresh_attestation: Callable[[], str] | None = None) -> dict[str, Any]:
         deadline = time.monotonic() + self.approval_timeout
         interval = 5.0
         while True:
@@ -373,9 +416,17 @@ class Broker:
                     interval += 5.0
                 if time.monotonic() + interval > deadline:
                     raise
-                log.info("waiting for approval %s (next check in %.0fs)", approval_id, interval)
+                if self.on_approval_pending is not None:
+                    self.on_approval_pending({"error": exc.error, **exc.body})
+                if exc.body.get("approval_url"):
+                    log.warning("approval needed: %s (waiting; next check in %.0fs)",
+                                exc.body["approval_url"], interval)
+                else:
+                    log.info("waiting for approval %s (next check in %.0fs)", approval_id, interval)
                 form = {**form, "approval_id": approval_id}
                 time.sleep(interval)
+                if fresh_attestation is not None:
+                    form["subject_token"] = fresh_attestation()   # each poll: a fresh attestation
 
     def _post(self, path: str, form: Mapping[str, str], headers: Mapping[str, str]) -> dict[str, Any]:
         request = urllib.request.Request(

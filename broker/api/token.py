@@ -1,4 +1,9 @@
-"""``POST /token`` — RFC 8693 token exchange. Thin: parse, call the pipeline, render."""
+"""``POST /token`` — RFC 8693 token exchange. Thin: parse, call the pipeline, render.
+
+Beyond RFC 8693's parameters: ``ttl`` (a shorter lifetime) and ``approval_id`` (a poll of a
+human approval, docs/approvals.md). ``actor_token`` (with ``actor_token_type``) makes the
+exchange a delegation: an agent acting for a person.
+"""
 from __future__ import annotations
 
 from flask import Blueprint
@@ -6,8 +11,8 @@ from flask import Blueprint
 from broker import errors
 from broker.api.common import broker_context, form_params, single
 from broker.durations import parse_duration
-from broker.exchange import (GRANT_TYPE_TOKEN_EXCHANGE, REQUESTED_TOKEN_TYPES, SUBJECT_TOKEN_TYPES,
-                             ExchangeRequest, exchange)
+from broker.exchange import (ACTOR_TOKEN_TYPES, GRANT_TYPE_TOKEN_EXCHANGE, REQUESTED_TOKEN_TYPES,
+                             SUBJECT_TOKEN_TYPES, ExchangeRequest, exchange)
 
 bp = Blueprint("token", __name__)
 
@@ -27,8 +32,18 @@ def parse_exchange_request() -> ExchangeRequest:
     requested = single(params, "requested_token_type", required=False)
     if requested is not None and requested not in REQUESTED_TOKEN_TYPES:
         raise errors.InvalidRequest("unsupported requested_token_type")
-    if single(params, "actor_token", required=False) is not None:
-        raise errors.InvalidRequest("actor_token is not supported")
+    actor_token = single(params, "actor_token", required=False)
+    actor_token_type = single(params, "actor_token_type", required=False)
+    if actor_token is not None and actor_token_type not in ACTOR_TOKEN_TYPES:
+        # RFC 8693 §2.1: actor_token_type is REQUIRED when actor_token is present
+        raise errors.InvalidRequest("actor_token_type must be urn:ietf:params:oauth:token-type:jwt "
+                                    "or urn:ietf:params:oauth:token-type:id_token")
+    if actor_token is None and actor_token_type is not None:
+        raise errors.InvalidRequest("actor_token_type without actor_token")
+    approval_id = single(params, "approval_id", required=False)
+    if approval_id is not None and (len(approval_id) > 64 or not approval_id.isascii()
+                                    or not approval_id.replace("_", "").isalnum()):
+        raise errors.InvalidRequest("approval_id is malformed")
     audience = single(params, "audience", required=False)
     resource = single(params, "resource", required=False)
     if audience is None:
@@ -50,7 +65,8 @@ def parse_exchange_request() -> ExchangeRequest:
             raise errors.InvalidRequest("ttl must be a duration such as 300, 90s, 5m or 1h") from None
     assert subject_token is not None and subject_token_type is not None
     return ExchangeRequest(subject_token=subject_token, subject_token_type=subject_token_type,
-                           target=audience, scopes=scopes, ttl=ttl)
+                           target=audience, scopes=scopes, ttl=ttl, approval_id=approval_id,
+                           actor_token=actor_token, actor_token_type=actor_token_type)
 
 
 @bp.post("/token")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from broker.cli import audit, devtools, exchange, ingest, keys, ledger, policy, reap, serve
+from broker.cli import approvals, audit, devtools, exchange, ingest, keys, ledger, policy, reap, serve
 import broker.issuers  # noqa: F401,E402 - registers every target type (postgres…) before policies load
 
 
@@ -22,3 +22,5 @@ main.add_command(devtools.dev_issuer)
 main.add_command(reap.reap)
 main.add_command(ingest.ingest)
 main.add_command(exchange.exchange)
+main.add_command(approvals.approvals)
+main.add_command(approvals.delegations)

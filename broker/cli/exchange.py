@@ -25,6 +25,10 @@ prints a format only when ``--format`` is given.
 Errors are one line on stderr — the broker's ``error`` and ``error_description`` — and the exit
 status says what failed: 1 the broker refused, 2 usage or no attestation, 3 the broker (or the
 token endpoint) could not be reached.
+
+When the target needs a person's approval (docs/approvals.md) the command prints the
+``approval_url`` on stderr and polls (``--approval-timeout``, default 600 s) with a fresh
+attestation each time, honouring ``slow_down``; it prints the credential once approved.
 """
 from __future__ import annotations
 
@@ -184,16 +188,19 @@ def _fail_line(message: str, *, github: bool) -> str:
 @click.option("--k8s-token-file", envvar="BROKER_K8S_TOKEN_FILE", default=DEFAULT_K8S_TOKEN_FILE,
               show_default=True, help="Kubernetes: the projected service-account token file.")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds per HTTP request.")
+@click.option("--approval-timeout", type=float, default=600.0, show_default=True,
+              help="Seconds to wait for a person's approval, when the target needs one.")
 def exchange(target: str, scopes: tuple[str, ...], ttl: str | None, broker_url: str | None,
              audience: str | None, fmt: str | None, subject_token_file: str | None,
-             gitlab_token_var: str, k8s_token_file: str, timeout: float) -> None:
+             gitlab_token_var: str, k8s_token_file: str, timeout: float,
+             approval_timeout: float) -> None:
     """Exchange this job's attestation for a credential (the CI step)."""
     github = os.environ.get("GITHUB_ACTIONS") == "true"
     try:
         cred = _exchange(target=target, scopes=scopes, ttl=ttl, broker_url=broker_url,
                          audience=audience, subject_token_file=subject_token_file,
                          gitlab_token_var=gitlab_token_var, k8s_token_file=k8s_token_file,
-                         timeout=timeout)
+                         timeout=timeout, approval_timeout=approval_timeout)
         _emit(cred, fmt=fmt, github=github)
     except _Fail as exc:
         click.echo(_fail_line(exc.message, github=github), err=True)
@@ -202,18 +209,37 @@ def exchange(target: str, scopes: tuple[str, ...], ttl: str | None, broker_url: 
 
 def _exchange(*, target: str, scopes: tuple[str, ...], ttl: str | None, broker_url: str | None,
               audience: str | None, subject_token_file: str | None, gitlab_token_var: str,
-              k8s_token_file: str, timeout: float) -> Credential:
+              k8s_token_file: str, timeout: float, approval_timeout: float = 600.0) -> Credential:
     if not broker_url:
         raise _Fail(EXIT_USAGE, "no broker URL: pass --broker or set BROKER_URL")
     try:
-        broker = Broker(broker_url, timeout=timeout)
+        announced: set[str] = set()
+
+        def pending(body: dict[str, Any]) -> None:
+            approval_id = str(body.get("approval_id"))
+            if approval_id not in announced and body.get("approval_url"):
+                announced.add(approval_id)
+                click.echo(f"broker exchange: waiting for a person to approve: "
+                           f"{body['approval_url']}", err=True)
+
+        broker = Broker(broker_url, timeout=timeout, approval_timeout=approval_timeout,
+                        on_approval_pending=pending)
     except ValueError as exc:
         raise _Fail(EXIT_USAGE, str(exc)) from None
     try:
-        attestation = detect_attestation(audience or broker.url, subject_token_file=subject_token_file,
-                                         gitlab_token_var=gitlab_token_var,
-                                         k8s_token_file=k8s_token_file, timeout=timeout)
-        broker.subject_token = attestation.token
+        def detect() -> str:
+            return detect_attestation(audience or broker.url, subject_token_file=subject_token_file,
+                                      gitlab_token_var=gitlab_token_var,
+                                      k8s_token_file=k8s_token_file, timeout=timeout).token
+
+        # The first attestation is detected now (a missing one fails before any request); an
+        # approval poll asks for a fresh one each time (GitHub Actions mints one per request).
+        first = [detect()]
+
+        def provide() -> str:
+            return first.pop() if first else detect()
+
+        broker.subject_token = provide
         scope = " ".join(s for part in scopes for s in part.split()) or None
         return broker.credential(target, scope=scope, ttl=ttl)
     except AttestationUnavailable as exc:

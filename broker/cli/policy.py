@@ -29,6 +29,7 @@ def policy_check(directory: str | None) -> None:
         err_console.print(f"[red]{len(problems)} problem(s)[/red]")
         sys.exit(1)
     policy_set = load_policy_dir(directory)
+    human = f", human-idp {policy_set.human_idp.name}" if policy_set.human_idp is not None else ""
     console.print(f"ok: {len(policy_set.issuers)} issuer(s), {len(policy_set.targets)} target(s), "
-                  f"{len(policy_set.policies)} policy(ies), {len(policy_set.clients)} client(s) "
-                  f"— digest {policy_set.digest}")
+                  f"{len(policy_set.policies)} policy(ies), {len(policy_set.clients)} client(s)"
+                  f"{human} — digest {policy_set.digest}")

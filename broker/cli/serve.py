@@ -35,5 +35,22 @@ def serve(host: str, port: int, workers: int | None, threads: int, dev: bool) ->
         err_console.print(f"[red]refusing to start: the ledger is unreachable[/red] "
                           f"({cfg.redact_url(cfg.database_url(config))}): {exc}")
         sys.exit(3)
-    ctx.close()
+    try:
+        _check_people(ctx, config)
+    finally:
+        ctx.close()
     run_server(host=host, port=port, workers=workers, threads=threads, dev=dev)
+
+
+def _check_people(ctx, config) -> None:  # type: ignore[no-untyped-def]
+    """Before forking: the human IdP's client secret is readable (never printed), and the
+    session key exists (created once here rather than raced for by the workers)."""
+    from broker.web.people import client_secret, session_secret
+
+    if ctx.policy_set.human_idp is not None:
+        try:
+            client_secret(ctx.policy_set.human_idp)
+        except RuntimeError as exc:
+            err_console.print(f"refusing to start: {exc}", markup=False, highlight=False, style="red")
+            sys.exit(2)
+    session_secret(config, cfg.state_dir(config))

@@ -16,7 +16,7 @@ GENESIS_HASH = "0" * 64
 
 EVENT_TYPES = frozenset({
     "mint", "deny", "introspect", "revoke", "expire", "usage",
-    "approval_requested", "approved", "denied",
+    "approval_requested", "approved", "denied", "delegate",
 })
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from broker.ledger.approvals import approval_tables
 from broker.ledger.events import GENESIS_HASH
 
 #: Key of the PostgreSQL advisory lock held while the schema is created or upgraded.
@@ -210,6 +211,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="audit indexes: usage per credential, event search, principal windows",
         postgres=_plain(*_AUDIT_INDEXES),
         sqlite=_plain(*_AUDIT_INDEXES),
+    ),
+    # Version 6 (human authorizers, broker/ledger/approvals.py): approval requests and their
+    # decisions, people's delegations to agents and the credentials minted under them.
+    Migration(
+        version=6,
+        description="approvals, delegations",
+        postgres=_plain(*approval_tables("BIGINT")),
+        sqlite=_plain(*approval_tables("INTEGER")),
     ),
 )
 

@@ -34,6 +34,7 @@ from broker.ledger.events import (
     EVENT_TYPES, GENESIS_HASH, CredentialRecord, Event, EventDraft, VerifyReport,
 )
 from broker.ledger.events import utc_timestamp
+from broker.ledger.approvals import ApprovalStore
 from broker.ledger.queries import AuditQueries
 
 Params = Sequence[Any]
@@ -317,7 +318,7 @@ def verify_chain(read: Reader, *, batch: int = 2000) -> VerifyReport:
     return VerifyReport(ok=True, count=last_seq)
 
 
-class Ledger(AuditQueries, abc.ABC):
+class Ledger(AuditQueries, ApprovalStore, abc.ABC):
     """The ledger: append events to one hash chain and query events and credentials.
 
     Thread-safe. Each process opens its own (see :func:`open_ledger`); many processes may
@@ -374,13 +375,19 @@ class Ledger(AuditQueries, abc.ABC):
         assert event is not None
         return event
 
-    def record_mint(self, draft: EventDraft, credential: CredentialRecord) -> Event:
-        """Append the mint event and insert the credential row, in one transaction."""
+    def record_mint(self, draft: EventDraft, credential: CredentialRecord, *,
+                    guard: Statement | None = None, extra: Sequence[Statement] = ()) -> Event | None:
+        """Append the mint event and insert the credential row, in one transaction.
+
+        With ``guard`` (e.g. consuming the approval it was minted under) nothing is written and
+        None is returned when the guard touches no row; ``extra`` statements run after the
+        credential row (e.g. linking it to its delegation)."""
         _check_draft(draft, credential.credential_id)
         with self._unavailable_on_error("record_mint"):
-            event = self._append(draft, extra=[(SQL_INSERT_CREDENTIAL,
-                                                credential_params(credential))])
-        assert event is not None
+            event = self._append(draft, guard=guard,
+                                 extra=[(SQL_INSERT_CREDENTIAL, credential_params(credential)),
+                                        *extra])
+        assert event is not None or guard is not None
         return event
 
     def record_revoke(self, credential_id: str, draft: EventDraft, *,

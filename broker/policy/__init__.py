@@ -6,20 +6,21 @@ decision order.
 """
 from __future__ import annotations
 
-from broker.policy.evaluate import evaluate
+from broker.policy.evaluate import evaluate, evaluate_delegation, person_matches
 from broker.policy.load import (
     ALLOWED_EXTRA_POLICY_KEYS, FUTURE_POLICY_KEYS, check_policy_dir, load_policy_dir,
     load_policy_files, load_policy_text,
 )
 from broker.policy.model import (
-    ClaimMatcher, Client, Decision, DeriveRule, IssuerConfig, Policy, PolicySet, SourceRef, Target,
-    claim_text, claim_value,
+    ApprovalRule, ClaimMatcher, Client, Decision, DeriveRule, HumanIdP, IssuerConfig, MayAct, Policy,
+    PolicySet, SourceRef, Target, claim_text, claim_value,
 )
 from broker.policy.problems import PolicyError, Problem
 from broker.policy.targets import TARGET_TYPES, TargetContext, TargetSchema, register_target_type
 
 __all__ = [
-    "ALLOWED_EXTRA_POLICY_KEYS", "FUTURE_POLICY_KEYS", "TARGET_TYPES",
+    "ALLOWED_EXTRA_POLICY_KEYS", "FUTURE_POLICY_KEYS", "TARGET_TYPES", "ApprovalRule", "HumanIdP",
+    "MayAct", "evaluate_delegation", "person_matches",
     "ClaimMatcher", "Client", "Decision", "DeriveRule", "IssuerConfig", "Policy", "PolicyError", "PolicySet",
     "Problem", "SourceRef", "Target", "TargetContext", "TargetSchema",
     "check_policy_dir", "claim_text", "claim_value", "evaluate", "load_policy_dir",

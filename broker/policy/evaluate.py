@@ -107,3 +107,75 @@ def _clip(text: str, limit: int = 120) -> str:
 def _short(text: str, limit: int = 120) -> str:
     """A request value (target name, scopes) quoted and clipped for the ledger."""
     return _clip(repr(text), limit)
+
+
+def person_matches(matcher: Any, value: Any) -> bool:
+    """A delegation policy's ``match`` against a person claim: a list (``groups``) matches when
+    any of its entries does (docs/approvals.md)."""
+    if isinstance(value, (list, tuple)):
+        return any(matcher.matches(v) for v in value if not isinstance(v, (dict, list)))
+    return matcher.matches(value)
+
+
+def evaluate_delegation(policy_set: PolicySet, *, person: dict[str, Any], via: str,
+                        actor_issuer: IssuerConfig, actor_claims: dict[str, Any],
+                        target_name: str, requested_scopes: tuple[str, ...] | None,
+                        requested_ttl: int | None = None) -> Decision:
+    """Decide an exchange where an agent (the verified ``actor_token``) acts for a person.
+
+    Candidates are the policies whose ``issuer`` is the human IdP, that list the target, whose
+    ``match`` holds for the ``person`` (``email``, ``groups``, ``username``, ``sub``) and whose
+    ``may_act`` names the actor's issuer, matches its claims and accepts ``via`` (``delegation``
+    or ``id_token``). Then scopes and lifetime as in :func:`evaluate`. Default deny."""
+    target = policy_set.targets.get(target_name)
+    if target is None:
+        return Decision(allowed=False, error=errors.InvalidTarget,
+                        reason=f"unknown target {_short(target_name)}")
+    if requested_ttl is not None and (isinstance(requested_ttl, bool) or requested_ttl <= 0):
+        return Decision(allowed=False, target=target, error=errors.InvalidRequest,
+                        reason="requested lifetime must be a positive number of seconds")
+    idp = policy_set.human_idp
+    considered = [p for p in policy_set.policies
+                  if idp is not None and p.issuer == idp.name and p.may_act is not None
+                  and target.name in p.targets]
+    candidates: list[Policy] = []
+    mismatches: list[str] = []
+    for policy in considered:
+        assert policy.may_act is not None
+        failed = [f"person.{m.claim}" for m in policy.match
+                  if not person_matches(m, person.get(m.claim))]
+        if policy.may_act.issuer != actor_issuer.name:
+            failed.append("actor issuer")
+        else:
+            failed += [f"actor.{m.claim}" for m in policy.may_act.match
+                       if not m.matches(claim_value(actor_claims, m.claim))]
+        if via not in policy.may_act.subject_tokens:
+            failed.append(f"subject token {via}")
+        if failed:
+            mismatches.append(f"{policy.name} [{', '.join(failed)}]")
+        else:
+            candidates.append(policy)
+    if not candidates:
+        if not considered:
+            reason = f"no delegation policy allows target {target.name!r}"
+        else:
+            reason = (f"no delegation policy allows target {target.name!r}: "
+                      f"did not match in {_listing(mismatches)}")
+        return Decision(allowed=False, target=target, error=errors.UnauthorizedClient, reason=reason)
+    for policy in candidates:
+        granted = _granted_scopes(policy, requested_scopes)
+        if granted is not None:
+            break
+    else:
+        assert requested_scopes is not None
+        return Decision(
+            allowed=False, target=target, error=errors.InvalidScope,
+            reason=(f"scopes {_short(' '.join(sorted(set(requested_scopes))))} are not granted "
+                    f"by matching delegation policies {_listing([p.name for p in candidates])}"))
+    ttl = target.max_ttl
+    if policy.max_ttl is not None:
+        ttl = min(ttl, policy.max_ttl)
+    if requested_ttl is not None:
+        ttl = min(ttl, requested_ttl)
+    return Decision(allowed=True, policy=policy, target=target, scopes=granted, ttl=ttl,
+                    reason=f"delegation policy {policy.name!r} allows target {target.name!r}")

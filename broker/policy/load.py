@@ -2,8 +2,8 @@
 
 ``BROKER_POLICY_DIR`` holds ``*.yaml`` / ``*.yml`` files (not recursive; hidden files skipped;
 read in name order). Each file holds YAML documents, each with a ``kind``: ``issuer``,
-``target``, ``policy`` or ``client``. Loading collects *every* problem of every file (a bad
-document does not stop the next one) and raises one :class:`PolicyError` listing them as
+``target``, ``policy``, ``client`` or ``human-idp``. Loading collects *every* problem of every
+file (a bad document does not stop the next one) and raises one :class:`PolicyError` listing them as
 ``file:line: message``. A bad policy therefore fails at load or at ``broker policy check``,
 never in the middle of a request.
 
@@ -45,9 +45,32 @@ Choices made here (the format is a user-facing contract; keep this list in step 
     named target must be defined; a target appears at most once. They are compiled into
     ``Policy.derive``. ``max_depth`` is an integer 1..:data:`MAX_DERIVE_DEPTH` and only
     allowed beside ``derive``.
+    ``approval`` (a person approves each mint; docs/approvals.md) is a mapping: ``approvers``
+    (required, non-empty, each ``group:<name>`` or an email address, stored lower-case, no
+    duplicates), ``required`` (1.., at most the number of emails unless a group is listed;
+    default 1), ``not_self`` (boolean, default true), ``expires_in`` (a duration, 1m..7d, default
+    30m). It needs a ``kind: human-idp`` document and a policy whose issuer is an attestation
+    issuer. ``may_act`` (delegation) is ``{issuer, match, subject_tokens}``: ``issuer`` an
+    attestation issuer (the actor's), ``match`` as a policy's own ``match`` but judged against
+    the actor's claims, ``subject_tokens`` a non-empty list of ``delegation`` / ``id_token``
+    (default ``[delegation]``). A policy whose ``issuer`` names the human-idp is a delegation
+    policy: it needs ``may_act``, cannot have ``approval``, and its ``match`` names only person
+    claims (``email``, ``groups``, ``username``, ``sub``); ``may_act`` on any other policy is an
+    error. These cross-document checks run once every file is read.
 ``kind: client``
     ``secret_sha256`` is 64 hex digits (stored lower-case); ``may`` a non-empty subset of
     ``audit``, ``introspect``, ``revoke``.
+``kind: human-idp``
+    At most one. ``issuer`` (https; http only for loopback) and ``client_id`` are required; the
+    client secret comes from exactly one of ``client_secret_env`` (a variable name) and
+    ``client_secret_file`` (relative to the policy file); a ``client_secret`` key is an error
+    whose message never repeats the value. ``email_claim`` / ``groups_claim`` /
+    ``username_claim`` (claim paths; defaults ``email``, ``groups``, ``preferred_username``),
+    ``audience`` (the ``aud`` of ID tokens presented to the API/CLI; default the client id),
+    ``algorithms`` (as an issuer's; default RS256, ES256), ``jwks_uri``, ``scopes`` (must include
+    ``openid``), ``ci_logins`` (CI login -> email or list of emails, for ``not_self``),
+    ``delegation_max_ttl`` (≤ 30d, default 1d), ``leeway``. Its name shares the issuers'
+    namespace: policies name either by it.
 
 Digests: a policy's digest is ``"sha256:" + sha256_hex(canonical_json(document))`` over the
 document as parsed (so key order and YAML spelling do not matter, values do). The policy set's
@@ -66,15 +89,15 @@ from broker.attestation.presets import ASYMMETRIC_ALGORITHMS, PRESETS, Preset
 from broker.canonical import canonical_json, sha256_hex
 from broker.durations import parse_duration
 from broker.policy.model import (
-    MAX_DERIVE_DEPTH, ClaimMatcher, Client, DeriveRule, IssuerConfig, Policy, PolicySet, SourceRef,
-    Target, claim_text,
+    DELEGATION_SUBJECT_TOKENS, MAX_DERIVE_DEPTH, ApprovalRule, ClaimMatcher, Client, DeriveRule,
+    HumanIdP, IssuerConfig, MayAct, Policy, PolicySet, SourceRef, Target, claim_text,
 )
 from broker.policy.patterns import compile_exact, compile_glob, compile_regex
 from broker.policy.problems import PolicyError, Problem
 from broker.policy.source import Located, read_documents, type_name
 from broker.policy.targets import COMMON_TARGET_KEYS, TARGET_TYPES, TargetContext
 
-KINDS = ("issuer", "target", "policy", "client")
+KINDS = ("issuer", "target", "policy", "client", "human-idp")
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DEFAULT_PRESET = "oidc"
@@ -88,14 +111,30 @@ ISSUER_KEYS = ISSUER_REQUIRED | {
 }
 TARGET_REQUIRED = frozenset({"kind", "name", "type", "max_ttl"})
 
-# Policy keys beyond the core ones, added by later issues (fan-out: "derive", "max_depth").
-# A key listed here is accepted, checked by its own reader below, and stored, as written, in
-# Policy.extra (and covered by the policy's digest).
-ALLOWED_EXTRA_POLICY_KEYS: frozenset[str] = frozenset({"derive", "max_depth"})
+# Policy keys beyond the core ones, added by later issues (fan-out: "derive", "max_depth";
+# human authorizers: "approval", "may_act"). A key listed here is accepted, checked by its own
+# reader below, and stored, as written, in Policy.extra (and covered by the policy's digest).
+ALLOWED_EXTRA_POLICY_KEYS: frozenset[str] = frozenset({"derive", "max_depth", "approval", "may_act"})
 FUTURE_POLICY_KEYS = ALLOWED_EXTRA_POLICY_KEYS   # the old name, for code written against it
 DERIVE_RULE_KEYS = frozenset({"target", "scopes", "max_ttl", "from"})
 POLICY_REQUIRED = frozenset({"kind", "name", "issuer", "targets", "match"})
 POLICY_KEYS = POLICY_REQUIRED | {"scopes", "max_ttl"}
+
+APPROVAL_KEYS = frozenset({"approvers", "required", "not_self", "expires_in"})
+DEFAULT_APPROVAL_EXPIRES_IN = 1800
+MAX_APPROVAL_EXPIRES_IN = 7 * 86400
+MAY_ACT_KEYS = frozenset({"issuer", "match", "subject_tokens"})
+#: What a delegation policy's ``match`` may name: the person, as the human IdP vouches for them.
+PERSON_CLAIMS = frozenset({"email", "groups", "username", "sub"})
+
+HUMAN_IDP_REQUIRED = frozenset({"kind", "name", "issuer", "client_id"})
+HUMAN_IDP_KEYS = HUMAN_IDP_REQUIRED | {
+    "client_secret_env", "client_secret_file", "email_claim", "groups_claim", "username_claim",
+    "audience", "algorithms", "jwks_uri", "scopes", "ci_logins", "delegation_max_ttl", "leeway",
+}
+DEFAULT_HUMAN_ALGORITHMS = ("RS256", "ES256")
+DEFAULT_DELEGATION_MAX_TTL = 86400
+MAX_DELEGATION_TTL = 30 * 86400
 
 CLIENT_PERMISSIONS = frozenset({"audit", "introspect", "revoke"})
 CLIENT_KEYS = frozenset({"kind", "name", "secret_sha256", "may"})
@@ -106,6 +145,9 @@ _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _RUN_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")      # RFC 6749 §3.3 scope-token
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+_EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+")
+_GROUP = re.compile(r"[^\s\x00-\x1f\x7f]+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 # ---------------------------------------------------------------------------- public API
@@ -179,7 +221,9 @@ class _Loader:
         self.audiences: dict[str, tuple[str, SourceRef]] = {}
         self.policies: list[Policy] = []
         self.clients: dict[str, Client] = {}
+        self.human_idp: HumanIdP | None = None
         self.references: list[tuple[_Doc, str, Located]] = []   # (policy doc, kind, name node)
+        self.policy_checks: list[tuple[_Doc, Policy]] = []      # cross-document checks in finish()
 
     def load_text(self, text: str, file: str, base_dir: Path) -> None:
         def report(line: int, message: str) -> None:
@@ -214,15 +258,30 @@ class _Loader:
             _compile_target(doc)
         elif kind == "policy":
             _compile_policy(doc)
+        elif kind == "human-idp":
+            _compile_human_idp(doc)
         else:
             _compile_client(doc)
 
     def finish(self) -> PolicySet:
         for doc, kind, ref in self.references:
-            known = self.declared[kind]
+            if kind == "policy-issuer":     # a policy's `issuer`: an issuer, or the human IdP
+                known = {**self.declared["issuer"], **self.declared["human-idp"]}
+                listing = ", ".join([*sorted(self.declared["issuer"]),
+                                     *(f"{n} (human-idp)" for n in sorted(self.declared["human-idp"]))])
+                kind = "issuer"
+            else:
+                known = self.declared[kind]
+                listing = ", ".join(sorted(known))
             if ref.data not in known:
-                listing = ", ".join(sorted(known)) or "none"
-                doc.error(ref.line, f"unknown {kind} {ref.data!r} (defined {kind}s: {listing})")
+                doc.error(ref.line, f"unknown {kind} {ref.data!r} (defined {kind}s: {listing or 'none'})")
+        for name, ref in self.declared["human-idp"].items():
+            if name in self.declared["issuer"]:
+                self.problems.append(Problem(ref.file, ref.line, (
+                    f"human-idp {name!r}: the name is already used by issuer {name!r} "
+                    f"({self.declared['issuer'][name]}); policies name either by it")))
+        for doc, policy in self.policy_checks:
+            _check_policy_issuer_kind(doc, policy, self)
         if self.problems:
             order = {file: i for i, file in enumerate(self.files)}
             raise PolicyError(sorted(self.problems, key=lambda p: (order.get(p.file, -1), p.line)))
@@ -232,12 +291,15 @@ class _Loader:
             "targets": self.documents["target"],
             "clients": self.documents["client"],
         }
+        if self.documents["human-idp"]:     # absent when there is none: digests stay as they were
+            digest_input["human_idps"] = self.documents["human-idp"]
         return PolicySet(
             issuers=dict(self.issuers),
             targets=dict(self.targets),
             policies=tuple(self.policies),
             clients=dict(self.clients),
             digest=_digest(digest_input),
+            human_idp=self.human_idp,
         )
 
 
@@ -665,7 +727,7 @@ def _compile_policy(doc: _Doc) -> None:
 
     issuer = doc.string("issuer")
     if issuer is not None:
-        doc.loader.references.append((doc, "issuer", node.get("issuer")))  # type: ignore[arg-type]
+        doc.loader.references.append((doc, "policy-issuer", node.get("issuer")))  # type: ignore[arg-type]
     target_nodes = doc.string_list("targets")
     for element in target_nodes or ():
         doc.loader.references.append((doc, "target", element))
@@ -681,11 +743,13 @@ def _compile_policy(doc: _Doc) -> None:
     extra = {key: node.get(key).data for key in ALLOWED_EXTRA_POLICY_KEYS if node.get(key) is not None}  # type: ignore[union-attr]
     derive = _derive_rules(doc) if "derive" in ALLOWED_EXTRA_POLICY_KEYS else ()
     max_depth = _max_depth(doc) if "max_depth" in ALLOWED_EXTRA_POLICY_KEYS else None
+    approval = _approval(doc) if "approval" in ALLOWED_EXTRA_POLICY_KEYS else None
+    may_act = _may_act(doc) if "may_act" in ALLOWED_EXTRA_POLICY_KEYS else None
 
     if not doc.ok or doc.name is None:
         return
     assert issuer is not None and target_nodes is not None and match is not None
-    doc.loader.policies.append(Policy(
+    policy = Policy(
         name=doc.name,
         issuer=issuer,
         targets=tuple(e.data for e in target_nodes),
@@ -697,7 +761,11 @@ def _compile_policy(doc: _Doc) -> None:
         source=doc.source,
         derive=derive or (),
         max_depth=max_depth,
-    ))
+        approval=approval,
+        may_act=may_act,
+    )
+    doc.loader.policies.append(policy)
+    doc.loader.policy_checks.append((doc, policy))
 
 
 def _derive_rules(doc: _Doc) -> tuple[DeriveRule, ...] | None:
@@ -835,22 +903,333 @@ def _max_depth(doc: _Doc) -> int | None:
     return value
 
 
-def _match(doc: _Doc) -> tuple[ClaimMatcher, ...] | None:
-    node = doc.node.get("match")
+def _approval(doc: _Doc) -> ApprovalRule | None:
+    """``approval``: approvers (``group:<name>`` or an email), required, not_self, expires_in."""
+    node = doc.node.get("approval")
+    if node is None or doc.quiet(node):
+        return None
+    if not node.is_mapping:
+        doc.error(node.line, f"approval must be a mapping with 'approvers', got {type_name(node.data)}")
+        return None
+    assert node.items is not None
+    ok = True
+    for key, (line, _) in node.items.items():
+        if key not in APPROVAL_KEYS:
+            doc.error(line, f"approval: unknown key {key!r} (allowed: {', '.join(sorted(APPROVAL_KEYS))})")
+            ok = False
+    approvers_node = node.get("approvers")
+    emails: list[str] = []
+    groups: list[str] = []
+    if approvers_node is None:
+        doc.error(node.line, "approval: missing required key 'approvers'")
+        ok = False
+    elif doc.quiet(approvers_node):
+        ok = False
+    elif not approvers_node.is_list or not approvers_node.elements:
+        got = "an empty list" if approvers_node.is_list else type_name(approvers_node.data)
+        doc.error(approvers_node.line, f"approval: approvers must be a non-empty list of "
+                                       f"'group:<name>' or email addresses, got {got}")
+        ok = False
+    else:
+        for element in approvers_node.elements:
+            value = element.data
+            if doc.quiet(element):
+                ok = False
+            elif not isinstance(value, str) or not value.strip():
+                got = "an empty string" if isinstance(value, str) else type_name(value)
+                doc.error(element.line, f"approval: an approver is 'group:<name>' or an email "
+                                        f"address, got {got}")
+                ok = False
+            elif value.startswith("group:"):
+                group = value[len("group:"):]
+                if not _GROUP.fullmatch(group):
+                    doc.error(element.line, f"approval: group name in {value!r} must be non-empty, "
+                                            f"without spaces")
+                    ok = False
+                elif group in groups:
+                    doc.error(element.line, f"approval: approvers lists {value!r} twice")
+                    ok = False
+                else:
+                    groups.append(group)
+            elif _EMAIL.fullmatch(value):
+                if value.lower() in emails:
+                    doc.error(element.line, f"approval: approvers lists {value!r} twice")
+                    ok = False
+                else:
+                    emails.append(value.lower())
+            else:
+                doc.error(element.line, f"approval: an approver is 'group:<name>' or an email "
+                                        f"address, got {value!r}")
+                ok = False
+    required = 1
+    required_node = node.get("required")
+    if required_node is not None and not doc.quiet(required_node):
+        value = required_node.data
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            shown = repr(value) if isinstance(value, int) and not isinstance(value, bool) else type_name(value)
+            doc.error(required_node.line, f"approval: required must be a whole number of "
+                                          f"approvers, at least 1, got {shown}")
+            ok = False
+        elif not groups and emails and value > len(emails):
+            doc.error(required_node.line, f"approval: required is {value} but only {len(emails)} "
+                                          f"approver{'s are' if len(emails) != 1 else ' is'} listed")
+            ok = False
+        else:
+            required = value
+    elif required_node is not None:
+        ok = False
+    not_self = True
+    not_self_node = node.get("not_self")
+    if not_self_node is not None and not doc.quiet(not_self_node):
+        if not isinstance(not_self_node.data, bool):
+            doc.error(not_self_node.line, f"approval: not_self must be true or false, got "
+                                          f"{type_name(not_self_node.data)}")
+            ok = False
+        else:
+            not_self = not_self_node.data
+    elif not_self_node is not None:
+        ok = False
+    expires_in = DEFAULT_APPROVAL_EXPIRES_IN
+    expires_node = node.get("expires_in")
+    if expires_node is not None and not doc.quiet(expires_node):
+        try:
+            expires_in = parse_duration(expires_node.data)
+        except ValueError as exc:
+            doc.error(expires_node.line, f"approval: expires_in: {exc}")
+            ok = False
+        else:
+            if expires_in < 60 or expires_in > MAX_APPROVAL_EXPIRES_IN:
+                doc.error(expires_node.line, "approval: expires_in must be from 1m to 7d")
+                ok = False
+    elif expires_node is not None:
+        ok = False
+    if not ok:
+        return None
+    return ApprovalRule(emails=tuple(emails), groups=tuple(groups), required=required,
+                        not_self=not_self, expires_in=expires_in)
+
+
+def _may_act(doc: _Doc) -> MayAct | None:
+    """``may_act``: ``{issuer, match, subject_tokens}`` — the agents that may act for the person."""
+    node = doc.node.get("may_act")
+    if node is None or doc.quiet(node):
+        return None
+    if not node.is_mapping:
+        doc.error(node.line, f"may_act must be a mapping {{issuer, match, subject_tokens}}, got "
+                             f"{type_name(node.data)}")
+        return None
+    assert node.items is not None
+    ok = True
+    for key, (line, _) in node.items.items():
+        if key not in MAY_ACT_KEYS:
+            doc.error(line, f"may_act: unknown key {key!r} (allowed: {', '.join(sorted(MAY_ACT_KEYS))})")
+            ok = False
+    issuer_node = node.get("issuer")
+    issuer: str | None = None
+    if issuer_node is None:
+        doc.error(node.line, "may_act: missing required key 'issuer' (the actor's attestation issuer)")
+        ok = False
+    elif not doc.quiet(issuer_node):
+        if not isinstance(issuer_node.data, str) or not issuer_node.data.strip():
+            doc.error(issuer_node.line, f"may_act: issuer must be an issuer name, got "
+                                        f"{type_name(issuer_node.data)}")
+            ok = False
+        else:
+            issuer = issuer_node.data
+            doc.loader.references.append((doc, "issuer", issuer_node))
+    else:
+        ok = False
+    match_node = node.get("match")
+    match = None
+    if match_node is None:
+        doc.error(node.line, "may_act: missing required key 'match' (claims of the actor's attestation)")
+        ok = False
+    else:
+        match = _match(doc, match_node, prefix="may_act.match")
+        ok = ok and match is not None
+    subject_tokens: tuple[str, ...] = ("delegation",)
+    tokens_node = node.get("subject_tokens")
+    if tokens_node is not None:
+        if doc.quiet(tokens_node):
+            ok = False
+        elif not tokens_node.is_list or not tokens_node.elements:
+            got = "an empty list" if tokens_node.is_list else type_name(tokens_node.data)
+            doc.error(tokens_node.line, f"may_act: subject_tokens must be a non-empty list of "
+                                        f"{', '.join(DELEGATION_SUBJECT_TOKENS)}, got {got}")
+            ok = False
+        else:
+            chosen: list[str] = []
+            for element in tokens_node.elements:
+                if element.data not in DELEGATION_SUBJECT_TOKENS or element.data in chosen:
+                    shown = repr(element.data) if isinstance(element.data, str) else type_name(element.data)
+                    doc.error(element.line, f"may_act: subject_tokens entries are "
+                                            f"{' or '.join(DELEGATION_SUBJECT_TOKENS)}, each once, got {shown}")
+                    ok = False
+                else:
+                    chosen.append(element.data)
+            subject_tokens = tuple(chosen)
+    if not ok:
+        return None
+    assert issuer is not None and match is not None
+    return MayAct(issuer=issuer, match=match, subject_tokens=subject_tokens)
+
+
+def _check_policy_issuer_kind(doc: _Doc, policy: Policy, loader: _Loader) -> None:
+    """Checks that need every document: what kind of issuer the policy names decides which of
+    ``approval`` and ``may_act`` it may have (docs/approvals.md)."""
+    human = policy.issuer in loader.declared["human-idp"]
+    node = doc.node
+    if human:
+        if policy.may_act is None:
+            doc.error(node.key_line("issuer"), f"issuer {policy.issuer!r} is the human-idp: such a "
+                                               f"policy is for delegation and needs 'may_act'")
+        if policy.approval is not None:
+            doc.error(node.key_line("approval"), "approval cannot be combined with a human-idp "
+                                                 "issuer: the person in the subject token authorizes")
+        for matcher in policy.match:
+            if matcher.claim not in PERSON_CLAIMS:
+                doc.error(node.key_line("match"), f"match: {matcher.claim!r} is not a person claim "
+                                                  f"(one of: {', '.join(sorted(PERSON_CLAIMS))}) for a "
+                                                  f"policy whose issuer is the human-idp")
+    elif policy.issuer in loader.declared["issuer"]:
+        if policy.may_act is not None:
+            doc.error(node.key_line("may_act"), "may_act needs a policy whose issuer is the "
+                                                "human-idp (the person the agent acts for)")
+    if policy.approval is not None and not loader.declared["human-idp"]:
+        doc.error(node.key_line("approval"), "approval needs a 'kind: human-idp' document (who "
+                                             "the approvers are)")
+
+
+# ---------------------------------------------------------------------------- kind: human-idp
+
+def _compile_human_idp(doc: _Doc) -> None:
+    node = doc.node
+    assert node.items is not None
+    if "client_secret" in node.items:
+        # never echo the value: it is a secret someone pasted into a policy file
+        doc.error(node.key_line("client_secret"), "client_secret must never be written in a "
+                                                  "policy file: use client_secret_env or "
+                                                  "client_secret_file")
+        allowed = HUMAN_IDP_KEYS | {"client_secret"}
+    else:
+        allowed = HUMAN_IDP_KEYS
+    doc.check_keys(HUMAN_IDP_REQUIRED, allowed)
+    if doc.loader.human_idp is not None or (
+            doc.name is not None and len(doc.loader.declared["human-idp"]) > 1):
+        first = next(iter(doc.loader.declared["human-idp"].values()))
+        doc.error(node.line, f"only one human-idp document is allowed (the first is at {first})")
+    issuer = doc.url("issuer", allow_query=False)
+    client_id = doc.string("client_id")
+    secret_env = doc.string("client_secret_env")
+    if secret_env is not None and not _ENV_NAME.fullmatch(secret_env):
+        doc.error(node.key_line("client_secret_env"), "client_secret_env must be an environment "
+                                                      "variable name")
+    secret_file = doc.string("client_secret_file")
+    if secret_file is not None:
+        path = Path(secret_file)
+        secret_file = str((path if path.is_absolute() else doc.base_dir / path).resolve())
+    given = [k for k in ("client_secret_env", "client_secret_file") if k in node.items]
+    if len(given) != 1 and "client_secret" not in node.items:
+        doc.error(node.line, "give exactly one of 'client_secret_env' and 'client_secret_file'")
+    claims: dict[str, str] = {}
+    for key, default in (("email_claim", "email"), ("groups_claim", "groups"),
+                         ("username_claim", "preferred_username")):
+        claims[key] = default
+        if key in node.items:
+            value = doc.string(key)
+            if value is not None and not _claim_path_ok(value):
+                doc.error(node.key_line(key), f"{key} must be a claim name or dotted path")
+            elif value is not None:
+                claims[key] = value
+    audience = doc.string("audience") if "audience" in node.items else None
+    algorithms = _algorithms(doc, None) if "algorithms" in node.items else DEFAULT_HUMAN_ALGORITHMS
+    jwks_uri = doc.url("jwks_uri", allow_query=True)
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    if "scopes" in node.items:
+        elements = doc.string_list("scopes")
+        if elements is not None:
+            scopes = tuple(e.data for e in elements)
+            if "openid" not in scopes:
+                doc.error(node.key_line("scopes"), "scopes must include 'openid'")
+            for element in elements:
+                if not _SCOPE.fullmatch(element.data):
+                    doc.error(element.line, f"scope {element.data!r} must not contain spaces, '\"' or '\\'")
+    ci_logins = _ci_logins(doc)
+    delegation_max_ttl = DEFAULT_DELEGATION_MAX_TTL
+    if "delegation_max_ttl" in node.items:
+        value = doc.duration("delegation_max_ttl")
+        if value is not None and value > MAX_DELEGATION_TTL:
+            doc.error(node.key_line("delegation_max_ttl"), "delegation_max_ttl must be at most 30d")
+        elif value is not None:
+            delegation_max_ttl = value
+    leeway = _leeway(doc)
+
+    if not doc.ok or doc.name is None:
+        return
+    assert issuer is not None and client_id is not None and algorithms is not None
+    assert ci_logins is not None
+    doc.loader.documents["human-idp"][doc.name] = node.data
+    doc.loader.human_idp = HumanIdP(
+        name=doc.name, issuer=issuer, client_id=client_id, client_secret_env=secret_env,
+        client_secret_file=secret_file, email_claim=claims["email_claim"],
+        groups_claim=claims["groups_claim"], username_claim=claims["username_claim"],
+        audience=audience, algorithms=algorithms, jwks_uri=jwks_uri, scopes=scopes,
+        ci_logins=ci_logins, delegation_max_ttl=delegation_max_ttl, leeway=leeway,
+        source=doc.source)
+
+
+def _ci_logins(doc: _Doc) -> dict[str, tuple[str, ...]] | None:
+    """``ci_logins``: a run's ``actor`` (CI login) -> the email(s) of the same person, for
+    ``not_self``. Keys are compared case-insensitively (stored lower-case)."""
+    node = doc.node.get("ci_logins")
+    if node is None:
+        return {}
+    if doc.quiet(node):
+        return None
+    if not node.is_mapping:
+        doc.error(node.line, f"ci_logins must be a mapping of CI login -> email (or list of "
+                             f"emails), got {type_name(node.data)}")
+        return None
+    assert node.items is not None
+    result: dict[str, tuple[str, ...]] = {}
+    ok = True
+    for login, (line, value) in node.items.items():
+        values = value.elements if value.is_list else [value]
+        emails = []
+        for element in values or ():
+            if doc.quiet(element):
+                ok = False
+            elif not isinstance(element.data, str) or not _EMAIL.fullmatch(element.data):
+                doc.error(element.line, f"ci_logins.{login}: want an email address (or a list of them)")
+                ok = False
+            else:
+                emails.append(element.data.lower())
+        if not emails and ok:
+            doc.error(line, f"ci_logins.{login}: want an email address (or a list of them)")
+            ok = False
+        result[str(login).lower()] = tuple(emails)
+    return result if ok else None
+
+
+def _match(doc: _Doc, node: Located | None = None, *,
+           prefix: str = "match") -> tuple[ClaimMatcher, ...] | None:
+    """A ``match`` mapping (the document's own, or ``node`` — e.g. ``may_act.match``)."""
+    if node is None:
+        node = doc.node.get("match")
     if node is None or doc.quiet(node):
         return None
     if not node.is_mapping or not node.items:
         got = "an empty mapping" if node.is_mapping else type_name(node.data)
-        doc.error(node.line, f"match must be a non-empty mapping of claim -> pattern, got {got}")
+        doc.error(node.line, f"{prefix} must be a non-empty mapping of claim -> pattern, got {got}")
         return None
     matchers: list[ClaimMatcher] = []
     ok = True
     for claim, (key_line, spec) in node.items.items():
         if not _claim_path_ok(claim):
-            doc.error(key_line, f"match: {claim!r} is not a claim name or dotted path")
+            doc.error(key_line, f"{prefix}: {claim!r} is not a claim name or dotted path")
             ok = False
             continue
-        patterns = _patterns(doc, claim, spec)
+        patterns = _patterns(doc, claim, spec, prefix=prefix)
         if patterns is None:
             ok = False
             continue
@@ -858,43 +1237,44 @@ def _match(doc: _Doc) -> tuple[ClaimMatcher, ...] | None:
     return tuple(matchers) if ok else None
 
 
-def _patterns(doc: _Doc, claim: str, spec: Located) -> tuple[re.Pattern[str], ...] | None:
+def _patterns(doc: _Doc, claim: str, spec: Located, *,
+              prefix: str = "match") -> tuple[re.Pattern[str], ...] | None:
     if doc.quiet(spec):
         return None
     if not spec.is_list:
-        one = _pattern(doc, claim, spec)
+        one = _pattern(doc, claim, spec, prefix=prefix)
         return None if one is None else (one,)
     assert spec.elements is not None
     if not spec.elements:
-        doc.error(spec.line, f"match.{claim}: an empty list matches nothing")
+        doc.error(spec.line, f"{prefix}.{claim}: an empty list matches nothing")
         return None
     patterns = []
     for element in spec.elements:
         if doc.quiet(element):
             pattern = None
         elif element.is_list:
-            doc.error(element.line, f"match.{claim}: lists of patterns cannot be nested")
+            doc.error(element.line, f"{prefix}.{claim}: lists of patterns cannot be nested")
             pattern = None
         else:
-            pattern = _pattern(doc, claim, element)
+            pattern = _pattern(doc, claim, element, prefix=prefix)
         if pattern is not None:
             patterns.append(pattern)
     return tuple(patterns) if len(patterns) == len(spec.elements) else None
 
 
-def _pattern(doc: _Doc, claim: str, spec: Located) -> re.Pattern[str] | None:
+def _pattern(doc: _Doc, claim: str, spec: Located, *, prefix: str = "match") -> re.Pattern[str] | None:
     value = spec.data
     if isinstance(value, (bool, int, str)):
         return compile_exact(claim_text(value))  # type: ignore[arg-type]
     if not spec.is_mapping:
         hint = "; quote it to match text" if isinstance(value, float) else ""
-        doc.error(spec.line, f"match.{claim}: a pattern is a string, integer, boolean, "
+        doc.error(spec.line, f"{prefix}.{claim}: a pattern is a string, integer, boolean, "
                              f"{{glob: ...}}, {{regex: ...}} or a list of these, got {type_name(value)}{hint}")
         return None
     assert spec.items is not None
     keys = list(spec.items)
     if len(keys) != 1 or keys[0] not in _PATTERN_KEYS:
-        doc.error(spec.line, f"match.{claim}: a pattern mapping has exactly one key, 'glob' or "
+        doc.error(spec.line, f"{prefix}.{claim}: a pattern mapping has exactly one key, 'glob' or "
                              f"'regex', got {', '.join(repr(k) for k in keys) or 'none'}")
         return None
     kind = keys[0]
@@ -903,14 +1283,14 @@ def _pattern(doc: _Doc, claim: str, spec: Located) -> re.Pattern[str] | None:
         return None
     if not isinstance(body.data, str) or body.data == "":
         got = "an empty string" if isinstance(body.data, str) else type_name(body.data)
-        doc.error(body.line, f"match.{claim}: {kind} must be a non-empty string, got {got}")
+        doc.error(body.line, f"{prefix}.{claim}: {kind} must be a non-empty string, got {got}")
         return None
     try:
         if kind == "glob":
             return compile_glob(body.data)
         return compile_regex(body.data)
     except (re.error, ValueError) as exc:
-        doc.error(body.line, f"match.{claim}: invalid {kind} {body.data!r}: {exc}")
+        doc.error(body.line, f"{prefix}.{claim}: invalid {kind} {body.data!r}: {exc}")
         return None
 
 

@@ -80,6 +80,78 @@ class DeriveRule:
 
 
 @dataclass(frozen=True)
+class ApprovalRule:
+    """A policy's ``approval``: a named person must approve each mint (docs/approvals.md).
+
+    ``emails`` are lower-cased; ``groups`` are the names after ``group:``. ``required``
+    distinct approvers must approve; ``not_self``: the run's ``actor`` may not approve;
+    ``expires_in``: seconds a request waits for its decision before it is void."""
+    emails: tuple[str, ...]
+    groups: tuple[str, ...]
+    required: int = 1
+    not_self: bool = True
+    expires_in: int = 1800
+
+    @property
+    def approvers(self) -> tuple[str, ...]:
+        """The entries as written in the policy (``group:<name>`` or an email)."""
+        return (*(f"group:{g}" for g in self.groups), *self.emails)
+
+
+#: Subject tokens a delegation policy may accept (``may_act.subject_tokens``).
+DELEGATION_SUBJECT_TOKENS = ("delegation", "id_token")
+
+
+@dataclass(frozen=True)
+class MayAct:
+    """A policy's ``may_act``: which agents may act for the person in the subject token.
+
+    The policy's own ``issuer`` is the human IdP and its ``match`` is judged against the
+    person; ``issuer``/``match`` here are judged against the actor's attestation
+    (the RFC 8693 ``actor_token``). ``subject_tokens``: ``delegation`` (a broker-issued
+    delegation token) and/or ``id_token`` (the person's ID token itself)."""
+    issuer: str
+    match: tuple["ClaimMatcher", ...]
+    subject_tokens: tuple[str, ...] = ("delegation",)
+
+
+@dataclass(frozen=True)
+class HumanIdP:
+    """``kind: human-idp`` — the OpenID Connect provider people sign in with (approvers,
+    people granting delegations). Never a source of workload attestations."""
+    name: str
+    issuer: str                       # exact `iss`
+    client_id: str
+    client_secret_env: str | None     # exactly one of these two: the secret is never inline
+    client_secret_file: str | None    # absolute path after loading
+    email_claim: str = "email"
+    groups_claim: str = "groups"
+    username_claim: str = "preferred_username"   # compared with a run's `actor` (not_self)
+    audience: str | None = None       # `aud` of ID tokens presented to the API/CLI (default client_id)
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    jwks_uri: str | None = None       # else OIDC discovery
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    ci_logins: dict[str, tuple[str, ...]] = field(default_factory=dict)  # run actor -> emails (lower-case)
+    delegation_max_ttl: int = 86400
+    leeway: int = 60
+    source: SourceRef | None = field(default=None, compare=False)
+
+    @property
+    def api_audience(self) -> str:
+        return self.audience or self.client_id
+
+    def issuer_config(self, *, audience: str | None = None) -> IssuerConfig:
+        """The IdP as an :class:`IssuerConfig`, so its ID tokens are verified by the same code
+        (JWKS cache, signature and claim checks) as attestations. ``audience`` defaults to
+        :attr:`api_audience`; the web sign-in passes the client id."""
+        return IssuerConfig(
+            name=f"human-idp:{self.name}", preset="oidc", issuer=self.issuer,
+            audience=audience or self.api_audience, algorithms=self.algorithms,
+            principal="{sub}", run={}, required_claims=("sub", "iat"), jwks_uri=self.jwks_uri,
+            leeway=self.leeway, source=self.source)
+
+
+@dataclass(frozen=True)
 class Policy:
     """``kind: policy`` — who may get which target, with which scopes, for how long."""
     name: str
@@ -93,6 +165,8 @@ class Policy:
     source: SourceRef | None = field(default=None, compare=False)
     derive: tuple[DeriveRule, ...] = ()   # compiled ``derive`` (fan-out); empty: no children
     max_depth: int | None = None          # ``max_depth``: longest derivation chain (None: default)
+    approval: ApprovalRule | None = None  # ``approval``: a person approves each mint
+    may_act: MayAct | None = None         # ``may_act``: agents acting for the person (delegation)
 
 
 @dataclass(frozen=True)
@@ -111,6 +185,7 @@ class PolicySet:
     policies: tuple[Policy, ...]      # in load order: file name, then document order
     clients: dict[str, Client]
     digest: str                       # "sha256:<hex>" over all policy digests in order
+    human_idp: HumanIdP | None = None  # ``kind: human-idp`` (at most one)
 
     def issuers_for_iss(self, iss: str) -> list[IssuerConfig]:
         return [i for i in self.issuers.values() if i.issuer == iss]

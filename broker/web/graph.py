@@ -54,6 +54,14 @@ def authorizer_text(authorizer: Any) -> tuple[str, str]:
     if not isinstance(authorizer, dict):
         return "unknown authorizer", ""
     kind = str(authorizer.get("type") or "")
+    policy = authorizer.get("policy") if isinstance(authorizer.get("policy"), dict) else {}
+    if kind == "human":             # a person's approval (docs/approvals.md)
+        approvers = ", ".join(str(a) for a in authorizer.get("approvers") or []) or "?"
+        return (f"approved by {approvers}",
+                f"{authorizer.get('approval_id') or ''} · policy {policy.get('name', '?')}")
+    if kind == "delegation":        # an agent acting for a person
+        return (f"delegated by {authorizer.get('granted_by', '?')}",
+                f"{authorizer.get('grant_id') or 'ID token'} · policy {policy.get('name', '?')}")
     if kind == "policy" or ("name" in authorizer and "approver" not in authorizer):
         digest = str(authorizer.get("digest") or "")
         return f"policy {authorizer.get('name', '?')}", digest[:23]

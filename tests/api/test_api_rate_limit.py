@@ -44,7 +44,7 @@ def test_over_the_limit_is_429_slow_down_and_not_recorded(make_app, tmp_path, de
     assert [e.type for e in ledger.iter_events()] == ["mint", "mint", "mint"]
     # Another address is not affected; other endpoints are not limited.
     other = client.post("/token", data=exchange_form(dev_issuer.mint_github(audience="nhi-broker-test")),
-                        environ_base={"REMOTE_ADDR": "203.0.113.9"})
+                        environ_base={"REMOTE_ADDR": f"2001:db8::{secrets.token_hex(2)}"})
     assert other.status_code == 200
     assert client.get("/.well-known/jwks.json", environ_base={"REMOTE_ADDR": address}).status_code == 200
 

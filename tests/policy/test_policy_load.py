@@ -328,10 +328,10 @@ def test_future_policy_keys_are_kept_in_extra(monkeypatch):
         issuer: gha
         targets: [api]
         match: {sub: x}
-        approval: {required: true, approvers: [alice]}
+        reviewers: {required: true, names: [alice]}
     """)
     with pytest.raises(PolicyError):
         load_policy_text(text)
-    monkeypatch.setattr(load, "ALLOWED_EXTRA_POLICY_KEYS", frozenset({"approval"}))
+    monkeypatch.setattr(load, "ALLOWED_EXTRA_POLICY_KEYS", frozenset({"reviewers"}))
     (policy,) = load_policy_text(text).policies
-    assert policy.extra == {"approval": {"required": True, "approvers": ["alice"]}}
+    assert policy.extra == {"reviewers": {"required": True, "names": ["alice"]}}

@@ -37,7 +37,7 @@ CASES = [
     ("yaml infinite float", POLICY + "match:\n  x: .inf\n", 6, "not a finite number"),
     ("document not a mapping", "- kind: target\n", 1, "must be a mapping with a 'kind', got a list"),
     ("document without kind", "name: t\ntype: jwt\n", 1, "document has no 'kind'"),
-    ("unknown kind", "kind: role\nname: t\n", 1, "unknown kind 'role' (one of: issuer, target, policy, client)"),
+    ("unknown kind", "kind: role\nname: t\n", 1, "unknown kind 'role' (one of: issuer, target, policy, client, human-idp)"),
     ("kind not a string", "kind: 3\nname: t\n", 1, "unknown kind an integer"),
     # --- names -------------------------------------------------------------------------------
     ("name missing", "kind: target\ntype: jwt\nmax_ttl: 60\n", 1, "target document: missing required key 'name'"),
@@ -163,8 +163,9 @@ CASES = [
      "scopes must be a list of strings"),
     ("policy empty scope", POLICY + "match: {sub: x}\nscopes: ['']\n", 6, "got an empty string"),
     ("policy bad max_ttl", POLICY + "match: {sub: x}\nmax_ttl: 1w\n", 6, "max_ttl: not a duration: '1w'"),
-    ("policy future key not yet allowed", POLICY + "match: {sub: x}\napproval: {required: true}\n", 6,
-     "unknown key 'approval' (allowed: derive, issuer, kind, match, max_depth, max_ttl, name, scopes, targets)"),
+    ("policy future key not yet allowed", POLICY + "match: {sub: x}\nreviewers: {required: true}\n", 6,
+     "unknown key 'reviewers' (allowed: approval, derive, issuer, kind, match, max_depth, max_ttl, may_act, name, "
+     "scopes, targets)"),
     ("policy duplicate name", POLICY + "match: {sub: x}\n---\n" + POLICY + "match: {sub: y}\n", 8,
      "duplicate policy name 'p'"),
     # --- kind: client ------------------------------------------------------------------------
