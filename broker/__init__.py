@@ -43,11 +43,16 @@ def build_context(config: dict[str, Any]):
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Defaults → ``BROKER_*`` environment → ``test_config``; blueprints; one error handler."""
-    from broker import config as cfg
-    from broker.api import audit, oauth, token, wellknown
-    from broker.api.errors import register_error_handlers
-
     from flask import Flask
+
+    from broker import config as cfg
+    from broker import web
+    from broker.api import approvals, audit, lineage, oauth, token, usage, wellknown
+    from broker.api import ledger as ledger_api
+    from broker.api.errors import register_error_handlers
+    from broker.ledger.checkpoints import start_checkpointer
+    from broker.reaper import start_reaper
+    from broker.web.people import init_people
 
     app = Flask(__name__)
     app.config.from_mapping(cfg.DEFAULTS)
@@ -58,35 +63,21 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     logging.getLogger("broker").setLevel(str(app.config.get("LOG_LEVEL", "INFO")).upper())
 
-    app.extensions["broker"] = build_context(app.config)
+    ctx = build_context(app.config)
+    app.extensions["broker"] = ctx
 
-    for blueprint in (token.bp, oauth.bp, wellknown.bp, audit.bp):
+    for blueprint in (token.bp, oauth.bp, wellknown.bp, audit.bp, lineage.bp, usage.bp,
+                      approvals.bp, ledger_api.bp, web.bp):
         app.register_blueprint(blueprint)
-    from broker.api import lineage
-    from broker import web
-
-    app.register_blueprint(lineage.bp)
-    app.register_blueprint(web.bp)
-    from broker.api import usage
-
-    app.register_blueprint(usage.bp)
-    from broker.api import approvals as approvals_api
-    from broker.web.people import init_people
-
-    app.register_blueprint(approvals_api.bp)
     init_people(app)          # people's pages: sign-in through the human IdP, approvals, delegations
-    from broker.reaper import start_reaper
 
-    reaper = start_reaper(app.extensions["broker"], app.config)   # BROKER_REAPER_INTERVAL
-    if reaper is not None:
-        app.extensions["broker"].extras["reaper"] = reaper        # stopped by ctx.close()
-    from broker.api import ledger as ledger_api
-    from broker.ledger.checkpoints import start_checkpointer
+    # Background work, stopped by ctx.close(): expiry of database credentials
+    # (BROKER_REAPER_INTERVAL) and signed ledger checkpoints (BROKER_CHECKPOINT_INTERVAL).
+    for name, starter in (("reaper", start_reaper), ("checkpointer", start_checkpointer)):
+        worker = starter(ctx, app.config)
+        if worker is not None:
+            ctx.extras[name] = worker
 
-    app.register_blueprint(ledger_api.bp)
-    checkpointer = start_checkpointer(app.extensions["broker"], app.config)  # BROKER_CHECKPOINT_INTERVAL
-    if checkpointer is not None:
-        app.extensions["broker"].extras["checkpointer"] = checkpointer  # stopped by ctx.close()
     _install_rate_limit(app)
     register_error_handlers(app)
     return app
