@@ -366,39 +366,13 @@ def _best_effort(revoke: Any, lease_id: str) -> None:
 
 def credential_id_for_username(ledger: Any, username: str, *, at: float | None = None,
                                slack: int = 300) -> str | None:
-    """The credential whose Vault-generated database user is ``username`` (recorded in the
-    credential row's details at mint), or None. ``at`` (epoch seconds, e.g. when the database
-    logged the line) narrows the search to credentials alive then, ± ``slack``.
-
-    Reads the ledger's credentials table directly (no public query filters on details yet).
-    """
-    sql = ("SELECT credential_id, details FROM credentials WHERE target_type = %s"
-           " AND details LIKE %s")
-    needle = '%"username":' + _json_string(username) + "%"
-    params: list[Any] = [KIND, needle]
-    if at is not None:
-        sql += " AND issued_at <= %s AND expires_at >= %s"
-        params.extend([int(at) + slack, int(at) - slack])
-    sql += " ORDER BY issued_at DESC LIMIT 5"
-    import json
-
-    if not hasattr(ledger, "_read"):
+    """The credential whose Vault-generated database user is ``username`` (recorded at mint
+    in the credential's indexed ``backend_user``), or None. ``at`` (epoch seconds, e.g. when
+    the database logged the line) narrows the search to credentials alive then, ± ``slack``."""
+    record = ledger.credential_by_backend_user(username, at=at, slack=slack)
+    if record is None or record.target_type != KIND:
         return None
-    with ledger._unavailable_on_error("credential_id_for_username"):
-        rows = ledger._read(sql, params)
-    for credential_id, details in rows:
-        parsed = json.loads(details) if isinstance(details, str) else (details or {})
-        if parsed.get("username") == username:
-            return credential_id
-    return None
-
-
-def _json_string(value: str) -> str:
-    """``value`` as canonical JSON writes it, with LIKE wildcards escaped away (they cannot
-    occur in a Vault username; anything else is rejected by the equality check after)."""
-    import json
-
-    return json.dumps(value, ensure_ascii=False).replace("%", "_").replace("\\", "_")
+    return record.credential_id
 
 
 def build_vault_database_issuer(config: Any) -> VaultDatabaseIssuer:

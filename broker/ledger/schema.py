@@ -175,6 +175,16 @@ def _merkle_tables(*, bigint: str, blob: str, nodes_suffix: str, identity: str) 
     )
 
 
+_V7_COMMON = (
+    "ALTER TABLE credentials ADD COLUMN backend_user TEXT",
+    "CREATE INDEX credentials_backend_user_idx ON credentials (backend_user)",
+    "DROP INDEX IF EXISTS events_principal_idx",
+    "DROP INDEX IF EXISTS events_type_ts_idx",
+    "DROP INDEX IF EXISTS events_parent_id_idx",
+    "DROP INDEX IF EXISTS credentials_principal_idx",
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         version=1,
@@ -219,6 +229,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="approvals, delegations",
         postgres=_plain(*approval_tables("BIGINT")),
         sqlite=_plain(*approval_tables("INTEGER")),
+    ),
+    # Version 7: the database user a backend generated for a credential (Vault's database
+    # engine names its own users) gets a column and an index, so log ingestion maps a user to
+    # its credential with one lookup; and four indexes that others cover are dropped, since
+    # every index costs each append (events_principal_idx ⊂ events_principal_seq_idx,
+    # credentials_principal_idx ⊂ credentials_principal_issued_idx; nothing queries events by
+    # (type, ts) or by parent_id).
+    Migration(
+        version=7,
+        description="credentials.backend_user; drop redundant indexes",
+        postgres=_plain(*_V7_COMMON),
+        sqlite=_plain(*_V7_COMMON),
     ),
 )
 

@@ -69,8 +69,9 @@ SQL_INSERT_EVENT = (
 SQL_MOVE_HEAD = "UPDATE ledger_head SET seq = %s, hash = %s, ts = %s WHERE id = 1"
 SQL_INSERT_CREDENTIAL = (
     "INSERT INTO credentials (credential_id, parent_id, principal, run, run_id, authorizer,"
-    " target, target_type, scope, issued_at, expires_at, revoked_at, ended_at, issuer, details)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " target, target_type, scope, issued_at, expires_at, revoked_at, ended_at, issuer, details,"
+    " backend_user)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 SQL_SET_REVOKED = (
     "UPDATE credentials SET revoked_at = %s"
@@ -179,7 +180,16 @@ def credential_params(record: CredentialRecord) -> tuple[Any, ...]:
     return (record.credential_id, record.parent_id, record.principal, json_text(record.run),
             run_id_of(record.run), json_text(record.authorizer), record.target,
             record.target_type, record.scope, record.issued_at, record.expires_at,
-            record.revoked_at, record.ended_at, record.issuer, json_text(record.details or {}))
+            record.revoked_at, record.ended_at, record.issuer, json_text(record.details or {}),
+            backend_user_of(record))
+
+
+def backend_user_of(record: CredentialRecord) -> str | None:
+    """The database user a backend generated for the credential (``details.username``, which
+    the vault-database kind records), indexed for log ingestion. None for broker-named roles
+    (``nhb_<credential id>`` already names its credential)."""
+    value = (record.details or {}).get("username")
+    return value if isinstance(value, str) and value else None
 
 
 class BatchSealer:
@@ -493,6 +503,20 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
     def get_credential(self, credential_id: str) -> CredentialRecord | None:
         with self._unavailable_on_error("get_credential"):
             rows = self._read(SQL_GET_CREDENTIAL, (credential_id,))
+        return credential_from_row(rows[0]) if rows else None
+
+    def credential_by_backend_user(self, username: str, *, at: float | None = None,
+                                   slack: int = 300) -> CredentialRecord | None:
+        """The credential whose backend-generated database user is ``username`` (the newest,
+        or the newest alive at ``at`` ± ``slack`` seconds), by the indexed ``backend_user``."""
+        sql = SQL_GET_CREDENTIAL.replace("WHERE credential_id = %s", "WHERE backend_user = %s")
+        params: list[Any] = [username]
+        if at is not None:
+            sql += " AND issued_at <= %s AND expires_at >= %s"
+            params.extend([int(at) + slack, int(at) - slack])
+        sql += " ORDER BY issued_at DESC LIMIT 1"
+        with self._unavailable_on_error("credential_by_backend_user"):
+            rows = self._read(sql, params)
         return credential_from_row(rows[0]) if rows else None
 
     def is_revoked(self, credential_id: str) -> bool:

@@ -210,6 +210,23 @@ def test_children_and_find_credentials(ledger: Ledger) -> None:
     assert ids(ledger.find_credentials(principal="agent:x", active_at=NOW + 50)) == ids([child2])
 
 
+def test_credential_by_backend_user(ledger: Ledger) -> None:
+    import dataclasses
+
+    old = dataclasses.replace(credential(issued_at=NOW - 7200, expires_at=NOW - 6300),
+                              details={"username": "v-token-payments-ro-abc"})
+    new = dataclasses.replace(credential(), details={"username": "v-token-payments-ro-abc"})
+    plain = credential()                       # a broker-named role: no backend user
+    for record in (old, new, plain):
+        ledger.record_mint(mint_draft(record), record)
+    assert ledger.credential_by_backend_user("v-token-payments-ro-abc").credential_id == new.credential_id
+    found = ledger.credential_by_backend_user("v-token-payments-ro-abc", at=NOW - 7000, slack=0)
+    assert found.credential_id == old.credential_id
+    assert ledger.credential_by_backend_user("v-token-payments-ro-abc", at=NOW - 20000, slack=0) is None
+    assert ledger.credential_by_backend_user("nhb_x") is None
+    assert ledger.credential_by_backend_user("%") is None      # no pattern matching
+
+
 def test_credentials_to_end(ledger: Ledger) -> None:
     expired = mint(ledger, expires_at=NOW + 10)
     live = mint(ledger, expires_at=NOW + 1000)
