@@ -96,7 +96,7 @@ class Bao:
                 raise RuntimeError("bao did not start")
             time.sleep(0.1)
 
-    def configure(self, issuer_url: str) -> None:
+    def configure(self, issuer_url: str, *, role_default_ttl: str = "1h") -> None:
         c = self.client
         c.sys.enable_secrets_engine("database", path="database")
         c.secrets.database.configure(
@@ -104,7 +104,7 @@ class Bao:
             connection_url="postgresql://{{username}}:{{password}}@127.0.0.1:5432/postgres?sslmode=disable",
             username="postgres", password="unused-trust-auth", allowed_roles=[ROLE])
         c.secrets.database.create_role(name=ROLE, db_name="local", creation_statements=CREATION,
-                                       revocation_statements=REVOCATION, default_ttl="1h", max_ttl="24h")
+                                       revocation_statements=REVOCATION, default_ttl=role_default_ttl, max_ttl="24h")
         c.sys.create_or_update_policy("bench-db", f'path "database/creds/{ROLE}" {{ capabilities = ["read"] }}')
         c.sys.enable_auth_method("jwt", path="jwt")
         c.write("auth/jwt/config", jwks_url=f"{issuer_url}/.well-known/jwks", bound_issuer=issuer_url)
@@ -175,6 +175,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=600, help="requests per row")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--role-default-ttl", default="1h",
+                        help="the Vault role's default_ttl; longer than the target's max_ttl makes the "
+                             "broker shorten each lease (one sys/leases/renew per mint)")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
 
@@ -186,7 +189,7 @@ def main() -> None:
     bao = Bao()
     try:
         with DevIssuer() as issuer, tempfile.TemporaryDirectory() as tmp, fresh_pg_database() as ledger_url:
-            bao.configure(issuer.issuer)
+            bao.configure(issuer.issuer, role_default_ttl=args.role_default_ttl)
             policy_dir = Path(tmp) / "policies"
             policy_dir.mkdir()
             (policy_dir / "bench.yaml").write_text(
