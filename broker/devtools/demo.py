@@ -311,11 +311,20 @@ def run() -> int:
             console.print("[red]the PostgreSQL part of the demo failed[/red]")
             return 1
 
-        verify = subprocess.run([sys.executable, "-m", "broker.cli", "ledger", "verify"], env=env,
-                                capture_output=True, text=True)
+        # The auditor keeps a signed checkpoint outside the broker; verify proves the ledger
+        # only grew since (and recomputes the chain and the Merkle tree).
         step = 14 if pg is not None else 8
+        status, checkpoint = _http("GET", f"{base}/v1/ledger/checkpoint", auth=AUDITOR)
+        assert status == 200, checkpoint
+        checkpoint_file = os.path.join(env["BROKER_STATE_DIR"], "demo-checkpoint.json")
+        with open(checkpoint_file, "w") as fh:
+            json.dump(checkpoint, fh)
+        _show(f"{step}. auditor: GET /v1/ledger/checkpoint (signed; kept outside the broker)",
+              {k: checkpoint[k] for k in ("tree_size", "root_hash", "timestamp", "key_id") if k in checkpoint})
+        verify = subprocess.run([sys.executable, "-m", "broker.cli", "ledger", "verify",
+                                 "--checkpoint", checkpoint_file], env=env, capture_output=True, text=True)
         console.print(Panel(verify.stdout.strip() or verify.stderr.strip(),
-                            title=f"{step}. broker ledger verify", title_align="left"))
+                            title=f"{step + 1}. broker ledger verify --checkpoint", title_align="left"))
         if verify.returncode != 0:
             return 1
         console.rule("[green]demo complete[/green]")
