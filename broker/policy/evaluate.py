@@ -23,7 +23,7 @@ from typing import Any
 
 from broker import errors
 from broker.durations import format_duration
-from broker.policy.model import Decision, IssuerConfig, Policy, PolicySet, claim_value
+from broker.policy.model import Decision, IssuerConfig, Policy, PolicySet, Target, claim_value
 
 _MAX_LISTED = 3
 
@@ -49,14 +49,23 @@ def evaluate(policy_set: PolicySet, *, issuer: IssuerConfig, claims: dict[str, A
             mismatches.append(f"{policy.name} [{', '.join(failed)}]")
         else:
             candidates.append(policy)
-    if not candidates:
-        if not considered:
-            reason = f"no policy allows issuer {issuer.name!r} target {target.name!r}"
-        else:
-            reason = (f"no policy allows issuer {issuer.name!r} target {target.name!r}: "
-                      f"claims did not match in {_listing(mismatches)}")
-        return Decision(allowed=False, target=target, error=errors.UnauthorizedClient, reason=reason)
+    if not considered:
+        refusal = f"no policy allows issuer {issuer.name!r} target {target.name!r}"
+    else:
+        refusal = (f"no policy allows issuer {issuer.name!r} target {target.name!r}: "
+                   f"claims did not match in {_listing(mismatches)}")
+    return _grant(candidates, target=target, requested_scopes=requested_scopes,
+                  requested_ttl=requested_ttl, what="policy", refusal=refusal)
 
+
+def _grant(candidates: list[Policy], *, target: Target, requested_scopes: tuple[str, ...] | None,
+           requested_ttl: int | None, what: str, refusal: str) -> Decision:
+    """The common end of every evaluation: no candidate → ``unauthorized_client`` (with
+    ``refusal`` as the reason); the first candidate whose scopes admit the request wins, else
+    ``invalid_scope``; the lifetime is the least of target, policy and request. ``what`` names
+    the kind of policy in reasons ("policy", "delegation policy")."""
+    if not candidates:
+        return Decision(allowed=False, target=target, error=errors.UnauthorizedClient, reason=refusal)
     for policy in candidates:
         granted = _granted_scopes(policy, requested_scopes)
         if granted is not None:
@@ -66,9 +75,8 @@ def evaluate(policy_set: PolicySet, *, issuer: IssuerConfig, claims: dict[str, A
         return Decision(
             allowed=False, target=target, error=errors.InvalidScope,
             reason=(f"scopes {_short(' '.join(sorted(set(requested_scopes))))} are not granted "
-                    f"by matching policies {_listing([p.name for p in candidates])}"),
+                    f"by matching {what[:-1]}ies {_listing([p.name for p in candidates])}"),
         )
-
     ttl = target.max_ttl
     if policy.max_ttl is not None:
         ttl = min(ttl, policy.max_ttl)
@@ -77,7 +85,7 @@ def evaluate(policy_set: PolicySet, *, issuer: IssuerConfig, claims: dict[str, A
     scope_text = " ".join(granted) if granted else "none"
     return Decision(
         allowed=True, policy=policy, target=target, scopes=granted, ttl=ttl,
-        reason=(f"policy {policy.name!r} allows target {target.name!r} "
+        reason=(f"{what} {policy.name!r} allows target {target.name!r} "
                 f"(scopes: {_clip(scope_text)}; ttl {format_duration(ttl)})"),
     )
 
@@ -155,27 +163,10 @@ def evaluate_delegation(policy_set: PolicySet, *, person: dict[str, Any], via: s
             mismatches.append(f"{policy.name} [{', '.join(failed)}]")
         else:
             candidates.append(policy)
-    if not candidates:
-        if not considered:
-            reason = f"no delegation policy allows target {target.name!r}"
-        else:
-            reason = (f"no delegation policy allows target {target.name!r}: "
-                      f"did not match in {_listing(mismatches)}")
-        return Decision(allowed=False, target=target, error=errors.UnauthorizedClient, reason=reason)
-    for policy in candidates:
-        granted = _granted_scopes(policy, requested_scopes)
-        if granted is not None:
-            break
+    if not considered:
+        refusal = f"no delegation policy allows target {target.name!r}"
     else:
-        assert requested_scopes is not None
-        return Decision(
-            allowed=False, target=target, error=errors.InvalidScope,
-            reason=(f"scopes {_short(' '.join(sorted(set(requested_scopes))))} are not granted "
-                    f"by matching delegation policies {_listing([p.name for p in candidates])}"))
-    ttl = target.max_ttl
-    if policy.max_ttl is not None:
-        ttl = min(ttl, policy.max_ttl)
-    if requested_ttl is not None:
-        ttl = min(ttl, requested_ttl)
-    return Decision(allowed=True, policy=policy, target=target, scopes=granted, ttl=ttl,
-                    reason=f"delegation policy {policy.name!r} allows target {target.name!r}")
+        refusal = (f"no delegation policy allows target {target.name!r}: "
+                   f"did not match in {_listing(mismatches)}")
+    return _grant(candidates, target=target, requested_scopes=requested_scopes,
+                  requested_ttl=requested_ttl, what="delegation policy", refusal=refusal)
