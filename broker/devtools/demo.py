@@ -109,6 +109,7 @@ class EmbeddedPostgres:
     def start(self) -> "EmbeddedPostgres":
         import pgserver
         import psycopg
+        from psycopg import sql
 
         os.chmod(self.root, 0o755)
         self.server = pgserver.get_server(self.pgdata, cleanup_mode=None)   # initdb + start
@@ -118,7 +119,8 @@ class EmbeddedPostgres:
                                 ("log_statement", "all"), ("log_connections", "on"),
                                 ("log_disconnections", "on"), ("log_timezone", "UTC"),
                                 ("password_encryption", "scram-sha-256")):
-                conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")        # demo constants only
+                conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name),
+                                                                         sql.Literal(value)))
         with open(os.path.join(self.pgdata, "pg_hba.conf"), "w") as hba:
             hba.write("local all all trust\n"
                       "host all postgres 127.0.0.1/32 trust\n"
