@@ -14,7 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,11 +81,13 @@ def _client(args: tuple[str, list[bytes], mp.Queue]) -> None:
     out.put((latencies, failures))
 
 
-def run_load(base: str, bodies: list[bytes], clients: int) -> dict[str, float]:
-    """Send the request bodies from `clients` processes with keep-alive; return throughput and latency."""
-    chunks = [bodies[i::clients] for i in range(clients)]
+def run_clients(client: Callable[[tuple[Any, list[Any], mp.Queue]], None], target: Any,
+                work: list[Any], clients: int) -> dict[str, float]:
+    """Split ``work`` over ``clients`` processes, each running ``client((target, chunk, queue))``
+    and putting ``(latencies, failures)`` on the queue; return throughput and latency."""
+    chunks = [work[i::clients] for i in range(clients)]
     queue: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=_client, args=((base, chunk, queue),)) for chunk in chunks]
+    procs = [mp.Process(target=client, args=((target, chunk, queue),)) for chunk in chunks]
     start = time.perf_counter()
     for p in procs:
         p.start()
@@ -101,6 +104,11 @@ def run_load(base: str, bodies: list[bytes], clients: int) -> dict[str, float]:
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
     }
+
+
+def run_load(base: str, bodies: list[bytes], clients: int) -> dict[str, float]:
+    """Send the request bodies from `clients` processes with keep-alive; return throughput and latency."""
+    return run_clients(_client, base, bodies, clients)
 
 
 def exchange_body(token: str, target: str, scope: str | None = None) -> bytes:

@@ -24,7 +24,6 @@ import multiprocessing as mp
 import os
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import broker_process, exchange_body, free_port, fresh_pg_database, run_load  # noqa: E402
+from common import broker_process, exchange_body, free_port, fresh_pg_database, run_clients, run_load  # noqa: E402
 
 os.environ.setdefault("BROKER_INSECURE_DEV_ISSUER", "1")   # the bench's own local issuer
 AUDIENCE = "nhi-broker-bench"
@@ -153,21 +152,7 @@ def _direct_client(args: tuple[int, list[str], mp.Queue]) -> None:
 
 
 def run_direct(port: int, jwts: list[str], clients: int) -> dict[str, float]:
-    chunks = [jwts[i::clients] for i in range(clients)]
-    queue: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=_direct_client, args=((port, chunk, queue),)) for chunk in chunks]
-    start = time.perf_counter()
-    for p in procs:
-        p.start()
-    results = [queue.get() for _ in procs]
-    elapsed = time.perf_counter() - start
-    for p in procs:
-        p.join()
-    latencies = sorted(l for lat, _ in results for l in lat)
-    return {"requests": len(latencies), "failures": sum(f for _, f in results),
-            "per_second": len(latencies) / elapsed,
-            "p50_ms": statistics.median(latencies) * 1000,
-            "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000}
+    return run_clients(_direct_client, port, jwts, clients)
 
 
 def main() -> None:

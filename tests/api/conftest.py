@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from shared import app_factory
+
 from api_support import write_policies
-from broker import create_app
 from broker.devtools.dev_issuer import DevIssuer
 
 
@@ -29,18 +30,9 @@ def database_url(request, tmp_path: Path) -> str:
 
 @pytest.fixture
 def make_app(tmp_path: Path, policy_dir: Path):
-    apps = []
-
-    def factory(**overrides):
-        config = {"TESTING": True, "POLICY_DIR": str(policy_dir), "STATE_DIR": str(tmp_path / "state"),
-                  "ISSUER": "http://broker.test", **overrides}
-        app = create_app(config)
-        apps.append(app)
-        return app
-
-    yield factory
-    for app in apps:
-        app.extensions["broker"].close()
+    with app_factory(POLICY_DIR=str(policy_dir), STATE_DIR=str(tmp_path / "state"),
+                     ISSUER="http://broker.test") as factory:
+        yield factory
 
 
 @pytest.fixture

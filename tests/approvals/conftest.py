@@ -6,8 +6,9 @@ from typing import Iterator
 
 import pytest
 
+from shared import app_factory
+
 from approvals_support import CAROL, CLIENT_ID, CLIENT_SECRET, NOUSER, running_broker, write_approval_policies
-from broker import create_app
 from broker.devtools.dev_human_idp import DevHumanIdP
 from broker.devtools.dev_issuer import DevIssuer
 from broker.ledger import Ledger, open_ledger
@@ -44,19 +45,9 @@ def database_url(request, tmp_path: Path) -> str:
 
 @pytest.fixture
 def make_app(tmp_path: Path, policy_dir: Path):
-    apps = []
-
-    def factory(**overrides):
-        config = {"TESTING": True, "POLICY_DIR": str(policy_dir), "STATE_DIR": str(tmp_path / "state"),
-                  "ISSUER": BROKER_TEST_URL, "REAPER_INTERVAL": 0, "APPROVAL_POLL_INTERVAL": 0,
-                  **overrides}
-        app = create_app(config)
-        apps.append(app)
-        return app
-
-    yield factory
-    for app in apps:
-        app.extensions["broker"].close()
+    with app_factory(POLICY_DIR=str(policy_dir), STATE_DIR=str(tmp_path / "state"),
+                     ISSUER=BROKER_TEST_URL, REAPER_INTERVAL=0, APPROVAL_POLL_INTERVAL=0) as factory:
+        yield factory
 
 
 @pytest.fixture

@@ -4,42 +4,22 @@ human IdP's login form, sees what is asked, approves; the CI side receives its c
 screenshot of the page is saved under tests/artifacts/ for review."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
-from pathlib import Path
 
 import pytest
+
+from shared import headless_chromium
 
 from approvals_support import REPO, Job, claims_of
 from broker.sdk import Broker, BrokerError
 
 ARTIFACTS = REPO / "tests" / "artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
 def browser():
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail("Chromium and chromedriver are required: run scripts/ensure-browser")
-    profile = tempfile.mkdtemp(prefix="nhb-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", f"--user-data-dir={profile}", "--window-size=1280,1100"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
-    try:
+    with headless_chromium(window_size="1280,1100") as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def test_sign_in_see_the_request_approve_and_the_ci_side_gets_its_credential(browser, http_broker):

@@ -8,42 +8,22 @@ them; ``make test`` runs it) and ``selenium`` (the ``dev`` extra).
 from __future__ import annotations
 
 import base64
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
+
+from shared import headless_chromium
 
 from audit_support import AUDITOR, REPO, build_story, write_audit_policies
 from api_support import running_broker
 from broker.ledger import open_ledger
 
 ARTIFACTS = REPO / "tests" / "artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
 def browser():
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail("Chromium and chromedriver are required: run scripts/ensure-browser")
-    profile = tempfile.mkdtemp(prefix="nhb-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", f"--user-data-dir={profile}", "--window-size=1440,1200"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
-    try:
+    with headless_chromium(window_size="1440,1200") as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ from typing import Iterator
 
 import pytest
 
-from broker import create_app
+from shared import app_factory
+
 from broker.ledger import Ledger, open_ledger
 from merkle_support import POLICY_YAML
 
@@ -37,19 +38,9 @@ def policy_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_app(tmp_path: Path, policy_dir: Path):
-    apps = []
-
-    def factory(**overrides):
-        config = {"TESTING": True, "POLICY_DIR": str(policy_dir),
-                  "STATE_DIR": str(tmp_path / "state"), "ISSUER": "http://broker.test",
-                  **overrides}
-        app = create_app(config)
-        apps.append(app)
-        return app
-
-    yield factory
-    for app in apps:
-        app.extensions["broker"].close()
+    with app_factory(POLICY_DIR=str(policy_dir), STATE_DIR=str(tmp_path / "state"),
+                     ISSUER="http://broker.test") as factory:
+        yield factory
 
 
 @pytest.fixture

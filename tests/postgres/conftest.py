@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from shared import app_factory
+
 import pg_cluster
 from pg_support import ADMIN_ENV, TargetDB, down_target, policy_yaml
 
@@ -69,21 +71,10 @@ def policy_dir(tmp_path: Path, dev_issuer, target_db, monkeypatch) -> Path:
 
 @pytest.fixture
 def make_app(tmp_path: Path, policy_dir: Path):
-    from broker import create_app
-
-    apps = []
-
-    def factory(**overrides):
-        config = {"TESTING": True, "POLICY_DIR": str(policy_dir), "STATE_DIR": str(tmp_path / "state"),
-                  "ISSUER": "http://broker.test", "DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
-                  "REAPER_INTERVAL": 0, "POSTGRES_TIMEOUT": 2.0, **overrides}
-        app = create_app(config)
-        apps.append(app)
-        return app
-
-    yield factory
-    for app in apps:
-        app.extensions["broker"].close()
+    with app_factory(POLICY_DIR=str(policy_dir), STATE_DIR=str(tmp_path / "state"),
+                     ISSUER="http://broker.test", DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}",
+                     REAPER_INTERVAL=0, POSTGRES_TIMEOUT=2.0) as factory:
+        yield factory
 
 
 @pytest.fixture

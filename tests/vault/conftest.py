@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from shared import app_factory
+
 from vault_support import BaoServer, closed_port, configure_vault, policy_yaml  # noqa: I001 (sets sys.path)
 import pg_cluster  # tests/postgres/pg_cluster.py: the throwaway SCRAM cluster
 
@@ -80,22 +82,12 @@ def policy_dir(tmp_path: Path, dev_issuer, vault_env, policy_extra) -> Path:
 
 @pytest.fixture
 def make_app(tmp_path: Path, policy_dir: Path):
-    from broker import create_app
     from broker.vault import close_clients
 
-    apps = []
-
-    def factory(**overrides):
-        config = {"TESTING": True, "POLICY_DIR": str(policy_dir), "STATE_DIR": str(tmp_path / "state"),
-                  "ISSUER": "http://broker.test", "DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
-                  "REAPER_INTERVAL": 0, **overrides}
-        app = create_app(config)
-        apps.append(app)
-        return app
-
-    yield factory
-    for app in apps:
-        app.extensions["broker"].close()
+    with app_factory(POLICY_DIR=str(policy_dir), STATE_DIR=str(tmp_path / "state"),
+                     ISSUER="http://broker.test", DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}",
+                     REAPER_INTERVAL=0) as factory:
+        yield factory
     close_clients()
 
 
