@@ -130,7 +130,7 @@ def main() -> None:
 
     from broker.devtools.dev_issuer import DevIssuer
     from broker.ledger import open_ledger
-    from broker.server import default_workers
+    from broker.http.server import default_workers
 
     workers = args.workers or default_workers()
     auth = {"Authorization": "Basic " + base64.b64encode(f"{AUDITOR[0]}:{AUDITOR[1]}".encode()).decode()}

@@ -37,9 +37,10 @@ from typing import Any, Callable, Iterator
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from broker.ids import new_credential_id  # noqa: E402
+from broker.common.ids import new_credential_id  # noqa: E402
 from broker.ledger import GENESIS_HASH, CredentialRecord, Event, EventDraft, utc_timestamp  # noqa: E402
-from broker.ledger.store import SQL_INSERT_CREDENTIAL, SQL_INSERT_EVENT, credential_params, event_params  # noqa: E402
+from broker.ledger.chain import Sealer  # noqa: E402
+from broker.ledger.rows import SQL_INSERT_CREDENTIAL, SQL_INSERT_EVENT, credential_params, event_params  # noqa: E402
 
 AUDITOR = ("bench-auditor", "bench-auditor-secret-0123456789")
 POLICY = f"""
@@ -74,9 +75,9 @@ class Builder:
 
     def seal(self, draft: EventDraft) -> tuple[Any, ...]:
         self.seq += 1
-        event = Event.seal(draft, seq=self.seq, ts=self.ts(), prev_hash=self.prev)
+        event, params = Sealer().seal(draft, seq=self.seq, ts=self.ts(), prev_hash=self.prev)
         self.prev, self.last = event.hash, event
-        return event_params(event)
+        return params
 
     def mint(self, *, principal: str, run: dict[str, Any], parent: str | None = None,
              target: str = "orders-db") -> tuple[str, tuple[Any, ...]]:

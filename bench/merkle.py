@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from broker.ledger import EventDraft, open_ledger                          # noqa: E402
 from broker.ledger.events import GENESIS_HASH, Event, utc_timestamp        # noqa: E402
-from broker.ledger.merkle import verify_consistency, verify_inclusion     # noqa: E402
-from broker.ledger.store import SQL_INSERT_EVENT, event_params             # noqa: E402
-from broker.ledger.tree import LedgerTree, verify_tree                     # noqa: E402
+from broker.transparency.merkle import verify_consistency, verify_inclusion     # noqa: E402
+from broker.ledger.chain import Sealer  # noqa: E402
+from broker.ledger.rows import SQL_INSERT_EVENT, event_params             # noqa: E402
+from broker.transparency.tree import LedgerTree, verify_tree                     # noqa: E402
 
 BATCH = 20_000
 AUDITOR_SECRET = "bench-auditor-secret"
@@ -49,9 +50,9 @@ def build(url: str, n: int) -> float:
                            principal="ci:github:acme/payments", run={"id": str(seq // 1000)},
                            target="payments-db",
                            details={"statement": f"SELECT * FROM accounts WHERE id = {seq}"})
-        last = Event.seal(draft, seq=seq, ts=utc_timestamp(ts0 + seq / 1000), prev_hash=prev)
+        last, params = Sealer().seal(draft, seq=seq, ts=utc_timestamp(ts0 + seq / 1000), prev_hash=prev)
         prev = last.hash
-        rows.append(event_params(last))
+        rows.append(params)
         if len(rows) == BATCH or seq == n:
             _insert(url, rows, last)
             rows = []
@@ -120,7 +121,7 @@ def main() -> None:
     tree = LedgerTree(ledger, batch=50_000)
     seconds, size = timed(tree.sync)
     print(f"  tree sync (all nodes): {seconds:.1f} s ({n / seconds:,.0f} events/s)")
-    nodes = ledger._read("SELECT count(*) FROM merkle_nodes", ())[0][0]
+    nodes = ledger.read("SELECT count(*) FROM merkle_nodes", ())[0][0]
     print(f"  merkle_nodes rows: {nodes:,}")
     if url.startswith("sqlite:///"):
         print(f"  database file: {os.path.getsize(url[len('sqlite:///'):]) / 1e6:,.0f} MB")
@@ -188,7 +189,7 @@ def main() -> None:
     app.extensions["broker"].close()
 
     if args.verify:
-        with ledger._snapshot() as read:
+        with ledger.snapshot() as read:
             seconds, result = timed(verify_tree, read)
         print(f"  verify_tree (recompute and compare every node): {seconds:.1f} s, ok={result.ok}")
     ledger.close()

@@ -170,7 +170,7 @@ def ingest_rate(ledger_url: str, path: Path, fmt: str, credentials: list) -> tup
 
 
 def bench_ingest(lines: int, ledgers: list[str]) -> list[tuple[str, str, float]]:
-    from broker.ids import new_credential_id
+    from broker.common.ids import new_credential_id
     from broker.ledger.events import CredentialRecord
 
     now = int(time.time())
@@ -217,7 +217,7 @@ def main() -> None:
     from psycopg import sql
 
     from broker.devtools.dev_issuer import DevIssuer
-    from broker.server import default_workers
+    from broker.http.server import default_workers
 
     workers = args.workers or default_workers()
     ledgers = ["sqlite", "postgres"] if args.ledger == "both" else [args.ledger]

@@ -167,7 +167,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from broker.devtools.dev_issuer import DevIssuer
-    from broker.server import default_workers
+    from broker.http.server import default_workers
 
     workers = args.workers or default_workers()
     rows: list[tuple[str, int, dict[str, float]]] = []

@@ -1,106 +1,29 @@
-"""nhi-broker: exchange a workload's attestation for a short-lived, attributed credential."""
+"""nhi-broker: exchange a workload's attestation for a short-lived, attributed credential.
+
+The process is built in :mod:`broker.app`; these wrappers keep ``from broker import create_app``
+working without importing Flask when only the SDK is used.
+"""
 from __future__ import annotations
 
-import logging
-import os
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:   # Flask is imported by create_app only: broker.sdk must import without it
+if TYPE_CHECKING:
     from flask import Flask
+
+    from broker.app import BrokerContext
 
 __version__ = "0.1.0"
 
-log = logging.getLogger("broker")
 
+def build_context(config: dict[str, Any]) -> BrokerContext:
+    """Build the resources of one broker process (see :func:`broker.app.build_context`)."""
+    from broker.app import build_context as build
 
-def build_context(config: dict[str, Any]):
-    """Build the resources of one broker process from a config mapping (also used by the CLI)."""
-    from broker import config as cfg
-    from broker.attestation import JWKSCache, open_replay_guard
-    from broker.context import BrokerContext
-    from broker.issuers import build_issuers
-    from broker.ledger import open_ledger
-    from broker.policy import load_policy_dir
-    from broker.signing import open_signer
-
-    policy_set = load_policy_dir(cfg.policy_dir(config))
-    state_dir = cfg.state_dir(config)
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    issuer = cfg.issuer(config)
-    signer = open_signer(cfg.text(config, "SIGNER"), state_dir=state_dir, issuer=issuer,
-                         retention=policy_set.max_target_ttl() + 120, config=config)
-    ledger = open_ledger(cfg.database_url(config))
-    jwks = JWKSCache(timeout=cfg.number(config, "JWKS_TIMEOUT"),
-                     cache_ttl=cfg.number(config, "JWKS_CACHE_TTL"),
-                     min_refetch_interval=cfg.number(config, "JWKS_MIN_REFETCH_INTERVAL"))
-    replay = open_replay_guard(cfg.redis_url(config), state_dir)
-    ctx = BrokerContext(issuer=issuer, policy_set=policy_set, signer=signer, ledger=ledger,
-                        jwks=jwks, replay=replay,
-                        issuers=build_issuers(config, policy_set=policy_set))
-    ctx.extras["approval_interval"] = int(cfg.number(config, "APPROVAL_POLL_INTERVAL"))
-    return ctx
+    return build(config)
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """Defaults → ``BROKER_*`` environment → ``test_config``; blueprints; one error handler."""
-    from flask import Flask
+    """The Flask app (see :func:`broker.app.create_app`)."""
+    from broker.app import create_app as create
 
-    from broker import config as cfg
-    from broker import web
-    from broker.api import approvals, audit, lineage, oauth, token, usage, wellknown
-    from broker.api import ledger as ledger_api
-    from broker.api.errors import register_error_handlers
-    from broker.ledger.checkpoints import start_checkpointer
-    from broker.reaper import start_reaper
-    from broker.web.people import init_people
-
-    app = Flask(__name__)
-    app.config.from_mapping(cfg.DEFAULTS)
-    app.config.from_prefixed_env("BROKER")
-    if test_config:
-        app.config.update(test_config)
-    app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_CONTENT_LENGTH"])
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    logging.getLogger("broker").setLevel(str(app.config.get("LOG_LEVEL", "INFO")).upper())
-
-    ctx = build_context(app.config)
-    app.extensions["broker"] = ctx
-
-    for blueprint in (token.bp, oauth.bp, wellknown.bp, audit.bp, lineage.bp, usage.bp,
-                      approvals.bp, ledger_api.bp, web.bp):
-        app.register_blueprint(blueprint)
-    init_people(app)          # people's pages: sign-in through the human IdP, approvals, delegations
-
-    # Background work, stopped by ctx.close(): expiry of database credentials
-    # (BROKER_REAPER_INTERVAL) and signed ledger checkpoints (BROKER_CHECKPOINT_INTERVAL).
-    for name, starter in (("reaper", start_reaper), ("checkpointer", start_checkpointer)):
-        worker = starter(ctx, app.config)
-        if worker is not None:
-            ctx.extras[name] = worker
-
-    _install_rate_limit(app)
-    register_error_handlers(app)
-    return app
-
-
-def _install_rate_limit(app: Flask) -> None:
-    """``BROKER_RATE_LIMIT`` on ``POST /token`` per client address (off unless set);
-    ``BROKER_PROXY_FIX_X_FOR`` trusts that many reverse proxies' X-Forwarded-For."""
-    from flask import request
-    from werkzeug.middleware.proxy_fix import ProxyFix
-
-    from broker import config as cfg
-    from broker.ratelimit import open_rate_limiter
-
-    hops = int(app.config.get("PROXY_FIX_X_FOR") or 0)
-    if hops > 0:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops)  # type: ignore[method-assign]
-    limiter = open_rate_limiter(app.config.get("RATE_LIMIT"), redis_url=cfg.redis_url(app.config),
-                                state_dir=cfg.state_dir(app.config))
-    if limiter is None:
-        return
-
-    @app.before_request
-    def _rate_limit() -> None:
-        if request.endpoint == "token.token":
-            limiter.check(request.remote_addr or "unknown")
+    return create(test_config)

@@ -40,7 +40,7 @@ from broker.attestation.errors import (
 from broker.attestation.jwks import JWKSCache
 from broker.attestation.presets import ASYMMETRIC_ALGORITHMS, BASE_REQUIRED_CLAIMS
 from broker.attestation.replay import ReplayGuard
-from broker.canonical import sha256_hex
+from broker.common.canonical import sha256_hex
 from broker.policy.model import IssuerConfig, PolicySet, claim_text, claim_value
 
 MAX_TOKEN_BYTES = 16 * 1024

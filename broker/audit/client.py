@@ -1,7 +1,7 @@
 """Where ``broker audit …`` reads from: the local ledger or a remote broker's audit API.
 
 Both sources answer with the same JSON (the remote one is the HTTP API of
-``broker/api/lineage.py``, the local one calls the same :mod:`broker.audit.views`), so the CLI
+``broker/http/api/lineage.py``, the local one calls the same :mod:`broker.audit.views`), so the CLI
 renders one shape. The remote client uses only the standard library (``urllib``) and HTTP Basic
 client authentication; the secret is never printed or put in an error message.
 """
@@ -59,7 +59,7 @@ class LocalSource:
             raise AuditError(str(exc), exit_code=BAD_REQUEST) from None
 
     def lineage(self, credential_id: str, **params: Any) -> dict[str, Any]:
-        from broker.ids import is_credential_id
+        from broker.common.ids import is_credential_id
 
         if not is_credential_id(credential_id):
             raise AuditError("malformed credential id", exit_code=BAD_REQUEST)
@@ -81,7 +81,7 @@ class LocalSource:
         """What ``GET /v1/usage`` answers, from the same query (``Ledger.find_usage``)."""
         from urllib.parse import urlencode
 
-        from broker.api.usage import usage_json
+        from broker.http.api.usage import usage_json
 
         events = self._call(lambda ledger: ledger.find_usage(
             statement=statement, since=since, until=until, after_seq=after, limit=limit))

@@ -13,8 +13,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from broker.canonical import canonical_json, sha256_hex
-from broker.durations import parse_duration
+from broker.common.canonical import canonical_json, sha256_hex
+from broker.common.durations import parse_duration
 from broker.ledger.events import utc_timestamp
 
 _EPOCH = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,6})?$")

@@ -1,6 +1,6 @@
-"""The auditor's views as JSON-ready dicts, built from :mod:`broker.ledger.queries`.
+"""The auditor's views as JSON-ready dicts, built from :mod:`broker.audit.queries`.
 
-One implementation serves the HTTP API (``broker/api/lineage.py``), the CLI against a local
+One implementation serves the HTTP API (``broker/http/api/lineage.py``), the CLI against a local
 ledger (``broker audit … `` without ``--url``) and the web pages, so all three show the same
 thing. Shapes are documented in ``docs/audit.md``.
 
@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 
 from broker.audit.params import encode_cursor
 from broker.ledger import CredentialRecord, Event, Ledger, utc_timestamp
-from broker.ledger.queries import UsageSummary
+from broker.audit.queries import AuditQueries, UsageSummary
 
 
 class NotFound(LookupError):
@@ -124,7 +124,7 @@ def lineage_view(ledger: Ledger, credential_id: str, *, max_depth: int = 16, lim
                  usage_limit: int = 10, now: float | None = None) -> dict[str, Any]:
     """``GET /v1/credentials/<id>/lineage``. Raises :class:`NotFound`."""
     now = time.time() if now is None else now
-    result = ledger.lineage(credential_id, max_depth=max_depth, limit=limit,
+    result = AuditQueries(ledger).lineage(credential_id, max_depth=max_depth, limit=limit,
                             usage_limit=usage_limit)
     if result is None:
         raise NotFound("no such credential")
@@ -151,7 +151,7 @@ def run_view(ledger: Ledger, run_id: str, *, max_depth: int = 16, limit: int = 1
     """``GET /v1/runs/<run id>``. Raises :class:`NotFound` when neither a credential nor a
     denied attempt carries the run id."""
     now = time.time() if now is None else now
-    result = ledger.run_lineage(run_id, max_depth=max_depth, limit=limit,
+    result = AuditQueries(ledger).run_lineage(run_id, max_depth=max_depth, limit=limit,
                                 usage_limit=usage_limit)
     if not result.credentials and not result.denied:
         raise NotFound("no such run")
@@ -183,7 +183,7 @@ def principal_view(ledger: Ledger, principal: str, *, since: str, until: str, li
     """``GET /v1/principals/<principal>``. Raises :class:`NotFound` when nothing in the window
     and nothing ever recorded names the principal."""
     now = time.time() if now is None else now
-    result = ledger.principal_activity(principal, since=since, until=until, limit=limit,
+    result = AuditQueries(ledger).principal_activity(principal, since=since, until=until, limit=limit,
                                        usage_limit=usage_limit)
     if not result.credentials and not result.denied:
         if not ledger.search_events(principal=principal, limit=1):

@@ -49,7 +49,7 @@ def compact(value: Any) -> str:
 
 def authorizer_text(authorizer: Any) -> str:
     """``policy NAME (sha256:…)`` or ``approved by WHO (approval id)``."""
-    from broker.web.graph import authorizer_text as parts
+    from broker.http.web.graph import authorizer_text as parts
 
     label, detail = parts(authorizer)
     return f"{label} ({detail})" if detail else label
@@ -101,7 +101,7 @@ def _instant(value: str | None, name: str) -> str | None:
 
 
 def _credential_id(value: str | None) -> str | None:
-    from broker.ids import is_credential_id
+    from broker.common.ids import is_credential_id
 
     if value is not None and not is_credential_id(value):
         raise click.BadParameter("not a credential id", param_hint="--credential-id")

@@ -29,8 +29,8 @@ def ledger_verify(database_url: str | None, as_json: bool, checkpoint_file: str 
     --checkpoint, that the ledger extends that checkpoint: exit 0 when all hold, 1 naming
     the first problem, 3 when the ledger is unreachable."""
     from broker.ledger import LedgerUnavailable, open_ledger
-    from broker.ledger.checkpoints import CheckpointError, load_jwks, local_checkpoint_keys
-    from broker.ledger.integrity import verify_ledger
+    from broker.transparency.checkpoints import CheckpointError, load_jwks, local_checkpoint_keys
+    from broker.transparency.integrity import verify_ledger
 
     config = env_config()
     url = database_url or cfg.database_url(config)
@@ -94,11 +94,11 @@ def ledger_checkpoint(database_url: str | None, out_file: str | None, witnesses:
     """Sign a checkpoint of the whole ledger (Merkle tree size and root) with the broker's key,
     store it, save it and publish it outside the broker's database."""
     from broker.ledger import LedgerUnavailable, open_ledger
-    from broker.ledger.checkpoints import (
+    from broker.transparency.checkpoints import (
         CheckpointRefused, WitnessError, checkpoint_now, publish, witness_list,
     )
-    from broker.ledger.tree import TreeIntegrityError
-    from broker.signing import open_signer
+    from broker.transparency.tree import TreeIntegrityError
+    from broker.keys.file import open_signer
 
     config = env_config()
     url = database_url or cfg.database_url(config)
@@ -143,6 +143,6 @@ def ledger_verify_proof(proof: str, checkpoints: tuple[str, ...], jwks: str,
                         issuer: str | None) -> None:
     """Check a proof against signed checkpoints, offline: exit 0 verified, 1 invalid proof or
     checkpoint, 2 forked log, 3 unreadable input."""
-    from broker.ledger.verify_offline import run
+    from broker.transparency.verify_offline import run
 
     sys.exit(run(proof, list(checkpoints), jwks, issuer=issuer))

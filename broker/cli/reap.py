@@ -1,7 +1,7 @@
 """`broker reap`: end expired and revoked credentials at their resource, remove orphans.
 
 The same pass ``broker serve`` runs in the background every ``BROKER_REAPER_INTERVAL``
-seconds (see broker/reaper.py); this command is for cron, or for a deployment that turns the
+seconds (see broker/lifecycle/reaper.py); this command is for cron, or for a deployment that turns the
 background reaper off. Safe to run while brokers run theirs.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ def reap(watch: float | None, no_orphans: bool, as_json: bool) -> None:
     from broker import build_context
     from broker.ledger import LedgerUnavailable
     from broker.policy import PolicyError
-    from broker.reaper import reap_once
+    from broker.lifecycle.reaper import reap_once
 
     config = env_config()
     try:

@@ -21,7 +21,7 @@ def serve(host: str, port: int, workers: int | None, threads: int, dev: bool) ->
     from broker import build_context
     from broker.ledger import LedgerUnavailable
     from broker.policy import PolicyError
-    from broker.server import serve as run_server
+    from broker.http.server import serve as run_server
 
     config = env_config()
     try:
@@ -45,7 +45,7 @@ def serve(host: str, port: int, workers: int | None, threads: int, dev: bool) ->
 def _check_people(ctx, config) -> None:  # type: ignore[no-untyped-def]
     """Before forking: the human IdP's client secret is readable (never printed), and the
     session key exists (created once here rather than raced for by the workers)."""
-    from broker.web.people import client_secret, session_secret
+    from broker.http.web.people import client_secret, session_secret
 
     if ctx.policy_set.human_idp is not None:
         try:

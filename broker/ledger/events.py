@@ -1,6 +1,7 @@
 """Ledger records: events (append-only, hash-chained) and the credential projection.
 
-An event's hash is ``sha256(canonical_json(event without "hash"))``; the canonical form
+An event's hash is ``sha256(canonical_json(event without "hash"))`` (:meth:`Event.canonical_bytes`
+is the definition; :class:`broker.ledger.chain.Sealer` is the one code path that seals); the canonical form
 includes ``seq`` and ``prev_hash``, so altering, removing or reordering any row breaks the
 chain at that row. The first event's ``prev_hash`` is :data:`GENESIS_HASH`.
 """
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from broker.canonical import canonical_json, sha256_hex
+from broker.common.canonical import canonical_json, sha256_hex
 
 GENESIS_HASH = "0" * 64
 
@@ -71,15 +72,6 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.body(), "hash": self.hash}
-
-    @classmethod
-    def seal(cls, draft: EventDraft, *, seq: int, ts: str, prev_hash: str) -> "Event":
-        """Build the next event of the chain from a draft."""
-        unsealed = cls(seq=seq, ts=ts, type=draft.type, credential_id=draft.credential_id,
-                       parent_id=draft.parent_id, principal=draft.principal, run=draft.run,
-                       authorizer=draft.authorizer, target=draft.target,
-                       details=dict(draft.details), prev_hash=prev_hash, hash="")
-        return cls(**{**unsealed.__dict__, "hash": unsealed.computed_hash()})
 
 
 @dataclass(frozen=True)

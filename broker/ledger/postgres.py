@@ -23,10 +23,11 @@ from psycopg_pool import ConnectionPool
 from broker.ledger.errors import LedgerUnavailable
 from broker.ledger.events import Event, EventDraft, utc_timestamp
 from broker.ledger.schema import LATEST_VERSION, MIGRATIONS, PG_SCHEMA_LOCK_KEY, SCHEMA_VERSION_DDL
-from broker.ledger.store import (
-    SQL_HEAD, SQL_INSERT_EVENT, SQL_MOVE_HEAD, Ledger, Params, Reader, Row, Statement,
-    Transaction, event_params, json_text, seal_next,
+from broker.ledger.chain import Reader, Sealer
+from broker.ledger.rows import (
+    SQL_HEAD, SQL_INSERT_EVENT, SQL_MOVE_HEAD, Params, Row, Statement, Transaction, json_text,
 )
+from broker.ledger.store import Ledger
 
 SQL_HEAD_FOR_UPDATE = SQL_HEAD + " FOR UPDATE"
 
@@ -50,7 +51,7 @@ class PostgresLedger(Ledger):
     """The ledger in a PostgreSQL database (production: many processes, one chain)."""
 
     _db_errors = (psycopg.Error,)   # includes psycopg_pool's PoolTimeout and PoolClosed
-    _audit_postgres = True          # audit queries use arrays and LATERAL (ledger/queries.py)
+    dialect = "postgres"            # arrays and LATERAL for stores with their own SQL
 
     def __init__(self, url: str, *, pool_size: int = 4, timeout: float = 5.0) -> None:
         try:
@@ -69,7 +70,7 @@ class PostgresLedger(Ledger):
             name="nhi-broker-ledger",
         )
         try:
-            with self._unavailable_on_error("open"):
+            with self.unavailable_on_error("open"):
                 self._migrate()
         except BaseException:
             self._pool.close()
@@ -102,7 +103,7 @@ class PostgresLedger(Ledger):
                              (migration.version, migration.description, utc_timestamp()))
 
     # -- primitives ------------------------------------------------------------------------
-    def _read(self, sql: str, params: Params) -> list[Row]:
+    def read(self, sql: str, params: Params = ()) -> list[Row]:
         attempts = self._pool.max_size + 1
         for attempt in range(1, attempts + 1):
             with self._pool.connection() as conn:
@@ -115,8 +116,8 @@ class PostgresLedger(Ledger):
                         raise
         raise AssertionError("unreachable")
 
-    def _append(self, draft: EventDraft, *, guard: Statement | None = None,
-                extra: Sequence[Statement] = ()) -> Event | None:
+    def _append_one(self, draft: EventDraft, *, guard: Statement | None,
+                    extra: Sequence[Statement]) -> Event | None:
         attempts = self._pool.max_size + 1     # every pooled connection may be dead at once
         for attempt in range(1, attempts + 1):
             try:
@@ -147,9 +148,9 @@ class PostgresLedger(Ledger):
                 if guard_cursor is not None and guard_cursor.fetchone() is None:
                     conn.execute("ROLLBACK")           # nothing to do
                     return None
-                event = seal_next(draft, head_seq=int(head[0]), head_hash=head[1],
-                                  head_ts=head[2], now=utc_timestamp())
-                conn.execute(SQL_INSERT_EVENT, event_params(event))
+                event, params = Sealer().seal(draft, seq=int(head[0]) + 1,
+                                              ts=max(utc_timestamp(), head[2]), prev_hash=head[1])
+                conn.execute(SQL_INSERT_EVENT, params)
                 conn.execute(SQL_MOVE_HEAD, (event.seq, event.hash, event.ts))
                 for sql, params in extra:
                     conn.execute(sql, params)
@@ -169,7 +170,7 @@ class PostgresLedger(Ledger):
             return True
 
     @contextmanager
-    def _snapshot(self) -> Iterator[Reader]:
+    def snapshot(self) -> Iterator[Reader]:
         with self._pool.connection() as conn:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
@@ -183,7 +184,7 @@ class PostgresLedger(Ledger):
                     conn.execute("ROLLBACK")
 
     @contextmanager
-    def _transaction(self) -> Iterator[Transaction]:
+    def transaction(self) -> Iterator[Transaction]:
         with self._pool.connection() as conn, conn.transaction():
             yield _PostgresTransaction(conn)
 
@@ -204,7 +205,8 @@ class _PostgresTransaction:
         with self._conn.cursor() as cursor:
             cursor.executemany(sql, rows)
 
-    def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Params]) -> None:
+    def insert_rows(self, table: str, columns: Sequence[str], sql_text: str,
+                    rows: Sequence[Params]) -> None:
         """Bulk insert with ``COPY … FROM STDIN`` (Ledger.append_many / record_usage): far
         cheaper for the client than executemany. ``table``/``columns`` are the store's own."""
         from psycopg import sql

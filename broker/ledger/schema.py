@@ -7,7 +7,7 @@ against an empty database create the schema exactly once. To change the schema, 
 migration with the next version; never edit an applied one.
 
 JSON columns (``run``, ``authorizer``, ``details``) are TEXT holding
-:func:`broker.canonical.canonical_json`, so they parse back to the very dicts that were hashed.
+:func:`broker.common.canonical.canonical_json`, so they parse back to the very dicts that were hashed.
 Tamper evidence is the hash chain, recomputed from these columns by ``Ledger.verify()``.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from broker.ledger.approvals import approval_tables
 from broker.ledger.events import GENESIS_HASH
 
 #: Key of the PostgreSQL advisory lock held while the schema is created or upgraded.
@@ -83,6 +82,56 @@ def _credentials_table(bigint: str) -> str:
     )
 
 
+# Version 6: approvals and delegations (the people's store, broker/people/store.py, owns the rows).
+
+def approval_tables(bigint: str) -> tuple[str, ...]:
+    return (
+        "CREATE TABLE approvals ("
+        " approval_id TEXT PRIMARY KEY,"
+        " status TEXT NOT NULL,"
+        " version INTEGER NOT NULL,"
+        f" created_at {bigint} NOT NULL,"
+        f" expires_at {bigint} NOT NULL,"
+        " principal TEXT NOT NULL,"
+        " run TEXT NOT NULL,"
+        " issuer TEXT NOT NULL,"
+        " target TEXT NOT NULL,"
+        " requested_scope TEXT,"
+        f" requested_ttl {bigint},"
+        " scope TEXT NOT NULL,"
+        f" ttl {bigint} NOT NULL,"
+        " policy_name TEXT NOT NULL,"
+        " policy_digest TEXT NOT NULL,"
+        " required INTEGER NOT NULL,"
+        " votes TEXT NOT NULL,"
+        f" decided_at {bigint},"
+        " decided_by TEXT,"
+        " reason TEXT,"
+        " credential_id TEXT,"
+        f" consumed_at {bigint},"
+        f" last_poll_ms {bigint} NOT NULL,"
+        " details TEXT NOT NULL)",
+        "CREATE INDEX approvals_status_idx ON approvals (status, created_at)",
+        "CREATE TABLE delegations ("
+        " delegation_id TEXT PRIMARY KEY,"
+        " granted_by TEXT NOT NULL,"
+        " agent TEXT NOT NULL,"
+        " targets TEXT NOT NULL,"
+        " scopes TEXT NOT NULL,"
+        f" created_at {bigint} NOT NULL,"
+        f" expires_at {bigint} NOT NULL,"
+        f" revoked_at {bigint},"
+        " revoked_by TEXT,"
+        f" uses {bigint} NOT NULL,"
+        " details TEXT NOT NULL)",
+        "CREATE INDEX delegations_granted_by_idx ON delegations (granted_by, created_at)",
+        "CREATE TABLE delegation_credentials ("
+        " delegation_id TEXT NOT NULL,"
+        " credential_id TEXT NOT NULL,"
+        " PRIMARY KEY (delegation_id, credential_id))",
+    )
+
+
 _HEAD_TABLE = (
     "CREATE TABLE ledger_head ("
     " id INTEGER PRIMARY KEY CHECK (id = 1),"
@@ -108,7 +157,7 @@ _INDEXES = (
 )
 
 
-# Version 5 (audit queries, broker/ledger/queries.py): every filtered event query walks an
+# Version 5 (audit queries, broker/audit/queries.py): every filtered event query walks an
 # index ending in seq, so keyset pages and "first N usage events" read only what they return;
 # usage counts are index-only.
 _AUDIT_INDEXES = (
@@ -144,7 +193,7 @@ def _usage_tables(bigint: str) -> tuple[Statement, ...]:
     )
 
 
-# Version 3 (Merkle tree and signed checkpoints, broker/ledger/tree.py and checkpoints.py):
+# Version 3 (Merkle tree and signed checkpoints, broker/transparency/tree.py and checkpoints.py):
 # ``merkle_nodes`` holds the hash of every complete subtree (level 0 = leaf hashes) of the
 # RFC 6962 tree over the events, ``merkle_head.size`` how many events they cover (filled in
 # batches, never by the append path); ``checkpoints`` keeps every signed tree head.
@@ -222,7 +271,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         postgres=_plain(*_AUDIT_INDEXES),
         sqlite=_plain(*_AUDIT_INDEXES),
     ),
-    # Version 6 (human authorizers, broker/ledger/approvals.py): approval requests and their
+    # Version 6 (human authorizers, broker/people/store.py): approval requests and their
     # decisions, people's delegations to agents and the credentials minted under them.
     Migration(
         version=6,

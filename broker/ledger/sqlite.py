@@ -19,10 +19,11 @@ from typing import Any, Iterator, Sequence
 from broker.ledger.errors import LedgerUnavailable
 from broker.ledger.events import Event, EventDraft, utc_timestamp
 from broker.ledger.schema import LATEST_VERSION, MIGRATIONS, SCHEMA_VERSION_DDL
-from broker.ledger.store import (
-    SQL_HEAD, SQL_INSERT_EVENT, SQL_MOVE_HEAD, Ledger, Params, Reader, Row, Statement,
-    Transaction, event_params, json_text, seal_next,
+from broker.ledger.chain import Reader, Sealer
+from broker.ledger.rows import (
+    SQL_HEAD, SQL_INSERT_EVENT, SQL_MOVE_HEAD, Params, Row, Statement, Transaction, json_text,
 )
+from broker.ledger.store import Ledger
 
 MIN_SQLITE = (3, 35, 0)   # UPDATE … RETURNING
 
@@ -37,6 +38,7 @@ class SQLiteLedger(Ledger):
     """The ledger in one SQLite file (the embedded default)."""
 
     _db_errors = (sqlite3.Error,)
+    dialect = "sqlite"
 
     def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
         if sqlite3.sqlite_version_info < MIN_SQLITE:
@@ -47,7 +49,7 @@ class SQLiteLedger(Ledger):
         self._lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
-        with self._unavailable_on_error("open"):
+        with self.unavailable_on_error("open"):
             with self._connection() as conn:
                 self._migrate(conn)
 
@@ -114,21 +116,22 @@ class SQLiteLedger(Ledger):
         conn.execute("COMMIT")
 
     # -- primitives ------------------------------------------------------------------------
-    def _read(self, sql: str, params: Params) -> list[Row]:
+    def read(self, sql: str, params: Params = ()) -> list[Row]:
         with self._connection() as conn:
             return conn.execute(_q(sql), tuple(params)).fetchall()
 
-    def _append(self, draft: EventDraft, *, guard: Statement | None = None,
-                extra: Sequence[Statement] = ()) -> Event | None:
+    def _append_one(self, draft: EventDraft, *, guard: Statement | None,
+                    extra: Sequence[Statement]) -> Event | None:
         with self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             head_seq, head_hash, head_ts = conn.execute(SQL_HEAD).fetchall()[0]
             if guard is not None and not conn.execute(_q(guard[0]), guard[1]).fetchall():
                 conn.execute("ROLLBACK")
                 return None
-            event = seal_next(draft, head_seq=int(head_seq), head_hash=head_hash,
-                              head_ts=head_ts, now=utc_timestamp())
-            conn.execute(_q(SQL_INSERT_EVENT), event_params(event))
+            # ts never goes below the head's (clock skew between hosts): time order is seq order
+            event, params = Sealer().seal(draft, seq=int(head_seq) + 1,
+                                          ts=max(utc_timestamp(), head_ts), prev_hash=head_hash)
+            conn.execute(_q(SQL_INSERT_EVENT), params)
             conn.execute(_q(SQL_MOVE_HEAD), (event.seq, event.hash, event.ts))
             for sql, params in extra:
                 conn.execute(_q(sql), params)
@@ -150,7 +153,7 @@ class SQLiteLedger(Ledger):
             return True
 
     @contextmanager
-    def _snapshot(self) -> Iterator[Reader]:
+    def snapshot(self) -> Iterator[Reader]:
         with self._connection() as conn:
             # A deferred transaction: the first SELECT fixes the WAL snapshot for all others.
             conn.execute("BEGIN")
@@ -162,7 +165,7 @@ class SQLiteLedger(Ledger):
             conn.execute("ROLLBACK")
 
     @contextmanager
-    def _transaction(self) -> Iterator[Transaction]:
+    def transaction(self) -> Iterator[Transaction]:
         with self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             yield _SQLiteTransaction(conn)
@@ -182,6 +185,10 @@ class _SQLiteTransaction:
 
     def executemany(self, sql: str, rows: Sequence[Params]) -> None:
         self._conn.executemany(_q(sql), rows)
+
+    def insert_rows(self, table: str, columns: Sequence[str], sql_text: str,
+                    rows: Sequence[Params]) -> None:
+        self._conn.executemany(_q(sql_text), rows)
 
 
 def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:

@@ -1,9 +1,10 @@
-"""The append-only, hash-chained ledger store, with a SQLite and a PostgreSQL backend.
+"""The ledger's public protocol, :class:`Ledger`, implemented by the SQLite and PostgreSQL backends.
 
-:class:`Ledger` holds everything the two backends share: the public API, the SQL of every
-read (written once, with ``%s`` placeholders), row decoding and chain verification. A backend
-supplies four primitives: run a read, run a chain transaction (:meth:`Ledger._append`), merge
-credential details, and read inside one consistent snapshot (for :meth:`Ledger.verify`).
+Everything outside ``broker/ledger/`` uses only the public methods below: appends (one event,
+a guarded event with extra statements, batches, usage with dedupe), credential and event
+queries, and three primitives for stores that keep their own tables in the same database and
+transactions (people's approvals and delegations, the Merkle tree, checkpoints, the audit read
+model): :meth:`Ledger.read`, :meth:`Ledger.snapshot` and :meth:`Ledger.transaction`.
 
 Every write that adds an event is one transaction that
 
@@ -12,9 +13,9 @@ Every write that adds an event is one transaction that
    ``seq``/``hash``/``ts``;
 2. optionally runs a *guard* (``UPDATE credentials … RETURNING``) and gives up, appending
    nothing, when it touches no row;
-3. seals the event with the next ``seq``, a ``ts`` taken while the lock is held, and the
-   previous hash; inserts it; moves the head; runs any extra statement (the credential row of
-   a mint); commits.
+3. seals the event (:class:`broker.ledger.chain.Sealer`, the one sealer) with the next
+   ``seq``, a ``ts`` taken while the lock is held, and the previous hash; inserts it; moves the
+   head; runs any extra statement (the credential row of a mint); commits.
 
 So however many threads and processes append, there is one chain, ``seq`` is contiguous and
 time order equals ``seq`` order.
@@ -22,313 +23,29 @@ time order equals ``seq`` order.
 from __future__ import annotations
 
 import abc
-import hashlib
-import json
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, overload
 
-from broker.canonical import canonical_json
+from broker.ledger.chain import Reader, Sealer, verify_chain
 from broker.ledger.errors import LedgerUnavailable
-from broker.ledger.events import (
-    EVENT_TYPES, GENESIS_HASH, CredentialRecord, Event, EventDraft, VerifyReport,
+from broker.ledger.events import EVENT_TYPES, CredentialRecord, Event, EventDraft, VerifyReport, utc_timestamp
+from broker.ledger.rows import (
+    CREDENTIAL_COLUMNS, EVENT_COLUMNS, EVENT_INSERT_COLUMNS, SQL_ANCESTORS, SQL_CHILDREN,
+    SQL_COUNT, SQL_DESCENDANTS, SQL_EVENTS_FOR_CREDENTIAL, SQL_EVENTS_FROM, SQL_GET_CREDENTIAL,
+    SQL_HEAD, SQL_INSERT_CREDENTIAL, SQL_INSERT_EVENT, SQL_INSERT_USAGE_LINE, SQL_IS_REVOKED,
+    SQL_MOVE_HEAD, SQL_SET_ENDED, SQL_SET_REVOKED, SQL_SET_REVOKED_AND_ENDED, USAGE_LINE_COLUMNS,
+    Params, Row, Statement, Transaction, credential_from_row, credential_params, event_from_row,
 )
-from broker.ledger.events import utc_timestamp
-from broker.ledger.approvals import ApprovalStore
-from broker.ledger.queries import AuditQueries
 
-Params = Sequence[Any]
-Statement = tuple[str, tuple[Any, ...]]
-Row = tuple[Any, ...]
-Reader = Callable[[str, Params], list[Row]]
-
-
-class Transaction(Protocol):
-    """Statements of one read-write transaction (``%s`` placeholders), from
-    :meth:`Ledger._transaction`. ``lock_suffix`` is appended to a SELECT to lock its rows
-    (`` FOR UPDATE`` on PostgreSQL; empty on SQLite, whose transaction holds the write lock)."""
-
-    lock_suffix: str
-
-    def execute(self, sql: str, params: Params = ()) -> list[Row]: ...
-    def executemany(self, sql: str, rows: Sequence[Params]) -> None: ...
-
-# -- SQL shared by both backends (``%s`` placeholders; SQLite's adapter turns them into ``?``) --
-
-EVENT_COLUMNS = ("seq, ts, type, credential_id, parent_id, principal, run, authorizer, target,"
-                 " details, prev_hash, hash")
-CREDENTIAL_COLUMNS = ("credential_id, parent_id, principal, run, authorizer, target, target_type,"
-                      " scope, issued_at, expires_at, revoked_at, ended_at, issuer, details")
-
-SQL_HEAD = "SELECT seq, hash, ts FROM ledger_head WHERE id = 1"
-SQL_INSERT_EVENT = (
-    "INSERT INTO events (seq, ts, type, credential_id, parent_id, principal, run, run_id,"
-    " authorizer, target, details, prev_hash, hash)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-)
-SQL_MOVE_HEAD = "UPDATE ledger_head SET seq = %s, hash = %s, ts = %s WHERE id = 1"
-SQL_INSERT_CREDENTIAL = (
-    "INSERT INTO credentials (credential_id, parent_id, principal, run, run_id, authorizer,"
-    " target, target_type, scope, issued_at, expires_at, revoked_at, ended_at, issuer, details,"
-    " backend_user)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-)
-SQL_SET_REVOKED = (
-    "UPDATE credentials SET revoked_at = %s"
-    " WHERE credential_id = %s AND revoked_at IS NULL RETURNING credential_id"
-)
-SQL_SET_ENDED = (
-    "UPDATE credentials SET ended_at = %s"
-    " WHERE credential_id = %s AND ended_at IS NULL RETURNING credential_id"
-)
-SQL_SET_REVOKED_AND_ENDED = (   # a revocation that also removed the backend resource
-    "UPDATE credentials SET revoked_at = %s, ended_at = coalesce(ended_at, %s)"
-    " WHERE credential_id = %s AND revoked_at IS NULL RETURNING credential_id"
-)
-SQL_INSERT_USAGE_LINE = (
-    "INSERT INTO usage_lines (seq, line_key, credential_id, at, statement) VALUES (%s, %s, %s, %s, %s)"
-)
-# Column order of SQL_INSERT_EVENT / SQL_INSERT_USAGE_LINE, for bulk COPY.
-EVENT_INSERT_COLUMNS = ("seq", "ts", "type", "credential_id", "parent_id", "principal", "run",
-                        "run_id", "authorizer", "target", "details", "prev_hash", "hash")
-USAGE_LINE_COLUMNS = ("seq", "line_key", "credential_id", "at", "statement")
 #: Keys per ``IN (…)`` probe of ``usage_lines`` (well under SQLite's variable limit).
 _USAGE_KEY_CHUNK = 500
-SQL_GET_CREDENTIAL = f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE credential_id = %s"
-SQL_IS_REVOKED = "SELECT revoked_at FROM credentials WHERE credential_id = %s"
-SQL_EVENTS_FOR_CREDENTIAL = (
-    f"SELECT {EVENT_COLUMNS} FROM events WHERE credential_id = %s AND seq > %s"
-    " ORDER BY seq LIMIT %s"
-)
-SQL_CHILDREN = (
-    f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE parent_id = %s"
-    " ORDER BY issued_at, credential_id"
-)
-_CREDENTIAL_COLUMNS_C = ", ".join(f"c.{c.strip()}" for c in CREDENTIAL_COLUMNS.split(","))
-SQL_ANCESTORS = (   # the credential itself (depth 0), its parent (1), … up to the root
-    "WITH RECURSIVE up(credential_id, up_id, depth) AS ("
-    " SELECT credential_id, parent_id, 0 FROM credentials WHERE credential_id = %s"
-    " UNION ALL"
-    " SELECT c.credential_id, c.parent_id, up.depth + 1 FROM credentials c"
-    " JOIN up ON c.credential_id = up.up_id WHERE up.depth < %s)"
-    f" SELECT {_CREDENTIAL_COLUMNS_C} FROM up"
-    " JOIN credentials c ON c.credential_id = up.credential_id ORDER BY up.depth"
-)
-SQL_DESCENDANTS = (  # children (depth 1), grandchildren (2), … parents before their children
-    "WITH RECURSIVE down(credential_id, depth) AS ("
-    " SELECT credential_id, 1 FROM credentials WHERE parent_id = %s"
-    " UNION ALL"
-    " SELECT c.credential_id, down.depth + 1 FROM credentials c"
-    " JOIN down ON c.parent_id = down.credential_id WHERE down.depth < %s)"
-    f" SELECT {_CREDENTIAL_COLUMNS_C}, down.depth FROM down"
-    " JOIN credentials c ON c.credential_id = down.credential_id"
-    " WHERE (%s = 0 OR c.revoked_at IS NULL)"
-    " ORDER BY down.depth, c.issued_at, c.credential_id LIMIT %s"
-)
-SQL_EVENTS_FROM = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq >= %s ORDER BY seq LIMIT %s"
-SQL_EVENTS_UP_TO = (
-    f"SELECT {EVENT_COLUMNS} FROM events WHERE seq >= %s AND seq <= %s ORDER BY seq LIMIT %s"
-)
-SQL_EVENTS_AFTER_HEAD = "SELECT min(seq) FROM events WHERE seq > %s"
-SQL_COUNT = "SELECT count(*) FROM events"
+#: Parameters per ``IN (…)`` list (SQLite's default limit is 32766 variables).
+_IN_CHUNK = 900
 
 
-def json_text(value: Any) -> str | None:
-    """The TEXT stored for a JSON column: canonical JSON, which parses back to an equal value."""
-    return None if value is None else canonical_json(value).decode("utf-8")
-
-
-def _json_value(text: Any) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def run_id_of(run: dict[str, Any] | None) -> str | None:
-    """The indexed ``run_id`` column: ``run["id"]`` as text, if any."""
-    value = run.get("id") if isinstance(run, dict) else None
-    return None if value is None else str(value)
-
-
-def event_from_row(row: Row) -> Event:
-    (seq, ts, type_, credential_id, parent_id, principal, run, authorizer, target, details,
-     prev_hash, hash_) = row
-    return Event(seq=int(seq), ts=ts, type=type_, credential_id=credential_id,
-                 parent_id=parent_id, principal=principal, run=_json_value(run),
-                 authorizer=_json_value(authorizer), target=target,
-                 details=_json_value(details), prev_hash=prev_hash, hash=hash_)
-
-
-def credential_from_row(row: Row) -> CredentialRecord:
-    (credential_id, parent_id, principal, run, authorizer, target, target_type, scope,
-     issued_at, expires_at, revoked_at, ended_at, issuer, details) = row
-    return CredentialRecord(
-        credential_id=credential_id, parent_id=parent_id, principal=principal,
-        run=_json_value(run), authorizer=_json_value(authorizer), target=target,
-        target_type=target_type, scope=scope, issued_at=int(issued_at),
-        expires_at=int(expires_at), revoked_at=None if revoked_at is None else int(revoked_at),
-        ended_at=None if ended_at is None else int(ended_at), issuer=issuer,
-        details=_json_value(details) or {})
-
-
-def event_params(event: Event) -> tuple[Any, ...]:
-    return (event.seq, event.ts, event.type, event.credential_id, event.parent_id,
-            event.principal, json_text(event.run), run_id_of(event.run),
-            json_text(event.authorizer), event.target, json_text(event.details),
-            event.prev_hash, event.hash)
-
-
-def credential_params(record: CredentialRecord) -> tuple[Any, ...]:
-    return (record.credential_id, record.parent_id, record.principal, json_text(record.run),
-            run_id_of(record.run), json_text(record.authorizer), record.target,
-            record.target_type, record.scope, record.issued_at, record.expires_at,
-            record.revoked_at, record.ended_at, record.issuer, json_text(record.details or {}),
-            backend_user_of(record))
-
-
-def backend_user_of(record: CredentialRecord) -> str | None:
-    """The database user a backend generated for the credential (``details.username``, which
-    the vault-database kind records), indexed for log ingestion. None for broker-named roles
-    (``nhb_<credential id>`` already names its credential)."""
-    value = (record.details or {}).get("username")
-    return value if isinstance(value, str) and value else None
-
-
-class BatchSealer:
-    """Seals the events of one batch, serialising each JSON value once.
-
-    Produces exactly what :meth:`Event.seal` + :func:`event_params` produce (the canonical
-    body is assembled from the canonical texts of its values, keys in sorted order), without
-    serialising ``run``/``authorizer``/``details`` twice per event, and serialising a ``run``
-    or ``authorizer`` object shared by many drafts (one credential's usage) only once.
-    """
-
-    # The settings of broker.canonical.canonical_json, as one reusable encoder.
-    _encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                                allow_nan=False)
-
-    def __init__(self) -> None:
-        self._texts: dict[int, tuple[Any, str]] = {}
-        self._scalars: dict[str | None, str] = {None: "null"}
-
-    def scalar(self, value: str | None) -> str:
-        text = self._scalars.get(value)
-        if text is None:
-            text = _encode_string(value)
-            if len(self._scalars) < 4096:
-                self._scalars[value] = text
-        return text
-
-    def text(self, value: Any) -> str | None:
-        if value is None:
-            return None
-        hit = self._texts.get(id(value))
-        if hit is not None and hit[0] is value:
-            return hit[1]
-        text = self._encoder.encode(value)
-        self._texts[id(value)] = (value, text)      # the reference keeps id(value) unique
-        return text
-
-    def seal(self, draft: EventDraft, *, seq: int, ts: str, prev_hash: str
-             ) -> tuple[Event, tuple[Any, ...]]:
-        """The sealed event and its ``SQL_INSERT_EVENT`` parameters."""
-        run_t = self.text(draft.run)
-        authorizer_t = self.text(draft.authorizer)
-        details = dict(draft.details)
-        details_t = self._encoder.encode(details)
-        scalar = self.scalar
-        body = "".join((
-            '{"authorizer":', authorizer_t or "null",
-            ',"credential_id":', scalar(draft.credential_id),
-            ',"details":', details_t,
-            ',"parent_id":', scalar(draft.parent_id),
-            ',"prev_hash":"', prev_hash,              # lower-case hex: needs no escaping
-            '","principal":', scalar(draft.principal),
-            ',"run":', run_t or "null",
-            ',"seq":', str(int(seq)),
-            ',"target":', scalar(draft.target),
-            ',"ts":', scalar(ts),
-            ',"type":', scalar(draft.type), "}"))
-        digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
-        event = Event(seq=seq, ts=ts, type=draft.type, credential_id=draft.credential_id,
-                      parent_id=draft.parent_id, principal=draft.principal, run=draft.run,
-                      authorizer=draft.authorizer, target=draft.target, details=details,
-                      prev_hash=prev_hash, hash=digest)
-        params = (seq, ts, draft.type, draft.credential_id, draft.parent_id, draft.principal,
-                  run_t, run_id_of(draft.run), authorizer_t, draft.target, details_t, prev_hash,
-                  digest)
-        return event, params
-
-
-def _encode_string(value: str) -> str:
-    """A str as json.dumps(value, ensure_ascii=False) writes it."""
-    if not isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False, allow_nan=False)
-    return _ENCODE_BASESTRING(value)
-
-
-from json.encoder import encode_basestring as _ENCODE_BASESTRING  # noqa: E402 - C speedup
-
-
-def seal_next(draft: EventDraft, *, head_seq: int, head_hash: str, head_ts: str,
-              now: str) -> Event:
-    """The event that follows the head. ``ts`` never goes below the head's (clock skew
-    between hosts), so time order is ``seq`` order."""
-    return Event.seal(draft, seq=head_seq + 1, ts=max(now, head_ts), prev_hash=head_hash)
-
-
-def verify_chain(read: Reader, *, batch: int = 2000) -> VerifyReport:
-    """Recompute the chain from columns, streaming, inside one snapshot given by ``read``.
-
-    Checks, in order, for each row: ``seq`` is the next integer, ``hash`` equals the hash
-    recomputed from the row's columns, ``prev_hash`` equals the previous row's hash; at the
-    end, the last event equals ``ledger_head`` (which catches a deleted last row). On failure
-    ``count`` is the number of events that verified before the first bad one.
-    """
-    head_rows = read(SQL_HEAD, ())
-    if not head_rows:
-        return VerifyReport(ok=False, count=0, first_bad_seq=1, reason="ledger_head row is missing")
-    head_seq, head_hash = int(head_rows[0][0]), head_rows[0][1]
-    expected, prev_hash = 1, GENESIS_HASH
-    while True:
-        rows = read(SQL_EVENTS_UP_TO, (expected, head_seq, batch))
-        for row in rows:
-            seq = int(row[0])
-            count = expected - 1
-            if seq > expected:
-                return VerifyReport(False, count, seq, f"missing event(s) before seq {seq}"
-                                    f" (expected seq {expected})")
-            if seq < expected:   # only possible for a first row with seq < 1
-                return VerifyReport(False, count, seq, f"unexpected seq {seq}")
-            try:
-                event = event_from_row(row)
-                recomputed = event.computed_hash()
-            except (TypeError, ValueError):
-                return VerifyReport(False, count, seq, "row cannot be decoded")
-            if event.hash != recomputed:
-                return VerifyReport(False, count, seq, "hash mismatch")
-            if event.prev_hash != prev_hash:
-                return VerifyReport(False, count, seq,
-                                    "prev_hash does not link to the previous event")
-            prev_hash = event.hash
-            expected += 1
-        if len(rows) < batch:
-            break
-    last_seq = expected - 1
-    if last_seq != head_seq or prev_hash != head_hash:
-        if last_seq < head_seq:
-            detail = f"missing event(s) after seq {last_seq}"
-        else:
-            detail = "last event's hash differs"
-        return VerifyReport(False, last_seq, last_seq + 1 if last_seq < head_seq else last_seq,
-                            f"head does not match last event (head seq {head_seq}): {detail}")
-    beyond = read(SQL_EVENTS_AFTER_HEAD, (head_seq,))
-    if beyond and beyond[0][0] is not None:
-        seq = int(beyond[0][0])
-        return VerifyReport(False, last_seq, seq,
-                            f"head does not match last event: event {seq} lies beyond the head")
-    return VerifyReport(ok=True, count=last_seq)
-
-
-class Ledger(AuditQueries, ApprovalStore, abc.ABC):
+class Ledger(abc.ABC):
     """The ledger: append events to one hash chain and query events and credentials.
 
     Thread-safe. Each process opens its own (see :func:`open_ledger`); many processes may
@@ -337,31 +54,36 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
 
     #: Exceptions of the driver that mean "the database failed" (mapped to LedgerUnavailable).
     _db_errors: tuple[type[BaseException], ...] = ()
+    #: ``"sqlite"`` or ``"postgres"``: stores with their own SQL may use dialect features
+    #: (arrays, LATERAL) where the backend has them.
+    dialect: str = ""
 
     # -- backend primitives ----------------------------------------------------------------
     @abc.abstractmethod
-    def _read(self, sql: str, params: Params) -> list[Row]:
-        """Run one read statement (its own implicit transaction) and return all rows."""
+    def read(self, sql: str, params: Params = ()) -> list[Row]:
+        """Run one read statement (its own implicit transaction) and return all rows. Driver
+        errors propagate: wrap calls in :meth:`unavailable_on_error`."""
 
     @abc.abstractmethod
-    def _transaction(self) -> AbstractContextManager[Transaction]:
+    def transaction(self) -> AbstractContextManager[Transaction]:
         """A read-write transaction, committed when the block ends, rolled back on error
-        (SQLite: ``BEGIN IMMEDIATE``, the database's write lock). Used by the Merkle tree
-        (broker/ledger/tree.py), never by the append path."""
+        (SQLite: ``BEGIN IMMEDIATE``, the database's write lock). For tables beside the chain
+        (the Merkle tree, checkpoints, approval poll clocks); never adds an event."""
 
     @abc.abstractmethod
-    def _append(self, draft: EventDraft, *, guard: Statement | None = None,
-                extra: Sequence[Statement] = ()) -> Event | None:
-        """One chain transaction (see the module docstring). None when ``guard`` matched no
-        row, in which case nothing was written."""
+    def snapshot(self) -> AbstractContextManager[Reader]:
+        """A reader whose statements all see one consistent snapshot of the database."""
+
+    @abc.abstractmethod
+    def _append_one(self, draft: EventDraft, *, guard: Statement | None,
+                    extra: Sequence[Statement]) -> Event | None:
+        """Backend hook: one chain transaction (see the module docstring). None when
+        ``guard`` matched no row, in which case nothing was written."""
 
     @abc.abstractmethod
     def _merge_details(self, credential_id: str, details: dict[str, Any]) -> bool:
-        """Merge ``details`` into a credential row's details, atomically; False if unknown."""
-
-    @abc.abstractmethod
-    def _snapshot(self) -> AbstractContextManager[Reader]:
-        """A reader whose statements all see one consistent snapshot of the database."""
+        """Backend hook: merge ``details`` into a credential row's details, atomically;
+        False if unknown."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -369,7 +91,8 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
 
     # -- errors ----------------------------------------------------------------------------
     @contextmanager
-    def _unavailable_on_error(self, action: str) -> Iterator[None]:
+    def unavailable_on_error(self, action: str) -> Iterator[None]:
+        """Driver errors inside the block become :class:`LedgerUnavailable` (generic text)."""
         try:
             yield
         except self._db_errors as exc:
@@ -377,12 +100,26 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
             raise LedgerUnavailable(f"ledger database error during {action}") from exc
 
     # -- writes ----------------------------------------------------------------------------
-    def append(self, draft: EventDraft) -> Event:
-        """Append one event; assigns ``seq``, ``ts``, ``prev_hash`` and ``hash``."""
-        _check_draft(draft)
-        with self._unavailable_on_error("append"):
-            event = self._append(draft)
-        assert event is not None
+    @overload
+    def append(self, draft: EventDraft) -> Event: ...
+    @overload
+    def append(self, draft: EventDraft, *, guard: Statement,
+               extra: Sequence[Statement] = ()) -> Event | None: ...
+    @overload
+    def append(self, draft: EventDraft, *, guard: None = None,
+               extra: Sequence[Statement]) -> Event: ...
+
+    def append(self, draft: EventDraft, *, guard: Statement | None = None,
+               extra: Sequence[Statement] = ()) -> Event | None:
+        """Append one event; assigns ``seq``, ``ts``, ``prev_hash`` and ``hash``.
+
+        With ``guard`` (a statement ``… RETURNING`` run first under the head lock) nothing is
+        written and None is returned when the guard touches no row. ``extra`` statements run
+        after the event, in the same transaction (a projection row: an approval, a delegation)."""
+        check_draft(draft)
+        with self.unavailable_on_error("append"):
+            event = self._append_one(draft, guard=guard, extra=tuple(extra))
+        assert event is not None or guard is not None
         return event
 
     def record_mint(self, draft: EventDraft, credential: CredentialRecord, *,
@@ -392,10 +129,10 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
         With ``guard`` (e.g. consuming the approval it was minted under) nothing is written and
         None is returned when the guard touches no row; ``extra`` statements run after the
         credential row (e.g. linking it to its delegation)."""
-        _check_draft(draft, credential.credential_id)
-        with self._unavailable_on_error("record_mint"):
-            event = self._append(draft, guard=guard,
-                                 extra=[(SQL_INSERT_CREDENTIAL, credential_params(credential)),
+        check_draft(draft, credential.credential_id)
+        with self.unavailable_on_error("record_mint"):
+            event = self._append_one(draft, guard=guard,
+                                     extra=[(SQL_INSERT_CREDENTIAL, credential_params(credential)),
                                         *extra])
         assert event is not None or guard is not None
         return event
@@ -405,29 +142,30 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
         """Set ``revoked_at`` and append ``draft``, atomically. None, appending nothing, when
         the credential is unknown or already revoked. With ``ended_at`` (the backend resource
         was removed before this call) ``ended_at`` is set too, unless already set."""
-        _check_draft(draft, credential_id)
+        check_draft(draft, credential_id)
         if ended_at is None:
             guard = (SQL_SET_REVOKED, (int(revoked_at), credential_id))
         else:
             guard = (SQL_SET_REVOKED_AND_ENDED, (int(revoked_at), int(ended_at), credential_id))
-        with self._unavailable_on_error("record_revoke"):
-            return self._append(draft, guard=guard)
+        with self.unavailable_on_error("record_revoke"):
+            return self._append_one(draft, guard=guard, extra=())
 
     def record_end(self, credential_id: str, draft: EventDraft, *,
                    ended_at: int) -> Event | None:
         """Set ``ended_at`` (the backend resource is gone) and append ``draft``, atomically.
         None, appending nothing, when the credential is unknown or already ended."""
-        _check_draft(draft, credential_id)
-        with self._unavailable_on_error("record_end"):
-            return self._append(draft, guard=(SQL_SET_ENDED, (int(ended_at), credential_id)))
+        check_draft(draft, credential_id)
+        with self.unavailable_on_error("record_end"):
+            return self._append_one(draft, guard=(SQL_SET_ENDED, (int(ended_at), credential_id)),
+                                    extra=())
 
     def append_many(self, drafts: Sequence[EventDraft]) -> list[Event]:
         """Append several events in one transaction (one head lock, one commit), in order."""
         for draft in drafts:
-            _check_draft(draft)
+            check_draft(draft)
         if not drafts:
             return []
-        with self._unavailable_on_error("append_many"):
+        with self.unavailable_on_error("append_many"):
             return self._append_batch([(draft, None) for draft in drafts])
 
     def record_usage(self, items: Sequence[tuple[EventDraft, str, str, str | None]]) -> list[Event]:
@@ -437,12 +175,12 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
         statement ran (RFC 3339 UTC); ``statement`` the (redacted) text, for searching.
         Returns the events appended."""
         for draft, _, _, _ in items:
-            _check_draft(draft)
+            check_draft(draft)
             if draft.type != "usage":
                 raise ValueError("record_usage takes usage events only")
         if not items:
             return []
-        with self._unavailable_on_error("record_usage"):
+        with self.unavailable_on_error("record_usage"):
             return self._append_batch([(draft, (key, at, statement))
                                        for draft, key, at, statement in items])
 
@@ -450,7 +188,7 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
                       ) -> list[Event]:
         """One chain transaction for many events (see the module docstring); an item's usage
         line, when given, is deduplicated on its key and written to ``usage_lines``."""
-        with self._transaction() as tx:
+        with self.transaction() as tx:
             head = tx.execute(SQL_HEAD + tx.lock_suffix)
             if not head:
                 raise LedgerUnavailable("ledger_head row is missing")
@@ -463,7 +201,7 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
                                   f" ({', '.join(['%s'] * len(chunk))})", chunk)
                 seen.update(row[0] for row in rows)
             ts = max(utc_timestamp(), head_ts)     # one ts for the batch, never below the head's
-            sealer = BatchSealer()
+            sealer = Sealer()
             events: list[Event] = []
             event_rows: list[tuple[Any, ...]] = []
             usage_rows: list[tuple[Any, ...]] = []
@@ -480,15 +218,10 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
                 if line is not None:
                     usage_rows.append((seq, line[0], event.credential_id, line[1], line[2]))
             if events:
-                copy_rows = getattr(tx, "copy_rows", None)     # PostgreSQL: COPY FROM STDIN
-                if copy_rows is not None:
-                    copy_rows("events", EVENT_INSERT_COLUMNS, event_rows)
-                    if usage_rows:
-                        copy_rows("usage_lines", USAGE_LINE_COLUMNS, usage_rows)
-                else:
-                    tx.executemany(SQL_INSERT_EVENT, event_rows)
-                    if usage_rows:
-                        tx.executemany(SQL_INSERT_USAGE_LINE, usage_rows)
+                tx.insert_rows("events", EVENT_INSERT_COLUMNS, SQL_INSERT_EVENT, event_rows)
+                if usage_rows:
+                    tx.insert_rows("usage_lines", USAGE_LINE_COLUMNS, SQL_INSERT_USAGE_LINE,
+                                   usage_rows)
                 tx.execute(SQL_MOVE_HEAD, (seq, prev_hash, head_ts))
         return events
 
@@ -496,13 +229,13 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
         """Merge non-secret backend facts (role name, lease id) into the credential's details
         (top-level keys of ``details`` replace existing ones). False if the id is unknown.
         Not an event: ``details`` of the credential row are not part of the chain."""
-        with self._unavailable_on_error("update_credential_details"):
+        with self.unavailable_on_error("update_credential_details"):
             return self._merge_details(credential_id, dict(details))
 
     # -- credential queries ----------------------------------------------------------------
     def get_credential(self, credential_id: str) -> CredentialRecord | None:
-        with self._unavailable_on_error("get_credential"):
-            rows = self._read(SQL_GET_CREDENTIAL, (credential_id,))
+        with self.unavailable_on_error("get_credential"):
+            rows = self.read(SQL_GET_CREDENTIAL, (credential_id,))
         return credential_from_row(rows[0]) if rows else None
 
     def credential_by_backend_user(self, username: str, *, at: float | None = None,
@@ -515,27 +248,27 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
             sql += " AND issued_at <= %s AND expires_at >= %s"
             params.extend([int(at) + slack, int(at) - slack])
         sql += " ORDER BY issued_at DESC LIMIT 1"
-        with self._unavailable_on_error("credential_by_backend_user"):
-            rows = self._read(sql, params)
+        with self.unavailable_on_error("credential_by_backend_user"):
+            rows = self.read(sql, params)
         return credential_from_row(rows[0]) if rows else None
 
     def is_revoked(self, credential_id: str) -> bool:
         """True when the credential has been revoked (False for an unknown id)."""
-        with self._unavailable_on_error("is_revoked"):
-            rows = self._read(SQL_IS_REVOKED, (credential_id,))
+        with self.unavailable_on_error("is_revoked"):
+            rows = self.read(SQL_IS_REVOKED, (credential_id,))
         return bool(rows) and rows[0][0] is not None
 
     def children_of(self, credential_id: str) -> list[CredentialRecord]:
         """Credentials whose ``parent_id`` is ``credential_id``, in creation order."""
-        with self._unavailable_on_error("children_of"):
-            rows = self._read(SQL_CHILDREN, (credential_id,))
+        with self.unavailable_on_error("children_of"):
+            rows = self.read(SQL_CHILDREN, (credential_id,))
         return [credential_from_row(row) for row in rows]
 
     def ancestors_of(self, credential_id: str, *, max_depth: int = 32) -> list[CredentialRecord]:
         """The credential itself, then its parent, … up to its root, at most ``max_depth``
         steps up (one query; empty for an unknown id)."""
-        with self._unavailable_on_error("ancestors_of"):
-            rows = self._read(SQL_ANCESTORS, (credential_id, _positive(max_depth, "max_depth")))
+        with self.unavailable_on_error("ancestors_of"):
+            rows = self.read(SQL_ANCESTORS, (credential_id, _positive(max_depth, "max_depth")))
         chain: list[CredentialRecord] = []
         for row in rows:
             record = credential_from_row(row)
@@ -550,8 +283,8 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
         ``max_depth`` levels and ``limit`` rows, parents before their children (by depth, then
         creation). With ``unrevoked_only`` the walk still passes through revoked credentials
         but returns only those not yet revoked (what a revocation cascade has left to do)."""
-        with self._unavailable_on_error("descendants_of"):
-            rows = self._read(SQL_DESCENDANTS, (credential_id, _positive(max_depth, "max_depth"),
+        with self.unavailable_on_error("descendants_of"):
+            rows = self.read(SQL_DESCENDANTS, (credential_id, _positive(max_depth, "max_depth"),
                                                 1 if unrevoked_only else 0,
                                                 _positive(limit, "limit")))
         return [(credential_from_row(row[:-1]), int(row[-1])) for row in rows]
@@ -585,8 +318,8 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY issued_at DESC, credential_id DESC LIMIT %s"
         params.append(_positive(limit, "limit"))
-        with self._unavailable_on_error("find_credentials"):
-            rows = self._read(sql, params)
+        with self.unavailable_on_error("find_credentials"):
+            rows = self.read(sql, params)
         return [credential_from_row(row) for row in rows]
 
     def credentials_to_end(self, *, now: int, limit: int = 100,
@@ -605,8 +338,8 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
                f" AND (expires_at <= %s OR revoked_at IS NOT NULL){kinds}"
                " ORDER BY expires_at, credential_id LIMIT %s")
         params.append(_positive(limit, "limit"))
-        with self._unavailable_on_error("credentials_to_end"):
-            rows = self._read(sql, params)
+        with self.unavailable_on_error("credentials_to_end"):
+            rows = self.read(sql, params)
         return [credential_from_row(row) for row in rows]
 
     # -- event queries ---------------------------------------------------------------------
@@ -620,15 +353,15 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
                                            " ORDER BY")
             params.extend(exclude_types)
         params.append(_positive(limit, "limit"))
-        with self._unavailable_on_error("events_for_credential"):
-            rows = self._read(sql, params)
+        with self.unavailable_on_error("events_for_credential"):
+            rows = self.read(sql, params)
         return [event_from_row(row) for row in rows]
 
     def usage_for_credential(self, credential_id: str, *, after_seq: int = 0,
                              limit: int = 100) -> list[Event]:
         """``usage`` events of ``credential_id`` with ``seq > after_seq``, in seq order."""
-        with self._unavailable_on_error("usage_for_credential"):
-            rows = self._read(f"SELECT {EVENT_COLUMNS} FROM events WHERE credential_id = %s"
+        with self.unavailable_on_error("usage_for_credential"):
+            rows = self.read(f"SELECT {EVENT_COLUMNS} FROM events WHERE credential_id = %s"
                               " AND type = 'usage' AND seq > %s ORDER BY seq LIMIT %s",
                               (credential_id, int(after_seq), _positive(limit, "limit")))
         return [event_from_row(row) for row in rows]
@@ -654,8 +387,8 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
         sql = (f"SELECT {columns} FROM usage_lines u JOIN events e ON e.seq = u.seq"
                f" WHERE {' AND '.join(where)} ORDER BY u.seq LIMIT %s")
         params.append(_positive(limit, "limit"))
-        with self._unavailable_on_error("find_usage"):
-            rows = self._read(sql, params)
+        with self.unavailable_on_error("find_usage"):
+            rows = self.read(sql, params)
         return [event_from_row(row) for row in rows]
 
     def iter_events(self, start_seq: int = 1, *, batch: int = 1000) -> Iterator[Event]:
@@ -667,8 +400,8 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
         batch = _positive(batch, "batch")
         next_seq = int(start_seq)
         while True:
-            with self._unavailable_on_error("iter_events"):
-                rows = self._read(SQL_EVENTS_FROM, (next_seq, batch))
+            with self.unavailable_on_error("iter_events"):
+                rows = self.read(SQL_EVENTS_FROM, (next_seq, batch))
             for row in rows:
                 event = event_from_row(row)
                 next_seq = event.seq + 1
@@ -676,16 +409,55 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
             if len(rows) < batch:
                 return
 
+    def search_events(self, *, type: str | None = None, principal: str | None = None,
+                      credential_id: str | None = None, run_id: str | None = None,
+                      since: str | None = None, until: str | None = None, after_seq: int = 0,
+                      limit: int = 100) -> list[Event]:
+        """Events matching every given filter with ``seq > after_seq``, in ``seq`` order, at
+        most ``limit``. ``since``/``until`` bound ``ts`` as ``[since, until)``."""
+        limit = _bounded(limit, "limit", 1, 100_000)
+        where, params = ["seq > %s"], [int(after_seq)]
+        for column, value in (("type", type), ("principal", principal),
+                              ("credential_id", credential_id), ("run_id", run_id)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        with self.unavailable_on_error("search_events"):
+            if since is not None or until is not None:
+                lo, hi = seq_range(self.read, since, until)
+                if lo is None:
+                    return []
+                where.append("seq >= %s AND seq <= %s")
+                params.extend([lo, hi])
+            rows = self.read(f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)}"
+                             " ORDER BY seq LIMIT %s", [*params, limit])
+        return [event_from_row(r) for r in rows]
+
+    def credentials_by_id(self, credential_ids: Sequence[str]) -> dict[str, CredentialRecord]:
+        """The credential rows of ``credential_ids`` that exist, by id."""
+        found: dict[str, CredentialRecord] = {}
+        ids = sorted(set(credential_ids))
+        with self.unavailable_on_error("credentials_by_id"):
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start:start + _IN_CHUNK]
+                rows = self.read(f"SELECT {CREDENTIAL_COLUMNS} FROM credentials"
+                                 f" WHERE credential_id IN ({', '.join(['%s'] * len(chunk))})",
+                                 chunk)
+                for row in rows:
+                    record = credential_from_row(row)
+                    found[record.credential_id] = record
+        return found
+
     def count(self) -> int:
         """Number of event rows (a full count; :meth:`head` is the cheap figure)."""
-        with self._unavailable_on_error("count"):
-            rows = self._read(SQL_COUNT, ())
+        with self.unavailable_on_error("count"):
+            rows = self.read(SQL_COUNT, ())
         return int(rows[0][0])
 
     def head(self) -> tuple[int, str]:
         """``(seq, hash)`` of the last event; ``(0, GENESIS_HASH)`` for an empty ledger."""
-        with self._unavailable_on_error("head"):
-            rows = self._read(SQL_HEAD, ())
+        with self.unavailable_on_error("head"):
+            rows = self.read(SQL_HEAD, ())
         if not rows:
             raise LedgerUnavailable("ledger_head row is missing")
         return int(rows[0][0]), rows[0][1]
@@ -694,8 +466,8 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
         """Recompute the whole chain (streaming ``batch`` rows at a time, in one snapshot)
         and compare its end with the head; see :func:`verify_chain`."""
         batch = _positive(batch, "batch")
-        with self._unavailable_on_error("verify"):
-            with self._snapshot() as read:
+        with self.unavailable_on_error("verify"):
+            with self.snapshot() as read:
                 return verify_chain(read, batch=batch)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -706,7 +478,7 @@ class Ledger(AuditQueries, ApprovalStore, abc.ABC):
         self.close()
 
 
-def _check_draft(draft: EventDraft, credential_id: str | None = None) -> None:
+def check_draft(draft: EventDraft, credential_id: str | None = None) -> None:
     if draft.type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {draft.type!r}")
     if credential_id is not None and draft.credential_id != credential_id:
@@ -742,3 +514,36 @@ def open_ledger(url: str, *, pool_size: int = 4, timeout: float = 5.0) -> Ledger
 
         return PostgresLedger(url, pool_size=pool_size, timeout=timeout)
     raise ValueError("unsupported ledger URL: expected sqlite:///… or postgresql://…")
+
+
+def seq_range(read: Reader, since: str | None, until: str | None
+              ) -> tuple[int | None, int | None]:
+    """``(lo, hi)``: the first and last ``seq`` with ``since <= ts < until``; ``(None, None)``
+    when no event lies in the window. Two probes on the ``events (ts)`` index (event time
+    order equals ``seq`` order: ``ts`` is sealed under the chain lock and never goes back)."""
+    if since is not None:
+        rows = read("SELECT seq FROM events WHERE ts >= %s ORDER BY ts, seq LIMIT 1", (since,))
+        if not rows:
+            return None, None
+        lo = int(rows[0][0])
+    else:
+        lo = 1
+    if until is not None:
+        rows = read("SELECT seq FROM events WHERE ts < %s ORDER BY ts DESC, seq DESC LIMIT 1",
+                    (until,))
+        if not rows:
+            return None, None
+        hi = int(rows[0][0])
+    else:
+        rows = read("SELECT seq FROM ledger_head WHERE id = 1", ())
+        hi = int(rows[0][0]) if rows else 0
+    if hi < lo:
+        return None, None
+    return lo, hi
+
+
+def _bounded(value: int, name: str, lo: int, hi: int) -> int:
+    value = int(value)
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}")
+    return value

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from broker import errors
-from broker.durations import format_duration
+from broker.common.durations import format_duration
 from broker.policy.model import Decision, IssuerConfig, Policy, PolicySet, Target, claim_value
 
 _MAX_LISTED = 3

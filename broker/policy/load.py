@@ -38,7 +38,7 @@ Choices made here (the format is a user-facing contract; keep this list in step 
     must say so (e.g. ``sub: {regex: ".*"}``). Pattern semantics: :mod:`broker.policy.patterns`.
     ``scopes`` is an optional list of RFC 6749 scope tokens. Keys in
     :data:`ALLOWED_EXTRA_POLICY_KEYS` are accepted, validated and kept, as written, in
-    ``Policy.extra``; today ``derive`` and ``max_depth`` (fan-out, :mod:`broker.derive`):
+    ``Policy.extra``; today ``derive`` and ``max_depth`` (fan-out, :mod:`broker.exchange.derive`):
     ``derive`` is a non-empty list whose entries are a target name or a mapping
     ``{target, scopes, max_ttl, from}`` (``target`` required; ``scopes`` a list of scope tokens,
     possibly empty; ``max_ttl`` a duration; ``from`` a non-empty list of target names). Every
@@ -86,8 +86,8 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 from broker.attestation.presets import ASYMMETRIC_ALGORITHMS, PRESETS, Preset
-from broker.canonical import canonical_json, sha256_hex
-from broker.durations import parse_duration
+from broker.common.canonical import canonical_json, sha256_hex
+from broker.common.durations import parse_duration
 from broker.policy.model import (
     DELEGATION_SUBJECT_TOKENS, MAX_DERIVE_DEPTH, ApprovalRule, ClaimMatcher, Client, DeriveRule,
     HumanIdP, IssuerConfig, MayAct, Policy, PolicySet, SourceRef, Target, claim_text,

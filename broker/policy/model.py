@@ -72,7 +72,7 @@ class DeriveRule:
 
     ``scopes`` None: the child's scopes are a subset of its parent's. ``from_targets`` None: any
     parent target. ``max_ttl`` None: the target's ``max_ttl``. The child never outlives its
-    parent, whatever these say (see :mod:`broker.derive`)."""
+    parent, whatever these say (see :mod:`broker.exchange.derive`)."""
     target: str
     scopes: tuple[str, ...] | None = None
     max_ttl: int | None = None

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from broker.ids import is_credential_id
+from broker.common.ids import is_credential_id
 from broker.ledger.events import CredentialRecord, EventDraft
 from broker.usage.pglog import (
     DEFAULT_PREFIX, ROLE_PREFIX, LogEntry, activity_of, make_parser, utc_time,
@@ -95,7 +95,7 @@ class UsageIngester:
         if user in self._users:
             self._users.move_to_end(user)
             return self._users[user]
-        from broker.issuers.vault_database import credential_id_for_username
+        from broker.targets.vault_database import credential_id_for_username
 
         credential_id = credential_id_for_username(self.ledger, user)
         self._users[user] = credential_id

@@ -20,7 +20,7 @@ from typing import Iterable
 ROLE_PREFIX = "nhb_"
 #: Users whose log entries are read: the broker's own roles, and the users that Vault/OpenBao's
 #: database engine generates (its default username templates begin with "v-"), which the
-#: ingester links by name (broker.issuers.vault_database.credential_id_for_username).
+#: ingester links by name (broker.targets.vault_database.credential_id_for_username).
 USER_PREFIXES: tuple[str, ...] = (ROLE_PREFIX, "v-")
 
 

@@ -6,7 +6,7 @@ import secrets
 import pytest
 
 from api_support import exchange_form, running_broker
-from broker.ratelimit import Limit
+from broker.http.ratelimit import Limit
 
 
 @pytest.mark.parametrize("spec, expected", [("600/60s", (600, 60)), ("50/s", (50, 1)),

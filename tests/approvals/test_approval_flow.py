@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from approvals_support import AUDITOR, CLIENT_ID, Job, basic, bearer, claims_of, id_token
+from broker.people.store import PeopleStore
 
 
 def request_approval(client, job: Job, **overrides):
@@ -73,7 +74,7 @@ def test_pending_then_approved_then_minted_with_the_person_as_authorizer(client,
     assert events[3].credential_id == minted.get_json()["credential_id"]
     assert events[3].authorizer == claims["authz"]
     assert ledger.verify().ok
-    record = ledger.get_approval(approval_id)
+    record = PeopleStore(ledger).get_approval(approval_id)
     assert record.status == "consumed" and record.credential_id == events[3].credential_id
     # the ID token, the client secret, the credential never reach the ledger
     blob = " ".join(str(e.to_dict()) for e in events)
@@ -91,7 +92,7 @@ def test_the_run_s_own_actor_cannot_approve_it(client, ledger, dev_issuer, human
     (event,) = events_since(ledger, before)
     assert event.type == "deny" and event.details["person"] == "octocat@acme.example"
     assert event.details["approval_id"] == approval_id and event.details["action"] == "approve"
-    assert ledger.get_approval(approval_id).status == "pending"
+    assert PeopleStore(ledger).get_approval(approval_id).status == "pending"
     # ...but octocat may stop their own run
     assert deny(client, human_idp, approval_id, "octocat@acme.example", "wrong branch").status_code == 200
 
@@ -122,7 +123,7 @@ def test_an_approver_outside_the_list_is_refused_and_recorded(client, ledger, de
     assert [e.details["person"] for e in events_since(ledger, before)] == \
         ["mallory@elsewhere.example", "carol@acme.example"]
     assert deny(client, human_idp, approval_id, "mallory@elsewhere.example").status_code == 403
-    assert ledger.get_approval(approval_id).status == "pending"
+    assert PeopleStore(ledger).get_approval(approval_id).status == "pending"
 
 
 @pytest.mark.parametrize("case", ["forged", "expired", "wrong audience", "other issuer", "unverified email",
@@ -194,7 +195,7 @@ def test_a_replayed_poll_attestation_is_refused_with_a_hint(client, dev_issuer, 
 def _age(ledger, approval_id: str, *, seconds: int, decided: bool = False) -> None:
     """Let time pass for one approval (the tests cannot wait 30 minutes)."""
     column = "decided_at" if decided else "expires_at"
-    with ledger._transaction() as tx:
+    with ledger.transaction() as tx:
         tx.execute(f"UPDATE approvals SET {column} = {column} - %s WHERE approval_id = %s",
                    (seconds, approval_id))
 
@@ -336,12 +337,12 @@ def test_concurrent_polls_mint_exactly_once(app, ledger, dev_issuer, human_idp):
         t.join(timeout=30)
     assert sorted(results) == [200] + [400] * 7
     mints = [e for e in ledger.search_events(type="mint", run_id=job.run_id, limit=20)]
-    assert len(mints) == 1 and ledger.get_approval(approval_id).credential_id == mints[0].credential_id
+    assert len(mints) == 1 and PeopleStore(ledger).get_approval(approval_id).credential_id == mints[0].credential_id
     assert ledger.verify().ok
 
 
 def test_ci_run_links():
-    from broker.approvals import ci_run_url
+    from broker.people.approvals import ci_run_url
     from broker.policy.model import IssuerConfig
 
     def issuer(preset, iss):

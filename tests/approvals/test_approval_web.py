@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from approvals_support import CLIENT_ID, Job
+from broker.people.store import PeopleStore
 
 
 def sign_in(client, human_idp, email: str, next_path: str = "/approvals/"):
@@ -54,11 +55,11 @@ def test_sign_in_see_and_approve_a_request(client, ledger, dev_issuer, human_idp
     csrf = html.split('name="csrf_token" value="')[1].split('"')[0]
 
     forged = client.post(f"/approvals/{approval_id}/approve", data={"reason": "x"})
-    assert forged.status_code == 403 and ledger.get_approval(approval_id).status == "pending"
+    assert forged.status_code == 403 and PeopleStore(ledger).get_approval(approval_id).status == "pending"
 
     approved = client.post(f"/approvals/{approval_id}/approve", data={"csrf_token": csrf, "reason": "ok"})
     assert approved.status_code == 303
-    assert ledger.get_approval(approval_id).status == "approved"
+    assert PeopleStore(ledger).get_approval(approval_id).status == "approved"
     event = ledger.search_events(type="approved", limit=100)[-1]
     assert event.details["via"] == "web" and event.details["approver"] == "alice@acme.example"
     assert client.post("/token", data=job.form(approval_id=approval_id)).status_code == 200

@@ -7,6 +7,7 @@ import pytest
 
 from approvals_support import (AGENT, AUDITOR, GRANT, ID_TOKEN_TYPE, JWT_TYPE, agent_job, basic, bearer,
                                claims_of, id_token)
+from broker.people.store import PeopleStore
 
 
 def grant(client, human_idp, email="alice@acme.example", **overrides):
@@ -53,7 +54,7 @@ def test_an_agent_acts_for_a_person_within_the_grant(client, ledger, dev_issuer,
     mint = ledger.search_events(type="mint", limit=100)[-1]
     assert mint.principal == "alice@acme.example" and mint.details["actor"] == AGENT
     assert mint.details["delegation_id"] == delegation_id
-    assert ledger.get_delegation(delegation_id).uses == 1
+    assert PeopleStore(ledger).get_delegation(delegation_id).uses == 1
     assert ledger.verify().ok
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from approvals_support import AGENT, GRANT, JWT_TYPE, agent_job, claims_of
 from test_approval_web import sign_in
+from broker.people.store import PeopleStore
 
 
 def csrf_of(html: str) -> str:
@@ -37,7 +38,7 @@ def test_grant_on_the_page_use_it_then_revoke_it(client, ledger, dev_issuer, hum
     assert claims["jti"] in listing and token not in listing                # shown once only
     revoked = client.post(f"/delegations/{claims['jti']}/revoke", data={"csrf_token": csrf_of(listing)})
     assert revoked.status_code == 303
-    assert ledger.get_delegation(claims["jti"]).revoked_at is not None
+    assert PeopleStore(ledger).get_delegation(claims["jti"]).revoked_at is not None
     assert ledger.get_credential(credential_id).revoked_at is not None
 
 

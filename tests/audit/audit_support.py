@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 
 from api_support import AUDITOR, INTROSPECTOR, REPO, basic, policy_yaml  # noqa: E402,F401
 
-from broker.ids import new_credential_id  # noqa: E402
+from broker.common.ids import new_credential_id  # noqa: E402
 from broker.ledger import CredentialRecord, EventDraft, Ledger, utc_timestamp  # noqa: E402
 
 PRINCIPAL = "github:acme/payments:ref:refs/heads/main"

@@ -1,4 +1,4 @@
-"""The ledger's audit queries (broker/ledger/queries.py) and schema version 5, both backends."""
+"""The ledger's audit queries (broker/audit/queries.py) and schema version 5, both backends."""
 from __future__ import annotations
 
 import pytest
@@ -9,6 +9,7 @@ from broker.audit.ocsf import to_ocsf
 from broker.audit.params import decode_cursor, encode_cursor, parse_instant
 from broker.ledger import Event
 from broker.ledger.schema import LATEST_VERSION
+from broker.audit.queries import AuditQueries
 
 
 def test_schema_version_5_indexes_exist(ledger, database_url):
@@ -16,11 +17,11 @@ def test_schema_version_5_indexes_exist(ledger, database_url):
              "events_principal_type_seq_idx", "events_type_seq_idx",
              "credentials_principal_issued_idx"}
     if database_url.startswith("sqlite"):
-        rows = ledger._read("SELECT name FROM sqlite_master WHERE type = 'index'", ())
+        rows = ledger.read("SELECT name FROM sqlite_master WHERE type = 'index'", ())
     else:
-        rows = ledger._read("SELECT indexname FROM pg_indexes", ())
+        rows = ledger.read("SELECT indexname FROM pg_indexes", ())
     assert names <= {r[0] for r in rows}
-    versions = {int(r[0]) for r in ledger._read("SELECT version FROM schema_version", ())}
+    versions = {int(r[0]) for r in ledger.read("SELECT version FROM schema_version", ())}
     assert 5 in versions and LATEST_VERSION >= 5
 
 
@@ -29,15 +30,15 @@ def test_descendants_are_bounded_by_depth_and_limit(ledger):
     level = [root]
     for _ in range(5):                                 # a chain of 5 levels, 2 wide at each
         level = [mint(ledger, parent=level[0]) for _ in range(2)]
-    full = ledger.lineage(root, max_depth=32)
+    full = AuditQueries(ledger).lineage(root, max_depth=32)
     assert [d for _, d in full.descendants] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
-    cut = ledger.lineage(root, max_depth=2)
+    cut = AuditQueries(ledger).lineage(root, max_depth=2)
     assert [d for _, d in cut.descendants] == [1, 1, 2, 2] and cut.depth_reached
-    few = ledger.lineage(root, limit=3)
+    few = AuditQueries(ledger).lineage(root, limit=3)
     assert len(few.descendants) == 3 and few.descendants_truncated
-    exact = ledger.lineage(root, limit=10)
+    exact = AuditQueries(ledger).lineage(root, limit=10)
     assert len(exact.descendants) == 10 and not exact.descendants_truncated
-    leaf = ledger.lineage(level[0])
+    leaf = AuditQueries(ledger).lineage(level[0])
     assert [r.credential_id for r in leaf.ancestors][-1] == root and len(leaf.ancestors) == 5
 
 
@@ -46,7 +47,7 @@ def test_a_parent_cycle_written_behind_the_broker_does_not_loop(ledger):
     b = mint(ledger, parent=a)
     # The broker never writes a cycle; a tamperer might. Both walks stay bounded.
     _raw(ledger, "UPDATE credentials SET parent_id = %s WHERE credential_id = %s", (b, a))
-    result = ledger.lineage(a)
+    result = AuditQueries(ledger).lineage(a)
     assert [r.credential_id for r, _ in result.descendants] == [b]
     assert [r.credential_id for r in result.ancestors] == [b]
 
@@ -55,7 +56,7 @@ def test_usage_pages_are_per_credential_and_bounded(ledger):
     a, b = mint(ledger), mint(ledger)
     seqs_a = [usage(ledger, a, f"SELECT {i}") for i in range(7)]
     seqs_b = [usage(ledger, b, f"UPDATE t SET x = {i}") for i in range(3)]
-    summary = ledger.usage_summary([a, b, "01aaaaaaaaaaaaaaaaaaaaaaaa"], usage_limit=4)
+    summary = AuditQueries(ledger).usage_summary([a, b, "01aaaaaaaaaaaaaaaaaaaaaaaa"], usage_limit=4)
     assert summary[a].count == 7 and [e.seq for e in summary[a].first] == seqs_a[:4]
     assert summary[b].count == 3 and [e.seq for e in summary[b].first] == seqs_b
     assert summary["01aaaaaaaaaaaaaaaaaaaaaaaa"].count == 0

@@ -155,7 +155,7 @@ def tamper(url: str, sql: str) -> None:
 
 
 def test_ledger_page_shows_the_latest_signed_checkpoint(client, auth, story, app, ledger):
-    checkpoints = pytest.importorskip("broker.ledger.checkpoints")
+    checkpoints = pytest.importorskip("broker.transparency.checkpoints")
     ctx = app.extensions["broker"]
     checkpoints.checkpoint_now(ledger, ctx.signer, issuer=ctx.issuer)
     checkpoint = checkpoints.latest_checkpoint(ledger)

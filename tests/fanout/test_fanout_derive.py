@@ -196,7 +196,7 @@ def test_a_child_minted_while_its_parent_is_revoked_is_revoked_and_refused(app, 
 
 
 def test_a_cascade_over_its_bound_answers_503_and_a_retry_finishes_it(client, dev_issuer, ledger, monkeypatch):
-    import broker.revocation as revocation
+    import broker.lifecycle.revocation as revocation
 
     root, descendants, _ = build_tree(client, dev_issuer)
     monkeypatch.setattr(revocation, "MAX_CASCADE", 2)

@@ -1,7 +1,7 @@
 """The ledger queries fan-out relies on, on both backends: ancestors and (unrevoked) descendants."""
 from __future__ import annotations
 
-from broker.ids import new_credential_id
+from broker.common.ids import new_credential_id
 from broker.ledger.events import CredentialRecord, EventDraft
 
 NOW = 1_900_000_000

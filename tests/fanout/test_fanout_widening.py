@@ -10,8 +10,8 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fanout_support import AUDITOR, GRANT, JWT_TYPE, basic, claims_of, derive_form
-from broker.ids import new_credential_id
-from broker.signing import FileSigner
+from broker.common.ids import new_credential_id
+from broker.keys.file import FileSigner
 
 
 def post_token(broker, form):

@@ -110,7 +110,7 @@ def test_concurrent_appends_from_threads_share_one_ledger(ledger: Ledger) -> Non
 
 
 def test_concurrent_revokes_of_one_credential_record_one_event(ledger: Ledger) -> None:
-    from broker.ids import new_credential_id
+    from broker.common.ids import new_credential_id
     from broker.ledger import CredentialRecord
 
     record = CredentialRecord(

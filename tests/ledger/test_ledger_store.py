@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from broker.ids import new_credential_id
+from broker.common.ids import new_credential_id
 from broker.ledger import (
     GENESIS_HASH, CredentialRecord, EventDraft, Ledger, LedgerUnavailable, open_ledger,
 )

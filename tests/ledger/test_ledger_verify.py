@@ -7,9 +7,9 @@ from typing import Callable
 
 import pytest
 
-from broker.canonical import canonical_json
+from broker.common.canonical import canonical_json
 from broker.ledger import EventDraft, Ledger
-from broker.ledger.store import EVENT_COLUMNS, event_from_row
+from broker.ledger.rows import EVENT_COLUMNS, event_from_row
 
 SWAPPED_COLUMNS = ("ts", "type", "credential_id", "parent_id", "principal", "run", "run_id",
                    "authorizer", "target", "details", "prev_hash", "hash")

@@ -8,7 +8,7 @@ import sqlite3
 from typing import Any, Callable
 
 from broker.ledger.events import GENESIS_HASH, Event
-from broker.ledger.store import EVENT_COLUMNS, SQL_INSERT_EVENT, event_from_row, event_params
+from broker.ledger.rows import EVENT_COLUMNS, SQL_INSERT_EVENT, event_from_row, event_params
 
 AUDITOR = ("auditor", "auditor-secret-0123456789")
 INTROSPECTOR = ("introspector", "introspector-secret-0123456789")
@@ -282,7 +282,7 @@ def rewrite_history(url: str, transform: Callable[[list[Event]], list[Event]], *
     ], many=(SQL_INSERT_EVENT, [event_params(e) for e in sealed]))
     if rebuild_tree:
         from broker.ledger import open_ledger
-        from broker.ledger.tree import LedgerTree
+        from broker.transparency.tree import LedgerTree
 
         with open_ledger(url) as ledger:
             LedgerTree(ledger).sync()

@@ -10,12 +10,12 @@ import time
 import jwt
 import pytest
 
-from broker.canonical import canonical_json
-from broker.ledger import merkle
-from broker.ledger.checkpoints import (
+from broker.common.canonical import canonical_json
+from broker.transparency import merkle
+from broker.transparency.checkpoints import (
     CheckpointError, local_checkpoint_keys, verify_checkpoint,
 )
-from broker.signing import FileSigner
+from broker.keys.file import FileSigner
 from merkle_support import (
     AUDITOR, INTROSPECTOR, basic, fill, independent_verify_consistency,
     independent_verify_inclusion, raw_sql,
@@ -149,7 +149,7 @@ def test_checkpoint_verifies_with_the_published_jwks_using_pyjwt(app, database_u
     assert verify_checkpoint(checkpoint, jwks, issuer="http://broker.test").tree_size == 7
 
     # The broker's own credential check never takes a checkpoint for a token it minted.
-    from broker.signing import TokenNotOurs
+    from broker.keys.file import TokenNotOurs
     with pytest.raises(TokenNotOurs):
         app.extensions["broker"].signer.verify(checkpoint["signature"])
 

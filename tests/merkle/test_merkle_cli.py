@@ -94,7 +94,7 @@ def test_verify_checkpoint_with_a_jwks_file_and_a_foreign_key(ledger_app, databa
                 "--checkpoint", str(tmp_path / "checkpoint.json"))
     assert ok.returncode == 0, ok.stderr
 
-    from broker.signing import FileSigner
+    from broker.keys.file import FileSigner
 
     other = FileSigner(str(tmp_path / "other"), issuer=ISSUER)
     foreign = tmp_path / "foreign.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.ledger import merkle
+from broker.transparency import merkle
 from merkle_support import (
     Rejected, independent_verify_consistency, independent_verify_inclusion, ref_mth, ref_path,
     ref_proof,

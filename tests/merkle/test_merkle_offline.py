@@ -1,4 +1,4 @@
-"""The auditor's offline check (broker/ledger/verify_offline.py): proof documents against
+"""The auditor's offline check (broker/transparency/verify_offline.py): proof documents against
 checkpoints signed with a real key, no database and no server."""
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from broker.canonical import canonical_json
-from broker.ledger import merkle
-from broker.ledger.checkpoints import CheckpointError, parse_checkpoint, sign_checkpoint
-from broker.ledger.verify_offline import run, verify_document
-from broker.signing import FileSigner
+from broker.common.canonical import canonical_json
+from broker.transparency import merkle
+from broker.transparency.checkpoints import CheckpointError, parse_checkpoint, sign_checkpoint
+from broker.transparency.verify_offline import run, verify_document
+from broker.keys.file import FileSigner
 
 ISSUER = "https://broker.example"
 EVENTS = [canonical_json({"seq": i + 1, "type": "usage", "details": {"n": i}}) for i in range(12)]
@@ -152,7 +152,7 @@ class _Ed25519Signer:
 
 
 def test_eddsa_checkpoints_verify(tmp_path) -> None:
-    from broker.ledger.checkpoints import archive_signer_key, local_checkpoint_keys
+    from broker.transparency.checkpoints import archive_signer_key, local_checkpoint_keys
 
     signer = _Ed25519Signer()
     signed = checkpoint(signer, 9)
@@ -165,7 +165,7 @@ def test_eddsa_checkpoints_verify(tmp_path) -> None:
 def test_only_asymmetric_signatures(signer, alg) -> None:
     import jwt
 
-    from broker.ledger.checkpoints import CHECKPOINT_TYP, statement_bytes
+    from broker.transparency.checkpoints import CHECKPOINT_TYP, statement_bytes
 
     good = checkpoint(signer, 9)
     payload = statement_bytes(**{k: good[k] for k in ("tree_size", "root_hash", "timestamp", "issuer")})

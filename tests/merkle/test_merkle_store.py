@@ -6,8 +6,9 @@ import threading
 
 import pytest
 
-from broker.ledger import Ledger, merkle
-from broker.ledger.tree import LedgerTree, TreeIntegrityError, nodes_below, verify_tree
+from broker.ledger import Ledger
+from broker.transparency import merkle
+from broker.transparency.tree import LedgerTree, TreeIntegrityError, nodes_below, verify_tree
 from merkle_support import fill, raw_sql, read_events
 
 
@@ -87,7 +88,7 @@ def test_verify_tree_finds_a_changed_node_and_gives_roots(ledger: Ledger, databa
     tree.sync()
     fill(ledger, 2, start=13)                                # not yet in the stored tree
     hashes = leaf_hashes(ledger)
-    with ledger._snapshot() as read:
+    with ledger.snapshot() as read:
         report = verify_tree(read, sizes=[0, 5, 13], proof_from=5)
     assert report.ok and report.tree_size == 13 and report.ledger_size == 15
     assert report.checked_nodes == nodes_below(13)
@@ -96,14 +97,14 @@ def test_verify_tree_finds_a_changed_node_and_gives_roots(ledger: Ledger, databa
 
     raw_sql(database_url, [("UPDATE merkle_nodes SET hash = %s WHERE level = 1 AND idx = 2",
                             (bytes(32),))])
-    with ledger._snapshot() as read:
+    with ledger.snapshot() as read:
         report = verify_tree(read)
     assert not report.ok and report.first_bad_seq == 5 and "level 1, index 2" in report.reason
 
     raw_sql(database_url, [("DELETE FROM merkle_nodes WHERE level = 0 AND idx = 12", ())])
     raw_sql(database_url, [("UPDATE merkle_nodes SET hash = %s WHERE level = 1 AND idx = 2",
                             (merkle.node_hash(hashes[4], hashes[5]),))])
-    with ledger._snapshot() as read:
+    with ledger.snapshot() as read:
         report = verify_tree(read)
     assert not report.ok and report.first_bad_seq == 13 and "missing" in report.reason
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.ledger import merkle
+from broker.transparency import merkle
 from merkle_support import (
     CONSISTENCY_VECTORS, EMPTY_TREE_HASH, INCLUSION_VECTORS, LEAVES, ROOTS, SOME_HASH, dh,
 )

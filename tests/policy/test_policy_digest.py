@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.canonical import canonical_json, sha256_hex
+from broker.common.canonical import canonical_json, sha256_hex
 from broker.policy import load_policy_text
 from policy_support import dedent
 

@@ -7,7 +7,8 @@ import pytest
 
 from broker.ledger import open_ledger
 from broker.ledger.events import Event, EventDraft
-from broker.ledger.store import BatchSealer, event_params
+from broker.ledger.chain import Sealer
+from broker.ledger.rows import event_params
 from broker.usage import ingest_postgres_log
 
 ROLE_CID = "01jdtestcred0000000000000a"
@@ -27,8 +28,12 @@ def ledger_url(request, tmp_path):
     EventDraft(type="mint"),
 ], ids=["unicode and escapes", "empty"])
 def test_batch_sealing_is_exactly_event_sealing(draft):
-    event, row = BatchSealer().seal(draft, seq=7, ts="2026-03-01T10:00:00.000000Z", prev_hash="ab" * 32)
-    reference = Event.seal(draft, seq=7, ts="2026-03-01T10:00:00.000000Z", prev_hash="ab" * 32)
+    event, row = Sealer().seal(draft, seq=7, ts="2026-03-01T10:00:00.000000Z", prev_hash="ab" * 32)
+    unsealed = Event(seq=7, ts="2026-03-01T10:00:00.000000Z", type=draft.type,
+                     credential_id=draft.credential_id, parent_id=draft.parent_id,
+                     principal=draft.principal, run=draft.run, authorizer=draft.authorizer,
+                     target=draft.target, details=dict(draft.details), prev_hash="ab" * 32, hash="")
+    reference = Event(**{**unsealed.__dict__, "hash": unsealed.computed_hash()})
     assert event == reference and row == event_params(reference)
 
 

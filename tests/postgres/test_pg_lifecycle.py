@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from broker.ids import new_credential_id
-from broker.issuers.postgres import scram_sha256_verifier
+from broker.common.ids import new_credential_id
+from broker.targets.postgres import scram_sha256_verifier
 from pg_support import ADMIN_ENV, AUDITOR, basic, broker_cli, token_form
 
 
@@ -114,7 +114,7 @@ def test_broker_reap_catches_up_after_downtime(make_app, dev_issuer, target_db, 
 
 
 def test_several_reapers_at_once_do_no_harm(make_app, dev_issuer, target_db, tmp_path):
-    from broker.reaper import reap_once
+    from broker.lifecycle.reaper import reap_once
 
     app = make_app()
     client = app.test_client()
@@ -160,7 +160,7 @@ def _create_role(admin_dsn: str, role: str, password: str) -> None:
 
 def test_orphans_are_removed_and_recorded_and_nothing_else_is_touched(client, app, dev_issuer,
                                                                       target_db, ledger):
-    from broker.reaper import reap_once
+    from broker.lifecycle.reaper import reap_once
 
     password = secrets.token_urlsafe(16)
     old_orphan = "nhb_" + new_credential_id(now=time.time() - 3600)   # unknown, an hour old

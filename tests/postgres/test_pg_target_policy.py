@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-import broker.issuers  # noqa: F401 - registers the postgres target type
+import broker.targets  # noqa: F401 - registers the postgres target type
 from broker.policy import PolicyError, load_policy_text
 
 HEAD = "kind: target\nname: db\ntype: postgres\nmax_ttl: 15m\n"

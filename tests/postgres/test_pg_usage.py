@@ -134,9 +134,9 @@ def ledger_url(tmp_path: Path) -> str:
 
 
 def test_usage_of_a_role_the_ledger_does_not_know_is_still_recorded(client, cluster, ledger, target_db):
-    from broker.ids import new_credential_id
+    from broker.common.ids import new_credential_id
     from psycopg import sql
-    from broker.issuers.postgres import scram_sha256_verifier
+    from broker.targets.postgres import scram_sha256_verifier
 
     role = "nhb_" + new_credential_id()
     with psycopg.connect(target_db.admin_dsn, autocommit=True) as conn:

@@ -82,7 +82,7 @@ def policy_dir(tmp_path: Path, dev_issuer, vault_env, policy_extra) -> Path:
 
 @pytest.fixture
 def make_app(tmp_path: Path, policy_dir: Path):
-    from broker.vault import close_clients
+    from broker.vault.client import close_clients
 
     with app_factory(POLICY_DIR=str(policy_dir), STATE_DIR=str(tmp_path / "state"),
                      ISSUER="http://broker.test", DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}",

@@ -143,7 +143,7 @@ def test_revoke_revokes_the_lease_ends_sessions_and_logins(client, dev_issuer, v
 
 
 def test_expiry_ends_the_lease_and_the_reaper_records_it(client, dev_issuer, vault_env, bao, app, ledger):
-    from broker.reaper import reap_once
+    from broker.lifecycle.reaper import reap_once
 
     body = mint(client, dev_issuer, ttl="3s").get_json()
     cred, cid = body["credential"], body["credential_id"]
@@ -183,7 +183,7 @@ def test_reconcile_records_a_lease_vault_ended_early(client, dev_issuer, vault_e
 
 
 def test_reconcile_runs_in_the_reaper_pass(client, dev_issuer, vault_env, bao, app, ledger, issuer):
-    from broker.reaper import reap_once
+    from broker.lifecycle.reaper import reap_once
 
     cid = mint(client, dev_issuer).get_json()["credential_id"]
     bao.client().sys.revoke_lease(lease_id=ledger.get_credential(cid).details["lease_id"])

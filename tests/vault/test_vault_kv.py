@@ -6,7 +6,7 @@ import logging
 import psycopg
 import pytest
 
-import broker.issuers  # noqa: F401 - registers the target kinds (postgres, vault-database)
+import broker.targets  # noqa: F401 - registers the target kinds (postgres, vault-database)
 from broker.policy import PolicyError, load_policy_text
 from test_vault_database import all_ledger_text, mint
 

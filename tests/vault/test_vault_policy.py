@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-import broker.issuers  # noqa: F401 - registers the target kinds (postgres, vault-database)
+import broker.targets  # noqa: F401 - registers the target kinds (postgres, vault-database)
 from broker.policy import PolicyError, load_policy_text
 
 HEAD = "kind: target\nname: db\ntype: vault-database\nmax_ttl: 5m\n"

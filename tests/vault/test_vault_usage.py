@@ -46,7 +46,7 @@ def test_statements_of_a_vault_user_link_to_its_credential(client, dev_issuer, v
 
 
 def test_a_username_unknown_to_the_ledger_links_nothing(ledger, vault_env):
-    from broker.issuers.vault_database import credential_id_for_username
+    from broker.targets.vault_database import credential_id_for_username
 
     assert credential_id_for_username(ledger, "v-token-app-readonly-nothing-1234") is None
     assert credential_id_for_username(ledger, "postgres") is None

@@ -1,0 +1,358 @@
+"""Audit queries over the ledger: lineage, runs, principals and event search.
+
+:class:`AuditQueries` wraps a :class:`~broker.ledger.store.Ledger` and uses only its public
+protocol (``read``, ``snapshot``, ``dialect``), so the SQL is written once (``%s``
+placeholders) for SQLite and PostgreSQL. Every query is bounded: recursion by a depth, result
+sets by a limit (callers ask for ``limit + 1`` rows to learn whether there is more), usage
+pages by a per-credential ``LIMIT``.
+
+Event time order equals ``seq`` order (the store seals ``ts`` under the chain lock and never
+lets it go backwards), so a time window is first turned into a ``seq`` range with two index
+probes on ``events (ts)``; the filtered queries then walk composite indexes ``(x, …, seq)``
+(schema version 5) in ``seq`` order. Pagination is keyset pagination on ``seq``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from broker.ledger.events import CredentialRecord, Event
+from broker.ledger.rows import (
+    CREDENTIAL_COLUMNS, EVENT_COLUMNS, Reader, credential_from_row, event_from_row,
+)
+from broker.ledger.store import seq_range as _seq_range
+
+if TYPE_CHECKING:
+    from broker.ledger.store import Ledger
+
+#: The deepest a lineage walk goes (up or down). Fan-out is a handful of levels in practice.
+MAX_DEPTH = 32
+#: Events that change a credential's life: shown with every node of a lineage.
+LIFECYCLE_TYPES = ("mint", "revoke", "expire", "approval_requested", "approved", "denied")
+#: SQLite allows at most 500 terms in one compound SELECT; usage pages are chunked below it.
+_UNION_CHUNK = 200
+#: Parameters per ``IN (…)`` list (SQLite's default limit is 32766 variables).
+_IN_CHUNK = 900
+
+
+def _cols(prefix: str, columns: str) -> str:
+    return ", ".join(f"{prefix}.{c.strip()}" for c in columns.split(","))
+
+
+def _placeholders(n: int) -> str:
+    return ", ".join(["%s"] * n)
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+@dataclass(frozen=True)
+class UsageEntry:
+    """A usage event as a lineage page shows it (the whole event: ``GET /v1/events``)."""
+    seq: int
+    ts: str
+    credential_id: str
+    details: dict[str, Any]
+    hash: str
+
+
+@dataclass(frozen=True)
+class UsageSummary:
+    """How much a credential was used: the total and the first ``len(first)`` usage events."""
+    count: int
+    first: list[UsageEntry] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LineageResult:
+    """Everything a lineage view needs, read in one snapshot."""
+    credential: CredentialRecord
+    ancestors: list[CredentialRecord]              # the parent first, the root last
+    descendants: list[tuple[CredentialRecord, int]]  # (record, depth ≥ 1), by depth then issue time
+    descendants_truncated: bool                    # the limit cut the tree
+    depth_reached: bool                            # nodes exist below the depth bound
+    usage: dict[str, UsageSummary]                 # every credential above, by id
+    lifecycle: dict[str, list[Event]]              # LIFECYCLE_TYPES events, by credential id
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    credentials: list[CredentialRecord]            # minted for the run, by issue time
+    credentials_truncated: bool
+    descendants: list[tuple[CredentialRecord, int]]  # below them, not themselves in the run
+    descendants_truncated: bool
+    denied: list[Event]                            # deny events carrying this run id
+    denied_truncated: bool
+    usage: dict[str, UsageSummary]
+    lifecycle: dict[str, list[Event]]
+
+
+@dataclass(frozen=True)
+class PrincipalResult:
+    principal: str
+    credentials: list[CredentialRecord]            # issued in the window, newest first
+    credentials_truncated: bool
+    denied: list[Event]                            # deny events in the window, newest first
+    denied_truncated: bool
+    usage: dict[str, UsageSummary]
+
+
+class AuditQueries:
+    """The auditors' read model over one ledger: lineage, runs, principals, usage summaries."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        #: PostgreSQL gets array parameters and LATERAL joins.
+        self._audit_postgres = ledger.dialect == "postgres"
+
+    def search_events(self, **filters: Any) -> list[Event]:
+        """:meth:`Ledger.search_events` (here too, so views need only this object)."""
+        return self.ledger.search_events(**filters)
+
+    def credentials_by_id(self, credential_ids: Sequence[str]) -> dict[str, CredentialRecord]:
+        return self.ledger.credentials_by_id(credential_ids)
+
+    # -- lineage ---------------------------------------------------------------------------
+    def lineage(self, credential_id: str, *, max_depth: int = 16, limit: int = 1000,
+                usage_limit: int = 10) -> LineageResult | None:
+        """The credential, its ancestors up to the root, its descendants (depth ≤ ``max_depth``,
+        at most ``limit`` of them), and usage and lifecycle events of each. None if unknown."""
+        max_depth = _bounded(max_depth, "max_depth", 1, MAX_DEPTH)
+        limit = _bounded(limit, "limit", 1, 100_000)
+        usage_limit = _bounded(usage_limit, "usage_limit", 0, 1000)
+        with self.ledger.unavailable_on_error("lineage"), self.ledger.snapshot() as read:
+            chain = _ancestors(read, credential_id, MAX_DEPTH)
+            if not chain:
+                return None
+            credential, ancestors = chain[0], chain[1:]
+            descendants, truncated, deeper = _descendants(read, [credential_id], max_depth, limit)
+            ids = [r.credential_id for r in chain] + [r.credential_id for r, _ in descendants]
+            usage = _usage(read, ids, usage_limit, postgres=self._audit_postgres)
+            lifecycle = _lifecycle(read, ids, postgres=self._audit_postgres)
+        return LineageResult(credential=credential, ancestors=ancestors, descendants=descendants,
+                             descendants_truncated=truncated, depth_reached=deeper,
+                             usage=usage, lifecycle=lifecycle)
+
+    # -- runs ------------------------------------------------------------------------------
+    def run_lineage(self, run_id: str, *, max_depth: int = 16, limit: int = 1000,
+                    usage_limit: int = 10) -> RunResult:
+        """Every credential minted for ``run_id`` (all attempts), the trees below them, and the
+        run's denied attempts. Empty lists when the run is unknown."""
+        max_depth = _bounded(max_depth, "max_depth", 1, MAX_DEPTH)
+        limit = _bounded(limit, "limit", 1, 100_000)
+        usage_limit = _bounded(usage_limit, "usage_limit", 0, 1000)
+
+        with self.ledger.unavailable_on_error("run_lineage"), self.ledger.snapshot() as read:
+            rows = read(f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE run_id = %s"
+                        " ORDER BY issued_at, credential_id LIMIT %s", (str(run_id), limit + 1))
+            credentials = [credential_from_row(r) for r in rows[:limit]]
+            in_run = {c.credential_id for c in credentials}
+            descendants, d_truncated, _ = _descendants(
+                read, [c.credential_id for c in credentials], max_depth, limit)
+            descendants = [(r, d) for r, d in descendants if r.credential_id not in in_run]
+            denied_rows = read(f"SELECT {EVENT_COLUMNS} FROM events WHERE run_id = %s"
+                               " AND type = 'deny' ORDER BY seq LIMIT %s", (str(run_id), limit + 1))
+            ids = [c.credential_id for c in credentials] + [r.credential_id for r, _ in descendants]
+            usage = _usage(read, ids, usage_limit, postgres=self._audit_postgres)
+            lifecycle = _lifecycle(read, ids, postgres=self._audit_postgres)
+        return RunResult(run_id=str(run_id), credentials=credentials,
+                         credentials_truncated=len(rows) > limit, descendants=descendants,
+                         descendants_truncated=d_truncated,
+                         denied=[event_from_row(r) for r in denied_rows[:limit]],
+                         denied_truncated=len(denied_rows) > limit, usage=usage,
+                         lifecycle=lifecycle)
+
+    # -- principals ------------------------------------------------------------------------
+    def principal_activity(self, principal: str, *, since: str, until: str, limit: int = 100,
+                           usage_limit: int = 0) -> PrincipalResult:
+        """Credentials issued to ``principal`` in ``[since, until)`` (RFC 3339 UTC, as
+        :func:`~broker.ledger.events.utc_timestamp` writes them) and its denied attempts in the
+        same window, newest first, at most ``limit`` of each."""
+        limit = _bounded(limit, "limit", 1, 100_000)
+        usage_limit = _bounded(usage_limit, "usage_limit", 0, 1000)
+
+        issued_from, issued_until = _epoch(since), _epoch_ceil(until)
+        with self.ledger.unavailable_on_error("principal_activity"), self.ledger.snapshot() as read:
+            rows = read(f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE principal = %s"
+                        " AND issued_at >= %s AND issued_at < %s"
+                        " ORDER BY issued_at DESC, credential_id DESC LIMIT %s",
+                        (principal, issued_from, issued_until, limit + 1))
+            credentials = [credential_from_row(r) for r in rows[:limit]]
+            lo, hi = _seq_range(read, since, until)
+            denied_rows: list[tuple[Any, ...]] = []
+            if lo is not None:
+                denied_rows = read(f"SELECT {EVENT_COLUMNS} FROM events WHERE principal = %s"
+                                   " AND type = 'deny' AND seq >= %s AND seq <= %s"
+                                   " ORDER BY seq DESC LIMIT %s", (principal, lo, hi, limit + 1))
+            usage = _usage(read, [c.credential_id for c in credentials], usage_limit,
+                           postgres=self._audit_postgres)
+        return PrincipalResult(principal=principal, credentials=credentials,
+                               credentials_truncated=len(rows) > limit,
+                               denied=[event_from_row(r) for r in denied_rows[:limit]],
+                               denied_truncated=len(denied_rows) > limit, usage=usage)
+
+    def usage_summary(self, credential_ids: Sequence[str], *, usage_limit: int = 10
+                      ) -> dict[str, UsageSummary]:
+        """Usage count and first ``usage_limit`` usage events of each credential."""
+        usage_limit = _bounded(usage_limit, "usage_limit", 0, 1000)
+        with self.ledger.unavailable_on_error("usage_summary"):
+            return _usage(self.ledger.read, list(credential_ids), usage_limit,
+                          postgres=self._audit_postgres)
+
+
+# -- the SQL ---------------------------------------------------------------------------------
+
+def _ancestors(read: "Reader", credential_id: str, max_depth: int) -> list[CredentialRecord]:
+    """The credential itself, then its parent, …, up to the root (``max_depth`` steps)."""
+
+    rows = read(
+        "WITH RECURSIVE up(credential_id, parent_id, depth) AS ("
+        " SELECT credential_id, parent_id, 0 FROM credentials WHERE credential_id = %s"
+        " UNION ALL"
+        " SELECT c.credential_id, c.parent_id, up.depth + 1 FROM credentials c"
+        " JOIN up ON c.credential_id = up.parent_id WHERE up.depth < %s)"
+        f" SELECT {_cols('c', CREDENTIAL_COLUMNS)} FROM up"
+        " JOIN credentials c ON c.credential_id = up.credential_id ORDER BY up.depth",
+        (credential_id, max_depth))
+    chain: list[CredentialRecord] = []
+    seen: set[str] = set()
+    for row in rows:
+        record = credential_from_row(row)
+        if record.credential_id in seen:      # a parent_id cycle (never written by the broker)
+            break
+        seen.add(record.credential_id)
+        chain.append(record)
+    return chain
+
+
+def _descendants(read: "Reader", roots: Sequence[str], max_depth: int, limit: int
+                 ) -> tuple[list[tuple[CredentialRecord, int]], bool, bool]:
+    """Credentials below ``roots`` (depth 1 = children), at most ``limit``, ordered by depth
+    then issue time. Returns ``(nodes, truncated, deeper)``: ``truncated`` when the limit cut
+    the tree, ``deeper`` when credentials exist below ``max_depth`` (the walk goes one level
+    further than it returns, to know)."""
+
+    nodes: list[tuple[CredentialRecord, int]] = []
+    seen = set(roots)
+    truncated = deeper = False
+    for chunk in _chunks(list(roots), _IN_CHUNK):     # a run may have many credentials
+        rows = read(
+            "WITH RECURSIVE down(credential_id, depth) AS ("
+            " SELECT credential_id, 1 FROM credentials"
+            f" WHERE parent_id IN ({_placeholders(len(chunk))})"
+            " UNION ALL"
+            " SELECT c.credential_id, down.depth + 1 FROM credentials c"
+            " JOIN down ON c.parent_id = down.credential_id WHERE down.depth <= %s)"
+            f" SELECT {_cols('c', CREDENTIAL_COLUMNS)}, down.depth FROM down"
+            " JOIN credentials c ON c.credential_id = down.credential_id"
+            " ORDER BY down.depth, c.issued_at, c.credential_id LIMIT %s",
+            (*chunk, max_depth, limit - len(nodes) + 1))
+        for row in rows:
+            record, depth = credential_from_row(row[:-1]), int(row[-1])
+            if depth > max_depth:          # sorted last: everything above was taken
+                deeper = True
+                break
+            if record.credential_id in seen:    # a parent_id cycle (never written by the broker)
+                continue
+            if len(nodes) == limit:
+                truncated = True
+                break
+            seen.add(record.credential_id)
+            nodes.append((record, depth))
+        if truncated:
+            break
+    return nodes, truncated, deeper
+
+
+def _usage(read: "Reader", credential_ids: Sequence[str], usage_limit: int, *,
+           postgres: bool = False) -> dict[str, UsageSummary]:
+    """Count (index-only on ``events (credential_id, type, seq)``) and the first page of each
+    credential's usage events, every page its own bounded ``LIMIT``: a ``LATERAL`` join over
+    the id array on PostgreSQL (one small plan), compound SELECTs on SQLite. Pages hold
+    :class:`UsageEntry` (only the columns a page shows: one JSON decode per event)."""
+    ids = list(dict.fromkeys(credential_ids))
+    counts: dict[str, int] = {}
+    for chunk in _chunks(ids, _IN_CHUNK):
+        where, params = _id_filter(chunk, postgres)
+        for cid, n in read("SELECT credential_id, count(*) FROM events WHERE type = 'usage'"
+                           f" AND {where} GROUP BY credential_id", params):
+            counts[cid] = int(n)
+    pages: dict[str, list[UsageEntry]] = {}
+    used = [cid for cid in ids if counts.get(cid)]
+    if usage_limit > 0 and used:
+        if postgres:
+            batches = [read("SELECT e.seq, e.ts, e.credential_id, e.details, e.hash"
+                            " FROM unnest(%s::text[]) AS ids(cid) CROSS JOIN LATERAL"
+                            " (SELECT seq, ts, credential_id, details, hash FROM events"
+                            "  WHERE credential_id = ids.cid AND type = 'usage'"
+                            "  ORDER BY seq LIMIT %s) AS e", (used, usage_limit))]
+        else:
+            batches = []
+            for chunk in _chunks(used, _UNION_CHUNK):
+                sql = " UNION ALL ".join(
+                    "SELECT * FROM (SELECT seq, ts, credential_id, details, hash FROM events"
+                    f" WHERE credential_id = %s AND type = 'usage' ORDER BY seq LIMIT %s) AS u{i}"
+                    for i in range(len(chunk)))
+                params_list: list[Any] = []
+                for cid in chunk:
+                    params_list.extend([cid, usage_limit])
+                batches.append(read(sql, params_list))
+        for rows in batches:
+            for seq, ts, cid, details, hash_ in rows:
+                pages.setdefault(cid, []).append(UsageEntry(
+                    seq=int(seq), ts=ts, credential_id=cid, details=json.loads(details), hash=hash_))
+    for page in pages.values():
+        page.sort(key=lambda e: e.seq)
+    return {cid: UsageSummary(count=counts.get(cid, 0), first=pages.get(cid, [])) for cid in ids}
+
+
+def _id_filter(ids: Sequence[str], postgres: bool) -> tuple[str, tuple[Any, ...]]:
+    """``credential_id`` among ``ids``: ``= ANY(array)`` (one parameter, one plan) on
+    PostgreSQL, ``IN (…)`` on SQLite."""
+    if postgres:
+        return "credential_id = ANY(%s)", (list(ids),)
+    return f"credential_id IN ({_placeholders(len(ids))})", tuple(ids)
+
+
+def _lifecycle(read: "Reader", credential_ids: Sequence[str], *, postgres: bool = False
+               ) -> dict[str, list[Event]]:
+
+    out: dict[str, list[Event]] = {}
+    types = _placeholders(len(LIFECYCLE_TYPES))
+    for chunk in _chunks(list(dict.fromkeys(credential_ids)), _IN_CHUNK):
+        where, params = _id_filter(chunk, postgres)
+        rows = read(f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} AND type IN ({types})"
+                    " ORDER BY seq", (*params, *LIFECYCLE_TYPES))
+        for row in rows:
+            event = event_from_row(row)
+            out.setdefault(str(event.credential_id), []).append(event)
+    return out
+
+
+def _moment(ts: str) -> datetime:
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+
+
+def _epoch(ts: str) -> int:
+    """Whole seconds at or before ``ts`` (``issued_at`` is in whole seconds)."""
+    return int(_moment(ts).timestamp() // 1)
+
+
+def _epoch_ceil(ts: str) -> int:
+    """Whole seconds at or after ``ts``: ``issued_at < ceil(until)`` keeps a credential issued
+    during the second in which ``until`` falls."""
+    moment = _moment(ts)
+    whole = int(moment.timestamp() // 1)
+    return whole if moment.microsecond == 0 else whole + 1
+
+
+def _bounded(value: int, name: str, lo: int, hi: int) -> int:
+    value = int(value)
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}")
+    return value

@@ -1,0 +1,1 @@
+"""Small pure helpers every stage shares: canonical JSON, credential ids, durations."""

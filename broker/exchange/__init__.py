@@ -1,0 +1,1 @@
+"""The exchange: one orchestrator (verify → authorize → mint → record) and its steps."""

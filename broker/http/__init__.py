@@ -1,0 +1,1 @@
+"""The HTTP boundary: API blueprints, web pages, error mapping, rate limiting, the server."""

@@ -1,0 +1,122 @@
+"""Tamper evidence for auditors (clients that ``may: [audit]``): signed checkpoints of the
+ledger's RFC 6962 Merkle tree, inclusion proofs and consistency proofs.
+
+Hashes are lowercase hex exactly as RFC 6962 defines them (leaf hash = SHA-256(0x00 || leaf),
+leaf = the event's canonical bytes, leaf index = seq - 1), so any RFC 6962 verifier accepts
+them; ``leaf`` is standard base64. See docs/ledger.md.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import re
+
+from flask import Blueprint, current_app, request
+
+from broker import config as cfg
+from broker import errors
+from broker.http.api.common import authenticate_client, broker_context
+from broker.ledger import LedgerUnavailable
+from broker.transparency.checkpoints import CheckpointRefused, checkpoint_now, publish_all, witness_list
+from broker.transparency.tree import LedgerTree, TreeIntegrityError
+
+log = logging.getLogger("broker.http.api.ledger")
+
+bp = Blueprint("ledger", __name__, url_prefix="/v1/ledger")
+
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _size_arg(name: str, *, required: bool) -> int | None:
+    values = request.args.getlist(name)
+    if len(values) > 1:
+        raise errors.InvalidRequest(f"parameter {name} is repeated")
+    if not values or values[0] == "":
+        if required:
+            raise errors.InvalidRequest(f"parameter {name} is required")
+        return None
+    if not _DIGITS.fullmatch(values[0]):
+        raise errors.InvalidRequest(f"parameter {name} must be a non-negative integer")
+    return int(values[0])
+
+
+def _tree_call(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except LedgerUnavailable as exc:
+        raise errors.TemporarilyUnavailable("the ledger is unavailable",
+                                            detail="ledger unavailable") from exc
+    except (TreeIntegrityError, CheckpointRefused) as exc:
+        log.error("LEDGER INTEGRITY: %s", exc)
+        raise errors.ServerError("ledger integrity check failed", detail=str(exc)) from exc
+
+
+def _ledger_size(tree: LedgerTree) -> int:
+    return _tree_call(tree.sizes)[1]
+
+
+@bp.get("/checkpoint")
+def checkpoint() -> tuple[dict, int, dict]:
+    """A signed checkpoint of the whole ledger (the stored one if the ledger has not grown)."""
+    authenticate_client(permission="audit")
+    ctx = broker_context()
+    config = current_app.config
+    signed, new = _tree_call(checkpoint_now, ctx.ledger, ctx.signer, issuer=ctx.issuer,
+                             state_dir=cfg.state_dir(config))
+    if new:
+        publish_all(signed, witness_list(config.get("CHECKPOINT_WITNESS")))
+    return signed.to_dict(), 200, _NO_STORE
+
+
+@bp.get("/proof/inclusion")
+def inclusion() -> tuple[dict, int, dict]:
+    """Event ``seq`` is leaf ``seq - 1`` of the tree of the first ``size`` events
+    (default: the whole ledger)."""
+    authenticate_client(permission="audit")
+    seq = _size_arg("seq", required=True)
+    size = _size_arg("size", required=False)
+    tree = LedgerTree(broker_context().ledger)
+    ledger_size = _ledger_size(tree)
+    if size is None:
+        size = ledger_size
+    if size > ledger_size:
+        raise errors.InvalidRequest(f"size is larger than the ledger ({ledger_size} events)")
+    assert seq is not None
+    if not 1 <= seq <= size:
+        raise errors.InvalidRequest("seq must be between 1 and size")
+    proof = _tree_call(tree.inclusion_proof, seq, size)
+    return {
+        "leaf_index": proof.leaf_index,
+        "tree_size": proof.tree_size,
+        "leaf": base64.b64encode(proof.leaf).decode("ascii"),
+        "leaf_hash": proof.leaf_hash.hex(),
+        "hashes": [h.hex() for h in proof.hashes],
+        "root_hash": proof.root_hash.hex(),
+    }, 200, _NO_STORE
+
+
+@bp.get("/proof/consistency")
+def consistency() -> tuple[dict, int, dict]:
+    """The tree of the first ``to`` events (default: the whole ledger) extends the tree of
+    the first ``from`` events."""
+    authenticate_client(permission="audit")
+    first = _size_arg("from", required=True)
+    second = _size_arg("to", required=False)
+    tree = LedgerTree(broker_context().ledger)
+    ledger_size = _ledger_size(tree)
+    if second is None:
+        second = ledger_size
+    if second > ledger_size:
+        raise errors.InvalidRequest(f"to is larger than the ledger ({ledger_size} events)")
+    assert first is not None
+    if not 1 <= first <= second:
+        raise errors.InvalidRequest("from must be between 1 and to")
+    proof = _tree_call(tree.consistency_proof, first, second)
+    return {
+        "first_size": proof.first_size,
+        "second_size": proof.second_size,
+        "hashes": [h.hex() for h in proof.hashes],
+        "first_root": proof.first_root.hex(),
+        "second_root": proof.second_root.hex(),
+    }, 200, _NO_STORE

@@ -1,0 +1,1 @@
+"""What happens to a credential after its mint: liveness, revocation, expiry (the reaper)."""

@@ -1,0 +1,1 @@
+"""People as authorizers: approvals before a mint, and delegations to agents."""

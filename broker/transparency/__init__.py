@@ -1,0 +1,1 @@
+"""Tamper evidence over the ledger: RFC 6962 Merkle tree, proofs, signed checkpoints, witnesses."""
