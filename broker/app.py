@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from broker.attestation import JWKSCache
-    from broker.keys.file import Signer
+    from broker.keys import Signer
     from broker.ledger import Ledger
     from broker.people.store import PeopleStore
     from broker.policy import PolicySet
@@ -55,7 +55,7 @@ def build_context(config: dict[str, Any]):
     from broker.ledger import open_ledger
     from broker.people.store import PeopleStore
     from broker.policy import load_policy_dir
-    from broker.keys.file import open_signer
+    from broker.keys import open_signer
 
     policy_set = load_policy_dir(cfg.policy_dir(config))
     state_dir = cfg.state_dir(config)
@@ -83,7 +83,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from broker.http import web
     from broker.http.api import approvals, audit, lineage, oauth, token, usage, wellknown
     from broker.http.api import ledger as ledger_api
-    from broker.http.api.errors import register_error_handlers
+    from broker.http.errors import register_error_handlers
     from broker.transparency.checkpoints import start_checkpointer
     from broker.lifecycle.reaper import start_reaper
     from broker.http.web.people import init_people

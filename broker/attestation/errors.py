@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from broker.errors import InvalidGrant
+from broker.errors import GrantRefused
 
 # The only descriptions a client ever sees.
 NOT_ACCEPTABLE = "subject_token is not acceptable"
@@ -25,7 +25,7 @@ def printable(value: object, limit: int = 64) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class AttestationError(InvalidGrant):
+class AttestationError(GrantRefused):
     """RFC 6749 §5.2 ``invalid_grant``: "The provided authorization grant [...] is invalid,
     expired, revoked, [...] or was issued to another client." Here: the subject token.
 

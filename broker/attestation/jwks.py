@@ -15,7 +15,7 @@ Rules the fetcher keeps:
 - A key is returned only if its type (and curve) fit the token's ``alg`` and its own ``alg``,
   ``use`` and ``key_ops``, when present, allow verifying with it.
 
-Fetch failures raise :class:`~broker.errors.TemporarilyUnavailable` (the detail names the
+Fetch failures raise :class:`~broker.errors.BackendUnavailable` (the detail names the
 issuer, never a token); a ``kid`` that is still unknown raises
 :class:`~broker.attestation.errors.AttestationError`.
 """
@@ -37,8 +37,8 @@ from urllib.parse import urlsplit
 import jwt
 
 from broker.attestation.errors import AttestationError, printable
-from broker.attestation.presets import ASYMMETRIC_ALGORITHMS
-from broker.errors import TemporarilyUnavailable
+from broker.policy.presets import ASYMMETRIC_ALGORITHMS
+from broker.errors import BackendUnavailable
 from broker.policy.model import IssuerConfig
 
 MAX_RESPONSE_BYTES = 1024 * 1024
@@ -251,8 +251,8 @@ class JWKSCache:
         entry.jwks, entry.parsed, entry.file_stamp = jwks, {}, stamp
         entry.fetched_at, entry.failed_at, entry.failure = time.monotonic(), None, None
 
-    def _unavailable(self, issuer: IssuerConfig, reason: str) -> TemporarilyUnavailable:
-        return TemporarilyUnavailable(UNAVAILABLE,
+    def _unavailable(self, issuer: IssuerConfig, reason: str) -> BackendUnavailable:
+        return BackendUnavailable(UNAVAILABLE,
                                       detail=f"JWKS of issuer {issuer.name}: {reason}")
 
     # -- key selection ---------------------------------------------------------------------
@@ -294,7 +294,7 @@ class JWKSCache:
         try:
             st = os.stat(issuer.jwks_file)
         except OSError as exc:
-            raise TemporarilyUnavailable(
+            raise BackendUnavailable(
                 UNAVAILABLE, detail=f"JWKS of issuer {issuer.name}: jwks_file unreadable "
                                     f"({exc.__class__.__name__})") from exc
         return (st.st_mtime_ns, st.st_size)

@@ -37,7 +37,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_GROUPS = 200
 
 
-class HumanTokenRefused(errors.InvalidGrant):
+class HumanTokenRefused(errors.GrantRefused):
     """A person's ID token is not acceptable (``detail`` says why; never the token). The API
     answers it as ``invalid_token`` (401); the token endpoint as ``invalid_grant``."""
 

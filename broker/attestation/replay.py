@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Protocol, runtime_checkable
 
-from broker.errors import TemporarilyUnavailable
+from broker.errors import BackendUnavailable
 
 _MAX_PLAIN_KEY = 200   # longer keys (a huge jti) are stored by their SHA-256
 
@@ -34,7 +34,7 @@ class ReplayGuard(Protocol):
         ...
 
 
-class ReplayStoreUnavailable(TemporarilyUnavailable):
+class ReplayStoreUnavailable(BackendUnavailable):
     """The replay store cannot answer; the broker refuses rather than risk a replay."""
 
     def __init__(self, detail: str) -> None:

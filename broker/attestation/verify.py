@@ -38,7 +38,7 @@ from broker.attestation.errors import (
     printable,
 )
 from broker.attestation.jwks import JWKSCache
-from broker.attestation.presets import ASYMMETRIC_ALGORITHMS, BASE_REQUIRED_CLAIMS
+from broker.policy.presets import ASYMMETRIC_ALGORITHMS, BASE_REQUIRED_CLAIMS
 from broker.attestation.replay import ReplayGuard
 from broker.common.canonical import sha256_hex
 from broker.policy.model import IssuerConfig, PolicySet, claim_text, claim_value
@@ -71,7 +71,7 @@ def verify_subject_token(unverified_token: str, *, policy_set: PolicySet, jwks: 
 
     Raises :class:`AttestationError` (``invalid_grant``) when the token is refused, with
     ``unverified_issuer`` and ``token_sha256`` set for the deny event, and
-    :class:`~broker.errors.TemporarilyUnavailable` when an issuer's keys or the replay store
+    :class:`~broker.errors.BackendUnavailable` when an issuer's keys or the replay store
     cannot be reached. ``now`` is the clock of the broker's own claim checks; PyJWT's checks of
     exp/nbf/iat in :func:`verify_jwt_signature` use the wall clock as well.
     """

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 from urllib.parse import urlencode
 
 from broker.audit.params import encode_cursor
+from broker.lifecycle import liveness
 from broker.ledger import CredentialRecord, Event, Ledger, utc_timestamp
 from broker.audit.queries import AuditQueries, UsageSummary
 
@@ -31,12 +32,10 @@ def _ts(epoch: int | None) -> str | None:
 
 def credential_status(record: CredentialRecord, *, now: float | None = None) -> str:
     """``revoked`` | ``expired`` | ``active`` (``ended_at`` says the backend resource is gone)."""
-    now = time.time() if now is None else now
-    if record.revoked_at is not None:
-        return "revoked"
-    if record.expires_at <= now or record.ended_at is not None:
-        return "expired"
-    return "active"
+    state = liveness.state_of(record, now=time.time() if now is None else now)
+    if state is None:
+        return "active"
+    return "revoked" if state == liveness.REVOKED else "expired"
 
 
 def credential_json(record: CredentialRecord, *, now: float | None = None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from broker.cli.common import console, env_config
 # -- keys -----------------------------------------------------------------------------------
 def _signer():
     from broker.policy import PolicyError, load_policy_dir
-    from broker.keys.file import open_signer
+    from broker.keys import open_signer
 
     config = env_config()
     try:

@@ -98,7 +98,7 @@ def ledger_checkpoint(database_url: str | None, out_file: str | None, witnesses:
         CheckpointRefused, WitnessError, checkpoint_now, publish, witness_list,
     )
     from broker.transparency.tree import TreeIntegrityError
-    from broker.keys.file import open_signer
+    from broker.keys import open_signer
 
     config = env_config()
     url = database_url or cfg.database_url(config)

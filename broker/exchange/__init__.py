@@ -1,1 +1,2 @@
-"""The exchange: one orchestrator (verify → authorize → mint → record) and its steps."""
+"""The exchange: one orchestrator (:mod:`broker.exchange.pipeline`) and its steps —
+``attestation`` / ``parent`` / ``delegation`` (authorize), ``mint`` (issue), ``attempt`` (record)."""

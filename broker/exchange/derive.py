@@ -1,10 +1,8 @@
 """Child credentials (fan-out): a credential the broker issued, presented as the ``subject_token``
 of a new exchange, buys a narrower credential linked to it.
 
-Recognising a parent: the token's unverified ``iss`` is the broker's own issuer. From then on
-the attestation path is not tried at all; the token must verify with the broker's keys
-(:meth:`broker.keys.file.Signer.verify`), name a credential the ledger knows, and that credential
-and every ancestor must be neither revoked, ended nor expired.
+Verifying the parent (our signature, the ledger record, the one liveness rule) is
+:mod:`broker.attestation.parent`; this module is the authorize step: the ``derive`` rules.
 
 What a child may be (the broker's rules, whatever the request asks):
 
@@ -33,127 +31,12 @@ nested inside — the outermost ``act`` is the current actor, the most deeply ne
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from broker import errors
-from broker.common.ids import is_credential_id
-from broker.ledger import Ledger
-from broker.ledger.events import CredentialRecord
-from broker.policy.model import (
-    DEFAULT_DERIVE_DEPTH, MAX_DERIVE_DEPTH, DeriveRule, Policy, PolicySet, Target,
-)
-from broker.keys.file import Signer, TokenNotOurs
-
-MAX_TOKEN_BYTES = 16 * 1024
-
-
-class ParentRefused(errors.InvalidGrant):
-    """The presented broker credential cannot be a parent. ``parent_id`` is what the deny event
-    links to; ``parent_verified`` False when only the token's unverified ``jti`` named it."""
-
-    def __init__(self, description: str, *, detail: str, parent_id: str | None,
-                 parent_verified: bool, record: CredentialRecord | None = None) -> None:
-        super().__init__(description, detail=detail)
-        self.parent_id = parent_id
-        self.parent_verified = parent_verified
-        self.record = record
-
-
-def unverified_payload(unverified_token: str) -> dict[str, Any] | None:
-    """The payload of a compact JWS, NOT verified: only to route the request and to name what
-    a refused token claimed. None when it is not a readable JWS payload."""
-    if not isinstance(unverified_token, str) or len(unverified_token) > MAX_TOKEN_BYTES:
-        return None
-    parts = unverified_token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
-        payload = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        return None
-    return payload if isinstance(payload, dict) else None
-
-
-def is_broker_token(unverified_token: str, broker_issuer: str) -> bool:
-    """True when the token claims to be one of ours (its unverified ``iss`` is our issuer)."""
-    payload = unverified_payload(unverified_token)
-    unverified_issuer = payload.get("iss") if payload else None
-    return isinstance(unverified_issuer, str) and unverified_issuer.rstrip("/") == broker_issuer.rstrip("/")
-
-
-@dataclass(frozen=True)
-class Parent:
-    """A verified, live parent credential and its lineage (the parent first, the root last)."""
-    claims: dict[str, Any]
-    lineage: tuple[CredentialRecord, ...]
-
-    @property
-    def record(self) -> CredentialRecord:
-        return self.lineage[0]
-
-    @property
-    def root(self) -> CredentialRecord:
-        return self.lineage[-1]
-
-    @property
-    def depth(self) -> int:
-        return len(self.lineage) - 1
-
-
-def verify_parent(unverified_token: str, *, signer: Signer, ledger: Ledger, now: float) -> Parent:
-    """Verify a broker credential presented as a subject token; raise :class:`ParentRefused`.
-
-    The signature and the registered claims are checked by the signer (expiry excepted, so an
-    expired parent is refused by name); then the ledger decides: the credential must exist and
-    it and each ancestor must be neither revoked, ended nor expired.
-    """
-    try:
-        claims = signer.verify(unverified_token, verify_exp=False)
-    except TokenNotOurs as exc:
-        payload = unverified_payload(unverified_token) or {}
-        unverified_jti = payload.get("jti")
-        named = None
-        if isinstance(unverified_jti, str) and is_credential_id(unverified_jti) \
-                and ledger.get_credential(unverified_jti) is not None:
-            named = unverified_jti
-        raise ParentRefused("subject token is not a valid broker credential",
-                            detail=f"parent token does not verify ({exc})",
-                            parent_id=named, parent_verified=False) from None
-    credential_id = str(claims.get("jti"))
-    lineage = tuple(ledger.ancestors_of(credential_id, max_depth=MAX_DERIVE_DEPTH + 1))
-    if not lineage:
-        raise ParentRefused("subject token is not a valid broker credential",
-                            detail="parent credential is not in the ledger",
-                            parent_id=None, parent_verified=True)
-    record = lineage[0]
-    if claims.get("sub") != record.principal or claims.get("target") != record.target:
-        raise ParentRefused("subject token is not a valid broker credential",
-                            detail="parent token does not match its ledger record",
-                            parent_id=credential_id, parent_verified=True, record=record)
-    for depth, ancestor in enumerate(lineage):
-        whose = "parent credential" if depth == 0 else f"ancestor credential {ancestor.credential_id}"
-        state = None
-        if ancestor.revoked_at is not None:
-            state = "revoked"
-        elif ancestor.ended_at is not None:
-            state = "ended"
-        elif ancestor.expires_at <= int(now):
-            state = "expired"
-        if state is not None:
-            raise ParentRefused(f"the parent credential is {state}" if depth == 0
-                                else f"the parent credential's ancestor is {state}",
-                                detail=f"{whose} {state}", parent_id=credential_id,
-                                parent_verified=True, record=record)
-    if lineage[-1].parent_id is not None:
-        raise ParentRefused("the parent credential's lineage is too deep",
-                            detail=f"lineage longer than {MAX_DERIVE_DEPTH} levels",
-                            parent_id=credential_id, parent_verified=True, record=record)
-    return Parent(claims=claims, lineage=lineage)
+from broker.attestation.parent import Parent
+from broker.policy.model import DEFAULT_DERIVE_DEPTH, DeriveRule, Policy, PolicySet, Target
 
 
 @dataclass(frozen=True)
@@ -189,29 +72,29 @@ def plan_child(policy_set: PolicySet, parent: Parent, *, target_name: str,
     record = parent.record
     target = policy_set.targets.get(target_name)
     if target is None:
-        raise errors.InvalidTarget("unknown target", detail=f"unknown target {target_name[:120]!r}")
+        raise errors.TargetRefused("unknown target", detail=f"unknown target {target_name[:120]!r}")
     name = policy_name_of(record.authorizer)
     policy = next((p for p in policy_set.policies if p.name == name), None)
     if policy is None:
-        raise errors.UnauthorizedClient("no policy allows this exchange",
+        raise errors.PolicyDenied("no policy allows this exchange",
                                         detail=f"the parent's policy {name!r} is not loaded")
     if not policy.derive:
-        raise errors.UnauthorizedClient("no policy allows this exchange",
+        raise errors.PolicyDenied("no policy allows this exchange",
                                         detail=f"policy {policy.name!r} has no derive rules")
     rule = next((r for r in policy.derive if r.target == target.name
                  and (r.from_targets is None or record.target in r.from_targets)), None)
     if rule is None:
-        raise errors.InvalidTarget("the parent credential may not derive this target",
+        raise errors.TargetRefused("the parent credential may not derive this target",
                                    detail=f"policy {policy.name!r} does not let {record.target!r} "
                                           f"derive {target.name!r}")
     depth = parent.depth + 1
     max_depth = policy.max_depth or DEFAULT_DERIVE_DEPTH
     if depth > max_depth:
-        raise errors.UnauthorizedClient("maximum derivation depth reached",
+        raise errors.PolicyDenied("maximum derivation depth reached",
                                         detail=f"depth {depth} exceeds max_depth {max_depth} "
                                                f"of policy {policy.name!r}")
     if requested_ttl is not None and (isinstance(requested_ttl, bool) or requested_ttl <= 0):
-        raise errors.InvalidRequest("requested lifetime must be positive",
+        raise errors.RequestMalformed("requested lifetime must be positive",
                                     detail="requested lifetime must be a positive number of seconds")
 
     offered = set(rule.scopes) if rule.scopes is not None else set(record.scope.split())
@@ -224,13 +107,13 @@ def plan_child(policy_set: PolicySet, parent: Parent, *, target_name: str,
         scopes = tuple(sorted(set(requested_scopes)))
     else:
         wider = " ".join(sorted(set(requested_scopes) - offered))
-        raise errors.InvalidScope("requested scope is not allowed",
+        raise errors.ScopeRefused("requested scope is not allowed",
                                   detail=f"scopes {wider[:120]!r} are wider than the derive rule "
                                          f"{target.name!r} of policy {policy.name!r} allows")
 
     remaining = record.expires_at - int(now)
     if requested_ttl is not None and requested_ttl > remaining:
-        raise errors.InvalidRequest("requested lifetime outlives the parent credential",
+        raise errors.RequestMalformed("requested lifetime outlives the parent credential",
                                     detail=f"requested ttl {requested_ttl}s, parent has {remaining}s left")
     ttl = min(target.max_ttl, remaining)
     if rule.max_ttl is not None:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from broker.errors import BrokerError, TemporarilyUnavailable
+from broker.errors import BackendUnavailable, RateLimited
 
 log = logging.getLogger("broker.http.ratelimit")
 
@@ -46,12 +46,6 @@ class Limit:
         if period <= 0:
             raise ValueError(f"BROKER_RATE_LIMIT period must be positive: {spec!r}")
         return cls(int(m.group(1)), period)
-
-
-class SlowDown(BrokerError):
-    """RFC 8628 §3.5 ``slow_down``, sent with HTTP 429 and ``Retry-After``."""
-    error = "slow_down"
-    status_code = 429
 
 
 class Counter(Protocol):
@@ -77,7 +71,7 @@ class RedisCounter:
             pipe.expire(name, ttl)
             count, _ = pipe.execute()
         except self._errors as exc:
-            raise TemporarilyUnavailable("rate-limit store unavailable",
+            raise BackendUnavailable("rate-limit store unavailable",
                                          detail=f"rate-limit store (redis) failed: {type(exc).__name__}") from exc
         return int(count)
 
@@ -112,7 +106,7 @@ class SQLiteCounter:
             if self._local.calls % 512 == 0:
                 conn.execute("DELETE FROM hits WHERE expires_at < ?", (now,))
         except sqlite3.Error as exc:
-            raise TemporarilyUnavailable("rate-limit store unavailable",
+            raise BackendUnavailable("rate-limit store unavailable",
                                          detail=f"rate-limit store (sqlite) failed: {type(exc).__name__}") from exc
         return int(row[0])
 
@@ -124,7 +118,7 @@ class RateLimiter:
         self._refused = 0
 
     def check(self, address: str, *, now: float | None = None) -> None:
-        """Raise :class:`SlowDown` when ``address`` is over the limit in this window."""
+        """Raise :class:`~broker.errors.RateLimited` when ``address`` is over the limit in this window."""
         now = time.time() if now is None else now
         window = int(now // self.limit.period)
         count = self.counter.hit(address, window, self.limit.period + 1)
@@ -134,10 +128,8 @@ class RateLimiter:
                 log.warning("rate limit: %s over %d/%ds (%d refused by this process)",
                             address, self.limit.requests, self.limit.period, self._refused)
             retry_after = max(1, int((window + 1) * self.limit.period - now) + 1)
-            refusal = SlowDown("too many requests; retry later",
-                               detail=f"rate limit {self.limit.requests}/{self.limit.period}s exceeded")
-            refusal.extra_headers = [("Retry-After", str(retry_after))]
-            raise refusal
+            raise RateLimited("too many requests; retry later", retry_after=retry_after,
+                              detail=f"rate limit {self.limit.requests}/{self.limit.period}s exceeded")
 
 
 def open_rate_limiter(spec: str | None, *, redis_url: str | None, state_dir: str) -> RateLimiter | None:

@@ -1,1 +1,51 @@
-"""The broker's signing keys: file keys (ES256 in the state dir) and Vault/OpenBao Transit."""
+"""The broker's signing keys: file keys (ES256 in the state dir, :mod:`broker.keys.file`) and
+Vault/OpenBao Transit (:mod:`broker.keys.transit`) behind one :class:`Signer` protocol."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any, Protocol
+
+
+class Signer(Protocol):
+    """What the exchange and the API need from a key custodian."""
+
+    issuer: str
+
+    def sign(self, claims: dict[str, Any]) -> str: ...
+    def sign_bytes(self, payload: bytes, *, typ: str) -> str: ...
+    def jwks(self) -> dict[str, Any]: ...
+    def verify(self, token: str, *, verify_exp: bool = True) -> dict[str, Any]: ...
+    def rotate(self) -> str: ...
+    @property
+    def active_kid(self) -> str: ...
+
+
+class TokenNotOurs(Exception):
+    """A token that this broker did not sign (or that no longer verifies). Never carries the token."""
+
+
+def jwk_thumbprint(public_jwk: dict[str, Any]) -> str:
+    """RFC 7638 thumbprint (base64url SHA-256 of the required members), used as ``kid``."""
+    required = {k: public_jwk[k] for k in ("crv", "kty", "x", "y")}
+    digest = hashlib.sha256(json.dumps(required, sort_keys=True, separators=(",", ":")).encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def open_signer(spec: str, *, state_dir: str, issuer: str, retention: int,
+                config: Any = None) -> Signer:
+    """``file`` (default) or ``vault-transit:<key>`` (keys in Vault/OpenBao Transit, reached
+    through ``BROKER_VAULT_*`` in ``config``, default the process environment; see
+    :mod:`broker.keys.transit`)."""
+    if spec == "file":
+        from broker.keys.file import FileSigner
+
+        return FileSigner(state_dir, issuer=issuer, retention=retention)
+    if spec.startswith("vault-transit:"):
+        from broker.config import env_config
+        from broker.keys.transit import open_transit_signer
+
+        return open_transit_signer(spec[len("vault-transit:"):], issuer=issuer, retention=retention,
+                                   config=env_config() if config is None else config)
+    raise ValueError(f"unknown BROKER_SIGNER {spec!r} (supported: file, vault-transit:<key>)")

@@ -23,39 +23,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from broker.keys import Signer, TokenNotOurs, jwk_thumbprint  # noqa: F401 (re-exported)
+
 ALGORITHM = "ES256"
-
-
-class Signer(Protocol):
-    """What the exchange and the API need from a key custodian."""
-
-    issuer: str
-
-    def sign(self, claims: dict[str, Any]) -> str: ...
-    def sign_bytes(self, payload: bytes, *, typ: str) -> str: ...
-    def jwks(self) -> dict[str, Any]: ...
-    def verify(self, token: str, *, verify_exp: bool = True) -> dict[str, Any]: ...
-    def rotate(self) -> str: ...
-    @property
-    def active_kid(self) -> str: ...
-
-
-class TokenNotOurs(Exception):
-    """A token that this broker did not sign (or that no longer verifies). Never carries the token."""
-
-
-def jwk_thumbprint(public_jwk: dict[str, Any]) -> str:
-    """RFC 7638 thumbprint (base64url SHA-256 of the required members), used as ``kid``."""
-    required = {k: public_jwk[k] for k in ("crv", "kty", "x", "y")}
-    digest = hashlib.sha256(json.dumps(required, sort_keys=True, separators=(",", ":")).encode()).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 @dataclass
@@ -258,19 +235,3 @@ class FileSigner:
             published = {k.kid for k in self._published(now)}
             return [{"kid": k.kid, "created_at": k.created_at, "retired_at": k.retired_at,
                      "published": k.kid in published} for k in self._keys]
-
-
-def open_signer(spec: str, *, state_dir: str, issuer: str, retention: int,
-                config: Any = None) -> Signer:
-    """``file`` (default) or ``vault-transit:<key>`` (keys in Vault/OpenBao Transit, reached
-    through ``BROKER_VAULT_*`` in ``config``, default the process environment; see
-    :mod:`broker.keys.transit`)."""
-    if spec == "file":
-        return FileSigner(state_dir, issuer=issuer, retention=retention)
-    if spec.startswith("vault-transit:"):
-        from broker.config import env_config
-        from broker.keys.transit import open_transit_signer
-
-        return open_transit_signer(spec[len("vault-transit:"):], issuer=issuer, retention=retention,
-                                   config=env_config() if config is None else config)
-    raise ValueError(f"unknown BROKER_SIGNER {spec!r} (supported: file, vault-transit:<key>)")

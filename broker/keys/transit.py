@@ -45,10 +45,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 from broker import errors
-from broker.keys.file import TokenNotOurs
+from broker.keys import TokenNotOurs
 from broker.vault.client import VaultClient, VaultUnavailable
 
-log = logging.getLogger("broker.keys.file.vault")
+log = logging.getLogger("broker.keys.transit")
 
 #: Seconds between re-reads of the key's versions.
 KEY_REFRESH = 5.0
@@ -165,8 +165,13 @@ class TransitSigner:
                                   "key_version": version.version}
         if version.alg == "ES256":
             params.update(hash_algorithm="sha2-256", marshaling_algorithm="jws")
-        response = self.client.call(f"sign with transit key {self.key_name}",
-                                    lambda c: c.secrets.transit.sign_data(**params))
+        try:
+            response = self.client.call(f"sign with transit key {self.key_name}",
+                                        lambda c: c.secrets.transit.sign_data(**params))
+        except errors.BrokerError as exc:
+            # Whatever Vault said (sealed, permission denied, key missing), the client's request
+            # was fine: the broker could not sign, so nothing was issued — 503, never invalid_target.
+            raise errors.SigningUnavailable(detail=f"transit key {self.key_name}: {exc.detail}") from exc
         signature_text = response["data"]["signature"].rsplit(":", 1)[-1]
         if version.alg == "ES256":
             raw = _b64url_decode(signature_text)
@@ -175,7 +180,7 @@ class TransitSigner:
         try:
             _verify_raw(version, signing_input, raw)
         except (InvalidSignature, ValueError):
-            raise VaultUnavailable("the signing key is unavailable",
+            raise errors.SigningUnavailable(
                                    detail=f"transit key {self.key_name} v{version.version} returned "
                                           f"a signature that does not verify") from None
         return _b64url(raw)

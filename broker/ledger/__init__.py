@@ -9,7 +9,8 @@ from broker.ledger.errors import LedgerUnavailable
 from broker.ledger.events import (
     GENESIS_HASH, CredentialRecord, Event, EventDraft, VerifyReport, utc_timestamp,
 )
-from broker.ledger.store import Ledger, open_ledger
+from broker.ledger.backends import open_ledger
+from broker.ledger.store import Ledger
 
 __all__ = [
     "GENESIS_HASH", "CredentialRecord", "Event", "EventDraft", "Ledger", "LedgerUnavailable",

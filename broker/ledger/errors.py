@@ -1,10 +1,7 @@
-"""Errors raised by the ledger store."""
+"""The ledger's one error, :class:`~broker.errors.LedgerUnavailable` (a domain error: the
+broker fails closed, HTTP answers 503), re-exported for code that imports it from here."""
 from __future__ import annotations
 
+from broker.errors import LedgerUnavailable
 
-class LedgerUnavailable(Exception):
-    """The ledger database could not be read or written; callers answer HTTP 503.
-
-    The message is generic on purpose (it never contains a DSN or a password); the database
-    driver's exception is chained as ``__cause__`` for the server log.
-    """
+__all__ = ["LedgerUnavailable"]

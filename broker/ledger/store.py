@@ -23,7 +23,6 @@ time order equals ``seq`` order.
 from __future__ import annotations
 
 import abc
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, overload
@@ -490,30 +489,6 @@ def _positive(value: int, name: str) -> int:
     if value < 1:
         raise ValueError(f"{name} must be at least 1")
     return value
-
-
-def open_ledger(url: str, *, pool_size: int = 4, timeout: float = 5.0) -> Ledger:
-    """Open (creating or upgrading the schema if needed) the ledger at ``url``.
-
-    ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (parent directories are
-    created), or ``postgresql://…`` / ``postgres://…``. ``pool_size`` bounds the PostgreSQL
-    connections of this process; ``timeout`` (seconds) bounds connecting and waiting for a
-    connection (PostgreSQL) or for the write lock (SQLite).
-    """
-    if url.startswith("sqlite:///"):
-        from broker.ledger.sqlite import SQLiteLedger
-
-        path = url[len("sqlite:///"):]
-        if not path or path == ":memory:" or path.startswith("file:"):
-            raise ValueError("a SQLite ledger needs a file path: sqlite:///path/to/ledger.db")
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
-        return SQLiteLedger(path, busy_timeout=timeout)
-    if url.startswith(("postgresql://", "postgres://")):
-        from broker.ledger.postgres import PostgresLedger
-
-        return PostgresLedger(url, pool_size=pool_size, timeout=timeout)
-    raise ValueError("unsupported ledger URL: expected sqlite:///… or postgresql://…")
 
 
 def seq_range(read: Reader, since: str | None, until: str | None

@@ -25,12 +25,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from broker import errors
-from broker.app import BrokerContext
 from broker.ledger import LedgerUnavailable
 from broker.ledger.events import CredentialRecord, EventDraft
+
+if TYPE_CHECKING:
+    from broker.app import BrokerContext
 
 log = logging.getLogger("broker.lifecycle.revocation")
 
@@ -44,7 +46,7 @@ CASCADE_DEPTH = 32
 MAX_PASSES = MAX_CASCADE // PAGE + 3
 
 
-class BackendUnavailable(errors.TemporarilyUnavailable):
+class BackendUnavailable(errors.BackendUnavailable):
     """The credential's resource could not be reached to revoke it (nothing was recorded)."""
 
 
@@ -78,13 +80,9 @@ def revoke_one(ctx: BrokerContext, record: CredentialRecord, *, details: dict[st
                 detail=f"revoke failed at backend: {type(exc).__name__}") from exc
     event = revoke_event(record, {"result": "revoked", **details})
     at = int(time.time() if now is None else now)
-    try:
-        # kind.revoke() returned: access at the resource has ended (a postgres role is
-        # dropped), so the credential is ended too and the reaper has nothing left to do.
-        recorded = ctx.ledger.record_revoke(record.credential_id, event, revoked_at=at, ended_at=at)
-    except LedgerUnavailable as exc:
-        raise errors.TemporarilyUnavailable("the ledger is unavailable",
-                                            detail="ledger unavailable while recording revoke") from exc
+    # kind.revoke() returned: access at the resource has ended (a postgres role is
+    # dropped), so the credential is ended too and the reaper has nothing left to do.
+    recorded = ctx.ledger.record_revoke(record.credential_id, event, revoked_at=at, ended_at=at)
     return recorded is not None
 
 
@@ -102,12 +100,8 @@ def revoke_descendants(ctx: BrokerContext, root: CredentialRecord, *,
     skipped: set[str] = set()
     cause = {"cause": "parent revoked", "root": root.credential_id, **(requested_by or {})}
     for _ in range(MAX_PASSES):
-        try:
-            pending = ctx.ledger.descendants_of(root.credential_id, unrevoked_only=True,
-                                                max_depth=CASCADE_DEPTH, limit=PAGE + len(skipped))
-        except LedgerUnavailable as exc:
-            raise errors.TemporarilyUnavailable("the ledger is unavailable",
-                                                detail="ledger unavailable during revocation") from exc
+        pending = ctx.ledger.descendants_of(root.credential_id, unrevoked_only=True,
+                                            max_depth=CASCADE_DEPTH, limit=PAGE + len(skipped))
         pending = [(r, d) for r, d in pending if r.credential_id not in skipped]
         if not pending:
             return result

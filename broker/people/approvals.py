@@ -28,18 +28,20 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, TYPE_CHECKING
 from urllib.parse import quote
 
 from broker import errors
-from broker.app import BrokerContext
 from broker.common.durations import format_duration
 from broker.attestation.person import Person, is_run_actor, may_approve
 from broker.common.ids import new_credential_id
 from broker.ledger import LedgerUnavailable
 from broker.people.store import ApprovalRecord
-from broker.ledger.events import EventDraft, utc_timestamp
+from broker.ledger.events import Event, EventDraft, utc_timestamp
 from broker.policy.model import ApprovalRule, IssuerConfig, Policy
+
+if TYPE_CHECKING:
+    from broker.app import BrokerContext
 
 log = logging.getLogger("broker.people.approvals")
 
@@ -111,12 +113,12 @@ def request_approval(ctx: BrokerContext, *, policy: Policy, rule: ApprovalRule, 
                      run: dict[str, Any], issuer: IssuerConfig, target: str, target_type: str,
                      requested_scopes: tuple[str, ...] | None, requested_ttl: int | None,
                      scopes: tuple[str, ...], ttl: int, attestation_sha256: str,
-                     now: float) -> ApprovalRecord:
+                     now: float) -> tuple[ApprovalRecord, Event]:
     """Record a new approval request and its ``approval_requested`` event (the attempt's one
-    event). Refuses (``unauthorized_client``) when ``not_self`` cannot be checked because the
+    event), which is returned with the request. Refuses (``unauthorized_client``) when ``not_self`` cannot be checked because the
     run names no actor."""
     if rule.not_self and not run.get("actor"):
-        raise errors.UnauthorizedClient(
+        raise errors.PolicyDenied(
             "this exchange needs an approval, which this run cannot get",
             detail=f"policy {policy.name!r} requires not_self but the run names no actor")
     approval_id = new_approval_id(now=now)
@@ -140,21 +142,16 @@ def request_approval(ctx: BrokerContext, *, policy: Policy, rule: ApprovalRule, 
                                 "expires_at": utc_timestamp(record.expires_at),
                                 "scope": record.scope, "ttl": ttl, "issuer": issuer.name,
                                 "attestation_sha256": attestation_sha256})
-    try:
-        ctx.people.record_approval_request(draft, record)
-    except LedgerUnavailable as exc:
-        raise errors.TemporarilyUnavailable(
-            "the ledger is unavailable", detail="ledger unavailable while recording an approval "
-                                                "request") from exc
+    event = ctx.people.record_approval_request(draft, record)
     log.info("approval_requested approval_id=%s principal=%s target=%s policy=%s", approval_id,
              principal, target, policy.name)
-    return record
+    return record, event
 
 
-def pending_error(ctx: BrokerContext, approval: ApprovalRecord, *, first: bool) -> errors.AuthorizationPending:
+def pending_error(ctx: BrokerContext, approval: ApprovalRecord, *, first: bool) -> errors.ApprovalPending:
     description = ("a person must approve this request; poll with approval_id" if first
                    else "waiting for a person to approve this request")
-    err = errors.AuthorizationPending(
+    err = errors.ApprovalPending(
         description, detail=f"approval {approval.approval_id} pending",
         extra={"approval_id": approval.approval_id,
                "approval_url": approval_url(ctx, approval.approval_id),
@@ -170,29 +167,29 @@ def check_poll(ctx: BrokerContext, *, approval_id: str, policy: Policy, principa
                now: float) -> ApprovalRecord:
     """The approved request this poll may mint under; raise the poll's refusal otherwise."""
     if not is_approval_id(approval_id):
-        raise errors.InvalidRequest("approval_id is malformed")
-    approval = _ledger(ctx.people.get_approval, approval_id)
+        raise errors.RequestMalformed("approval_id is malformed")
+    approval = ctx.people.get_approval(approval_id)
     if approval is None:
-        raise errors.InvalidGrant("unknown approval", detail="no such approval_id")
+        raise errors.GrantRefused("unknown approval", detail="no such approval_id")
     mismatched = [name for name, ours, theirs in (
         ("issuer", approval.issuer, issuer_name), ("principal", approval.principal, principal),
         ("run", approval.run, run), ("target", approval.target, target),
         ("scope", approval.requested_scope, normalized_scope(requested_scopes)),
         ("ttl", approval.requested_ttl, requested_ttl)) if ours != theirs]
     if mismatched:
-        raise errors.InvalidGrant("the approval belongs to another request",
+        raise errors.GrantRefused("the approval belongs to another request",
                                   detail=f"approval {approval_id} differs in "
                                          f"{', '.join(mismatched)}")
     if (approval.policy_name, approval.policy_digest) != (policy.name, policy.digest):
-        raise errors.InvalidGrant("the policy changed since the approval was requested; "
+        raise errors.GrantRefused("the policy changed since the approval was requested; "
                                   "request again",
                                   detail=f"approval {approval_id} was requested under policy "
                                          f"{approval.policy_name} {approval.policy_digest}, "
                                          f"now {policy.name} {policy.digest}")
     interval = poll_interval(ctx)
-    if not _ledger(ctx.people.touch_approval_poll, approval_id, now_ms=int(now * 1000),
+    if not ctx.people.touch_approval_poll(approval_id, now_ms=int(now * 1000),
                    min_gap_ms=int(interval * 1000 * SLOW_DOWN_FRACTION)):
-        raise errors.SlowDown(f"polling too fast: wait at least {interval} seconds between polls",
+        raise errors.ApprovalSlowDown(f"polling too fast: wait at least {interval} seconds between polls",
                               detail=f"approval {approval_id} polled sooner than {interval}s",
                               extra={"approval_id": approval_id, "interval": interval + 5})
     status = approval.effective_status(now, pickup_window=PICKUP_WINDOW)
@@ -202,10 +199,10 @@ def check_poll(ctx: BrokerContext, *, approval_id: str, policy: Policy, principa
         raise errors.ApprovalDenied("the request was denied",
                                     detail=f"approval {approval_id} denied by {approval.decided_by}")
     if status == "expired":
-        raise errors.ExpiredToken("the approval request expired; request again",
+        raise errors.ApprovalExpired("the approval request expired; request again",
                                   detail=f"approval {approval_id} expired")
     if status == "consumed":
-        raise errors.InvalidGrant("the approval was already used",
+        raise errors.GrantRefused("the approval was already used",
                                   detail=f"approval {approval_id} already used for "
                                          f"{approval.credential_id}")
     assert status == "approved"
@@ -224,15 +221,15 @@ def decide(ctx: BrokerContext, approval_id: str, person: Person, *, approve: boo
         raise errors.NotFound("no such approval")
     reason = " ".join((reason or "").split())[:MAX_REASON] or None
     if not approve and not reason:
-        raise errors.InvalidRequest("a denial needs a reason")
+        raise errors.RequestMalformed("a denial needs a reason")
     idp = ctx.policy_set.human_idp
     for _ in range(5):          # compare-and-set: re-read when another decision won the race
-        approval = _ledger(ctx.people.get_approval, approval_id)
+        approval = ctx.people.get_approval(approval_id)
         if approval is None:
             raise errors.NotFound("no such approval")
         status = approval.effective_status(now, pickup_window=PICKUP_WINDOW)
         if status != "pending":
-            raise errors.InvalidRequest(f"the request is {_STATUS_WORDS.get(status, status)}: "
+            raise errors.RequestMalformed(f"the request is {_STATUS_WORDS.get(status, status)}: "
                                         "there is nothing to decide")
         policy = next((p for p in ctx.policy_set.policies if p.name == approval.policy_name), None)
         rule = policy.approval if policy is not None else None
@@ -255,7 +252,7 @@ def decide(ctx: BrokerContext, approval_id: str, person: Person, *, approve: boo
                                         "login is not mapped"), False
         if refusal is not None and (approve or blocks_deny):
             _record_refused_decision(ctx, approval, person, approve=approve, reason=refusal, via=via)
-            raise errors.AccessDenied(refusal, detail=f"approval {approval_id}: {person.email}: {refusal}")
+            raise errors.PermissionDenied(refusal, detail=f"approval {approval_id}: {person.email}: {refusal}")
         at = int(now)
         if approve:
             votes = [*approval.votes, {"email": person.email, "username": person.username,
@@ -269,7 +266,7 @@ def decide(ctx: BrokerContext, approval_id: str, person: Person, *, approve: boo
                                    "votes": len(votes), "required": approval.required,
                                    "complete": complete, "policy": approval.policy_name,
                                    "via": via})
-            event = _ledger(ctx.people.record_approval_decision, approval, draft,
+            event = ctx.people.record_approval_decision(approval, draft,
                             status=status_new, votes=votes,
                             decided_at=at if complete else None,
                             decided_by=person.email if complete else None, reason=None, now=at)
@@ -279,15 +276,15 @@ def decide(ctx: BrokerContext, approval_id: str, person: Person, *, approve: boo
                                    "approval_id": approval_id, "approver": person.email,
                                    "approver_username": person.username, "reason": reason,
                                    "policy": approval.policy_name, "via": via})
-            event = _ledger(ctx.people.record_approval_decision, approval, draft,
+            event = ctx.people.record_approval_decision(approval, draft,
                             status="denied", votes=approval.votes, decided_at=at,
                             decided_by=person.email, reason=reason, now=at)
         if event is not None:
             log.info("%s approval_id=%s by=%s", draft.type, approval_id, person.email)
-            updated = _ledger(ctx.people.get_approval, approval_id)
+            updated = ctx.people.get_approval(approval_id)
             assert updated is not None
             return updated
-    raise errors.TemporarilyUnavailable("the request is being decided by someone else; try again",
+    raise errors.BackendUnavailable("the request is being decided by someone else; try again",
                                         detail=f"approval {approval_id}: decision lost 5 races")
 
 
@@ -360,9 +357,3 @@ def can_decide(ctx: BrokerContext, approval: ApprovalRecord, person: Person, *,
             "may_deny": why is None, "why_not": approve_why}
 
 
-def _ledger(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except LedgerUnavailable as exc:
-        raise errors.TemporarilyUnavailable("the ledger is unavailable",
-                                            detail="ledger unavailable (approvals)") from exc

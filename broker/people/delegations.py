@@ -34,11 +34,10 @@ import json
 import logging
 import re
 import time
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from broker import errors
 from broker.common.canonical import canonical_json, sha256_hex
-from broker.app import BrokerContext
 from broker.attestation.person import Person
 from broker.common.ids import is_credential_id, new_credential_id
 from broker.ledger import LedgerUnavailable
@@ -46,7 +45,10 @@ from broker.people.store import DelegationRecord
 from broker.ledger.events import EventDraft, utc_timestamp
 from broker.policy.evaluate import person_matches
 from broker.lifecycle.revocation import revoke_descendants, revoke_one
-from broker.keys.file import TokenNotOurs
+from broker.keys import TokenNotOurs
+
+if TYPE_CHECKING:
+    from broker.app import BrokerContext
 
 log = logging.getLogger("broker.people.delegations")
 
@@ -71,28 +73,6 @@ def delegation_audience(ctx: BrokerContext) -> str:
     return f"{ctx.issuer}/token"
 
 
-def is_delegation_token(unverified_token: str) -> bool:
-    """Whether the token's (unverified) header says it is a delegation token: routing only."""
-    if not isinstance(unverified_token, str) or unverified_token.count(".") != 2:
-        return False
-    segment = unverified_token.split(".", 1)[0]
-    try:
-        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(header, dict) and header.get("typ") == DELEGATION_TYP
-
-
-def _ledger(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except LedgerUnavailable as exc:
-        raise errors.TemporarilyUnavailable("the ledger is unavailable",
-                                            detail="ledger unavailable (delegations)") from exc
-
-
-# -- granting -----------------------------------------------------------------------------------
-
 def grant_delegation(ctx: BrokerContext, person: Person, *, agent: str, targets: list[str],
                      scopes: list[str], ttl: int, via: str,
                      now: float | None = None) -> tuple[DelegationRecord, str]:
@@ -104,35 +84,35 @@ def grant_delegation(ctx: BrokerContext, person: Person, *, agent: str, targets:
     now = time.time() if now is None else now
     idp = ctx.policy_set.human_idp
     if idp is None:
-        raise errors.InvalidRequest("delegation needs a human-idp")
+        raise errors.RequestMalformed("delegation needs a human-idp")
     agent = (agent or "").strip()
     if not agent or len(agent) > 512 or _CONTROL.search(agent):
-        raise errors.InvalidRequest("agent must be the agent's principal")
+        raise errors.RequestMalformed("agent must be the agent's principal")
     targets = list(dict.fromkeys(t for t in targets if t))
     scopes = list(dict.fromkeys(s for s in scopes if s))
     if not targets or len(targets) > MAX_TARGETS:
-        raise errors.InvalidRequest(f"name 1 to {MAX_TARGETS} targets")
+        raise errors.RequestMalformed(f"name 1 to {MAX_TARGETS} targets")
     if len(scopes) > MAX_SCOPES or any(not _SCOPE.fullmatch(s) for s in scopes):
-        raise errors.InvalidScope("scopes are malformed")
+        raise errors.ScopeRefused("scopes are malformed")
     if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
-        raise errors.InvalidRequest("the delegation needs a positive lifetime")
+        raise errors.RequestMalformed("the delegation needs a positive lifetime")
     if ttl > idp.delegation_max_ttl:
-        raise errors.InvalidRequest(f"a delegation lasts at most {idp.delegation_max_ttl} seconds")
+        raise errors.RequestMalformed(f"a delegation lasts at most {idp.delegation_max_ttl} seconds")
     offered: set[str] = set()
     for target in targets:
         if target not in ctx.policy_set.targets:
-            raise errors.InvalidTarget(f"unknown target {target[:100]!r}")
+            raise errors.TargetRefused(f"unknown target {target[:100]!r}")
         policies = [p for p in ctx.policy_set.policies
                     if p.issuer == idp.name and p.may_act is not None and target in p.targets
                     and all(person_matches(m, person.claims().get(m.claim)) for m in p.match)]
         if not policies:
-            raise errors.AccessDenied(f"no delegation policy lets you delegate {target!r}",
+            raise errors.PermissionDenied(f"no delegation policy lets you delegate {target!r}",
                                       detail=f"{person.email}: no delegation policy for {target}")
         for p in policies:
             offered |= set(p.scopes or ())
     wider = sorted(set(scopes) - offered)
     if wider:
-        raise errors.InvalidScope("the delegation's scopes are wider than the policies allow",
+        raise errors.ScopeRefused("the delegation's scopes are wider than the policies allow",
                                   detail=f"scopes {' '.join(wider)[:120]!r} not offered")
     delegation_id = new_delegation_id(now=now)
     issued = int(now)
@@ -152,46 +132,13 @@ def grant_delegation(ctx: BrokerContext, person: Person, *, agent: str, targets:
         "delegation_id": delegation_id, "agent": agent, "targets": targets, "scopes": scopes,
         "expires_at": utc_timestamp(record.expires_at), "ttl": ttl, "granted_by": person.email,
         "granted_by_sub": person.sub, "via": via, "token_sha256": sha256_hex(token)})
-    _ledger(ctx.people.record_delegation, draft, record)
+    ctx.people.record_delegation(draft, record)
     log.info("delegate delegation_id=%s by=%s agent=%s targets=%s", delegation_id, person.email,
              agent, ",".join(targets))
     return record, token
 
 
 # -- using ----------------------------------------------------------------------------------------
-
-class DelegationRefused(errors.InvalidGrant):
-    """The subject token is not a usable delegation. ``delegation_id`` names the grant when
-    the token verified (for the deny event)."""
-
-    def __init__(self, description: str, *, detail: str, delegation_id: str | None = None) -> None:
-        super().__init__(description, detail=detail)
-        self.delegation_id = delegation_id
-
-
-def verify_delegation_token(ctx: BrokerContext, unverified_token: str, *,
-                            now: float) -> DelegationRecord:
-    """The live grant a delegation token stands for; raise :class:`DelegationRefused`."""
-    try:
-        claims = ctx.signer.verify(unverified_token)
-    except TokenNotOurs as exc:
-        raise DelegationRefused("the delegation token is not valid",
-                                detail=f"delegation token does not verify ({exc})") from None
-    delegation_id = claims.get("jti")
-    if not is_delegation_token(unverified_token) or claims.get("token_use") != TOKEN_USE \
-            or claims.get("aud") != delegation_audience(ctx) or not is_delegation_id(str(delegation_id)):
-        raise DelegationRefused("the subject token is not a delegation token",
-                                detail="broker token without the delegation typ/token_use/aud")
-    record = _ledger(ctx.people.get_delegation, str(delegation_id))
-    if record is None or record.granted_by != claims.get("sub"):
-        raise DelegationRefused("the delegation token is not valid",
-                                detail="delegation not in the ledger")
-    state = record.status(now)
-    if state != "active":
-        raise DelegationRefused(f"the delegation is {state}", detail=f"delegation {state}",
-                                delegation_id=record.delegation_id)
-    return record
-
 
 # -- revoking -------------------------------------------------------------------------------------
 
@@ -205,7 +152,7 @@ def revoke_delegation(ctx: BrokerContext, delegation: DelegationRecord, *, by: d
         "delegation_id": delegation.delegation_id, "result": "revoked",
         "cause": "delegation revoked", "agent": delegation.agent, **by})
     who = str(by.get("person") or by.get("client") or "unknown")
-    event = _ledger(ctx.people.record_delegation_revoke, delegation.delegation_id, draft,
+    event = ctx.people.record_delegation_revoke(delegation.delegation_id, draft,
                     revoked_at=at, revoked_by=who)
     if event is not None:
         log.info("delegation revoked delegation_id=%s by=%s", delegation.delegation_id, who)
@@ -214,7 +161,7 @@ def revoke_delegation(ctx: BrokerContext, delegation: DelegationRecord, *, by: d
     failed = False
     # Every credential minted under it (also those an earlier, interrupted call revoked: their
     # descendants may still be live), then each one's descendants.
-    for record in _ledger(ctx.people.credentials_under_delegation, delegation.delegation_id,
+    for record in ctx.people.credentials_under_delegation(delegation.delegation_id,
                           unrevoked_only=False):
         if record.revoked_at is None and revoke_one(ctx, record, details=cause, now=at):
             revoked.append(record.credential_id)
@@ -223,7 +170,7 @@ def revoke_delegation(ctx: BrokerContext, delegation: DelegationRecord, *, by: d
         revoked.extend(result.revoked)
         failed = failed or bool(result.failed) or not result.complete
     if failed:
-        raise errors.TemporarilyUnavailable(
+        raise errors.BackendUnavailable(
             "some credentials of the delegation could not be revoked yet; try again",
             detail=f"delegation {delegation.delegation_id}: cascade incomplete")
     return revoked

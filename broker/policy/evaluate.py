@@ -33,10 +33,10 @@ def evaluate(policy_set: PolicySet, *, issuer: IssuerConfig, claims: dict[str, A
              requested_ttl: int | None = None) -> Decision:
     target = policy_set.targets.get(target_name)
     if target is None:
-        return Decision(allowed=False, error=errors.InvalidTarget,
+        return Decision(allowed=False, error=errors.TargetRefused,
                         reason=f"unknown target {_short(target_name)}")
     if requested_ttl is not None and (isinstance(requested_ttl, bool) or requested_ttl <= 0):
-        return Decision(allowed=False, target=target, error=errors.InvalidRequest,
+        return Decision(allowed=False, target=target, error=errors.RequestMalformed,
                         reason="requested lifetime must be a positive number of seconds")
 
     considered = [p for p in policy_set.policies
@@ -65,7 +65,7 @@ def _grant(candidates: list[Policy], *, target: Target, requested_scopes: tuple[
     ``invalid_scope``; the lifetime is the least of target, policy and request. ``what`` names
     the kind of policy in reasons ("policy", "delegation policy")."""
     if not candidates:
-        return Decision(allowed=False, target=target, error=errors.UnauthorizedClient, reason=refusal)
+        return Decision(allowed=False, target=target, error=errors.PolicyDenied, reason=refusal)
     for policy in candidates:
         granted = _granted_scopes(policy, requested_scopes)
         if granted is not None:
@@ -73,7 +73,7 @@ def _grant(candidates: list[Policy], *, target: Target, requested_scopes: tuple[
     else:
         assert requested_scopes is not None
         return Decision(
-            allowed=False, target=target, error=errors.InvalidScope,
+            allowed=False, target=target, error=errors.ScopeRefused,
             reason=(f"scopes {_short(' '.join(sorted(set(requested_scopes))))} are not granted "
                     f"by matching {what[:-1]}ies {_listing([p.name for p in candidates])}"),
         )
@@ -137,10 +137,10 @@ def evaluate_delegation(policy_set: PolicySet, *, person: dict[str, Any], via: s
     or ``id_token``). Then scopes and lifetime as in :func:`evaluate`. Default deny."""
     target = policy_set.targets.get(target_name)
     if target is None:
-        return Decision(allowed=False, error=errors.InvalidTarget,
+        return Decision(allowed=False, error=errors.TargetRefused,
                         reason=f"unknown target {_short(target_name)}")
     if requested_ttl is not None and (isinstance(requested_ttl, bool) or requested_ttl <= 0):
-        return Decision(allowed=False, target=target, error=errors.InvalidRequest,
+        return Decision(allowed=False, target=target, error=errors.RequestMalformed,
                         reason="requested lifetime must be a positive number of seconds")
     idp = policy_set.human_idp
     considered = [p for p in policy_set.policies

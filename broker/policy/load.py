@@ -85,7 +85,7 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
-from broker.attestation.presets import ASYMMETRIC_ALGORITHMS, PRESETS, Preset
+from broker.policy.presets import ASYMMETRIC_ALGORITHMS, PRESETS, Preset
 from broker.common.canonical import canonical_json, sha256_hex
 from broker.common.durations import parse_duration
 from broker.policy.model import (

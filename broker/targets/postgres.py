@@ -328,7 +328,7 @@ class _TargetDB:
         if env:
             dsn = os.environ.get(env, "").strip()
             if not dsn:
-                raise errors.InvalidTarget(
+                raise errors.BackendMisconfigured(
                     "target is not usable",
                     detail=f"postgres target {self.name!r}: environment variable {env} (admin DSN) is not set")
             return dsn
@@ -336,12 +336,12 @@ class _TargetDB:
         try:
             dsn = Path(path).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise errors.InvalidTarget(
+            raise errors.BackendMisconfigured(
                 "target is not usable",
                 detail=f"postgres target {self.name!r}: cannot read admin_dsn_file {path}: "
                        f"{type(exc).__name__}") from None
         if not dsn:
-            raise errors.InvalidTarget("target is not usable",
+            raise errors.BackendMisconfigured("target is not usable",
                                        detail=f"postgres target {self.name!r}: admin_dsn_file is empty")
         return dsn
 
@@ -355,7 +355,7 @@ class _TargetDB:
                 from psycopg.conninfo import conninfo_to_dict
                 from psycopg_pool import ConnectionPool
             except ImportError:
-                raise errors.InvalidTarget(
+                raise errors.BackendMisconfigured(
                     "target is not usable",
                     detail="postgres targets need psycopg and psycopg-pool:"
                            " pip install 'nhi-broker[postgres]'") from None
@@ -363,7 +363,7 @@ class _TargetDB:
                 conninfo = conninfo_to_dict(dsn)
             except psycopg.Error:
                 # libpq's message quotes the DSN, password included: say nothing of it.
-                raise errors.InvalidTarget(
+                raise errors.BackendMisconfigured(
                     "target is not usable",
                     detail=f"postgres target {self.name!r}: the admin DSN is malformed") from None
             SCRUBBER.add(dsn, conninfo.get("password"))
@@ -424,25 +424,25 @@ class _TargetDB:
             except errors.BrokerError:
                 raise
             except PoolTimeout:
-                raise errors.TemporarilyUnavailable(
+                raise errors.BackendUnavailable(
                     "the target database is unavailable",
                     detail=f"postgres target {self.name!r}: no admin connection within "
                            f"{self.timeout:g}s during {action}") from None
             except psycopg.OperationalError as exc:
                 if attempt == 1 and getattr(exc, "sqlstate", None) is None:
                     continue               # a connection the server dropped: one fresh try
-                raise errors.TemporarilyUnavailable(
+                raise errors.BackendUnavailable(
                     "the target database is unavailable",
                     detail=f"postgres target {self.name!r}: {action} failed: "
                            f"{_db_error_summary(exc)}") from None
             except (psycopg.errors.UndefinedObject, psycopg.errors.InsufficientPrivilege,
                     psycopg.errors.InvalidParameterValue) as exc:
-                raise errors.InvalidTarget(
+                raise errors.BackendMisconfigured(
                     "target is not usable",
                     detail=f"postgres target {self.name!r}: {action} failed: "
                            f"{_db_error_summary(exc)}") from None
             except psycopg.Error as exc:
-                raise errors.TemporarilyUnavailable(
+                raise errors.BackendUnavailable(
                     "the target database is unavailable",
                     detail=f"postgres target {self.name!r}: {action} failed: "
                            f"{_db_error_summary(exc)}") from None
@@ -486,7 +486,7 @@ class PostgresIssuer:
     def _db_for_record(self, record: CredentialRecord) -> _TargetDB:
         target = self._targets.get(record.target)
         if target is None:
-            raise errors.TemporarilyUnavailable(
+            raise errors.BackendUnavailable(
                 "the credential's backend is not configured",
                 detail=f"postgres target {record.target!r} is no longer in the policy set; "
                        f"role {role_name(record.credential_id)} cannot be ended")
@@ -575,7 +575,7 @@ class PostgresIssuer:
         target = self._targets.get(target_name)
         if target is None:
             for record in records:
-                yield record, errors.TemporarilyUnavailable(
+                yield record, errors.BackendUnavailable(
                     "target not configured", detail=f"postgres target {target_name!r} is not in the policy set")
             return
         db = self._db(target)

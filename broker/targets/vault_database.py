@@ -182,7 +182,7 @@ class VaultDatabaseIssuer:
     def _target_of(self, record: CredentialRecord) -> Any:
         target = self._targets.get(record.target)
         if target is None:
-            raise errors.TemporarilyUnavailable(
+            raise errors.BackendUnavailable(
                 "the credential's backend is not configured",
                 detail=f"vault-database target {record.target!r} is no longer in the policy set; "
                        f"lease {record.details.get('lease_id')} cannot be revoked")
@@ -219,7 +219,7 @@ class VaultDatabaseIssuer:
         try:
             remaining = request.expires_at - int(time.time())
             if remaining < 1:
-                raise errors.TemporarilyUnavailable(
+                raise errors.BackendUnavailable(
                     "the credential backend (Vault) is too slow",
                     detail=f"vault-database target {target.name!r}: the credential expired while "
                            f"Vault minted it")

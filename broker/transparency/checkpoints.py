@@ -122,7 +122,7 @@ def parse_checkpoint(unverified: Any) -> Checkpoint:
 
 
 def _jwk_thumbprint(public_jwk: dict[str, Any]) -> str | None:
-    from broker.keys.file import jwk_thumbprint
+    from broker.keys import jwk_thumbprint
 
     try:
         return jwk_thumbprint(public_jwk)

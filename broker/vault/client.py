@@ -75,11 +75,11 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-class VaultUnavailable(errors.TemporarilyUnavailable):
+class VaultUnavailable(errors.BackendUnavailable):
     """Vault is sealed, unreachable, too slow or failing (503): retry later."""
 
 
-class VaultRefused(errors.InvalidTarget):
+class VaultRefused(errors.BackendMisconfigured):
     """Vault refused the broker (permission denied, unknown role or path, rejected login):
     the target's Vault configuration is wrong."""
 

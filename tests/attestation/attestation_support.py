@@ -6,7 +6,7 @@ import dataclasses
 import json
 from typing import Any
 
-from broker.attestation.presets import PRESETS
+from broker.policy.presets import PRESETS
 from broker.devtools.dev_issuer import DevIssuer
 from broker.policy.model import IssuerConfig, PolicySet
 

@@ -15,7 +15,8 @@ from attestation_support import AUDIENCE, issuer_config, policy_set
 from broker.attestation import AttestationError, JWKSCache, verify_subject_token
 from broker.attestation.jwks import is_allowed_fetch_url, key_fits_alg
 from broker.devtools.dev_issuer import DevIssuer, DevKey
-from broker.errors import TemporarilyUnavailable
+from broker.errors import BackendUnavailable
+from broker.http.errors import body_of, status_of
 
 
 def verify(dev: DevIssuer, token: str, cache: JWKSCache, replay, **config: Any):
@@ -179,16 +180,16 @@ def test_fetch_url_rules(url: str, allowed: bool) -> None:
 
 def test_plain_http_jwks_uri_refused_for_a_non_loopback_host(fresh_issuer: DevIssuer) -> None:
     config = issuer_config(fresh_issuer, jwks_uri="http://jwks.example.com/keys")
-    with pytest.raises(TemporarilyUnavailable) as caught:
+    with pytest.raises(BackendUnavailable) as caught:
         JWKSCache().signing_key(config, fresh_issuer.kid, "RS256")
     assert caught.value.detail == ("JWKS of issuer github: JWKS URL refused: https required "
                                    "(plain http only for loopback hosts)")
-    assert caught.value.error == "temporarily_unavailable" and caught.value.status_code == 503
+    assert caught.value.error == "temporarily_unavailable" and status_of(caught.value) == 503
 
 
 def test_discovery_naming_a_plain_http_jwks_uri_refused(fresh_issuer: DevIssuer) -> None:
     fresh_issuer.discovery_overrides = {"jwks_uri": "http://203.0.113.7/jwks"}
-    with pytest.raises(TemporarilyUnavailable) as caught:
+    with pytest.raises(BackendUnavailable) as caught:
         JWKSCache().signing_key(issuer_config(fresh_issuer), fresh_issuer.kid, "RS256")
     assert "JWKS URL refused: https required" in caught.value.detail
     assert fresh_issuer.request_counts["/.well-known/jwks"] == 0
@@ -196,14 +197,14 @@ def test_discovery_naming_a_plain_http_jwks_uri_refused(fresh_issuer: DevIssuer)
 
 def test_plain_http_discovery_refused_for_a_non_loopback_issuer() -> None:
     config = issuer_config("http://issuer.example.com")
-    with pytest.raises(TemporarilyUnavailable) as caught:
+    with pytest.raises(BackendUnavailable) as caught:
         JWKSCache().signing_key(config, "k1", "RS256")
     assert "discovery document URL refused: https required" in caught.value.detail
 
 
 def test_discovery_naming_another_issuer_refused(fresh_issuer: DevIssuer) -> None:
     fresh_issuer.discovery_overrides = {"issuer": "https://token.actions.githubusercontent.com"}
-    with pytest.raises(TemporarilyUnavailable) as caught:
+    with pytest.raises(BackendUnavailable) as caught:
         JWKSCache().signing_key(issuer_config(fresh_issuer), fresh_issuer.kid, "RS256")
     assert caught.value.detail.endswith("discovery document names another issuer")
 
@@ -234,7 +235,7 @@ def test_jwks_file_is_reread_when_it_changes(fresh_issuer: DevIssuer, tmp_path,
 
 def test_missing_jwks_file_is_unavailable(fresh_issuer: DevIssuer, tmp_path) -> None:
     config = issuer_config(fresh_issuer, jwks_file=str(tmp_path / "absent.json"))
-    with pytest.raises(TemporarilyUnavailable) as caught:
+    with pytest.raises(BackendUnavailable) as caught:
         JWKSCache().signing_key(config, fresh_issuer.kid, "RS256")
     assert caught.value.detail == ("JWKS of issuer github: jwks_file unreadable "
                                    "(FileNotFoundError)")
@@ -248,14 +249,14 @@ def test_unreachable_issuer_is_temporarily_unavailable(sqlite_replay) -> None:
         config = issuer_config(dev)
     # The issuer has stopped: nothing listens on its port any more.
     ps = policy_set(config)
-    with pytest.raises(TemporarilyUnavailable) as caught:
+    with pytest.raises(BackendUnavailable) as caught:
         verify_subject_token(a_token, policy_set=ps, jwks=JWKSCache(timeout=2.0),
                              replay=sqlite_replay)
     assert caught.value.detail.startswith("JWKS of issuer github: discovery document at "
                                           "127.0.0.1 unreachable")
     assert caught.value.description == ("the attestation issuer's signing keys are "
                                         "temporarily unavailable")
-    for text in (str(caught.value), caught.value.detail, json.dumps(caught.value.to_dict())):
+    for text in (str(caught.value), caught.value.detail, json.dumps(body_of(caught.value))):
         assert a_token not in text
         assert a_token.split(".")[1] not in text
 
@@ -264,10 +265,10 @@ def test_failed_fetch_is_not_retried_before_the_refetch_interval(fresh_issuer: D
     fresh_issuer.jwks_override = b"<html>maintenance</html>"
     cache = JWKSCache(min_refetch_interval=0.3)
     config = issuer_config(fresh_issuer)
-    with pytest.raises(TemporarilyUnavailable) as first:
+    with pytest.raises(BackendUnavailable) as first:
         cache.signing_key(config, fresh_issuer.kid, "RS256")
     assert first.value.detail == "JWKS of issuer github: JWKS is not valid JSON"
-    with pytest.raises(TemporarilyUnavailable) as second:
+    with pytest.raises(BackendUnavailable) as second:
         cache.signing_key(config, fresh_issuer.kid, "RS256")
     assert second.value.detail.endswith("(not retried yet)")
     assert fresh_issuer.jwks_requests == 2
@@ -290,14 +291,14 @@ def test_failed_fetch_is_not_retried_before_the_refetch_interval(fresh_issuer: D
 def test_broken_jwks_is_temporarily_unavailable(fresh_issuer: DevIssuer, served: Any,
                                                 reason: str) -> None:
     fresh_issuer.jwks_override = served
-    with pytest.raises(TemporarilyUnavailable) as caught:
+    with pytest.raises(BackendUnavailable) as caught:
         JWKSCache().signing_key(issuer_config(fresh_issuer), fresh_issuer.kid, "RS256")
     assert caught.value.detail == f"JWKS of issuer github: {reason}"
 
 
 def test_http_error_is_temporarily_unavailable(fresh_issuer: DevIssuer) -> None:
     fresh_issuer.discovery_overrides = {"jwks_uri": fresh_issuer.issuer + "/no-such-path"}
-    with pytest.raises(TemporarilyUnavailable) as caught:
+    with pytest.raises(BackendUnavailable) as caught:
         JWKSCache().signing_key(issuer_config(fresh_issuer), fresh_issuer.kid, "RS256")
     assert caught.value.detail == "JWKS of issuer github: JWKS answered HTTP 404"
 

@@ -20,7 +20,8 @@ from broker.attestation import (
     open_replay_guard,
 )
 from broker.attestation.replay import ReplayGuard
-from broker.errors import TemporarilyUnavailable
+from broker.errors import BackendUnavailable
+from broker.http.errors import body_of, status_of
 
 GuardFactory = Callable[[], ReplayGuard]
 
@@ -153,11 +154,11 @@ def test_unreachable_redis_is_unavailable_and_leaks_no_password() -> None:
     with pytest.raises(ReplayStoreUnavailable) as caught:
         guard.first_use("k", 60)
     exc = caught.value
-    assert isinstance(exc, TemporarilyUnavailable)
-    assert exc.error == "temporarily_unavailable" and exc.status_code == 503
+    assert isinstance(exc, BackendUnavailable)
+    assert exc.error == "temporarily_unavailable" and status_of(exc) == 503
     assert exc.description == "the replay store is temporarily unavailable"
     assert exc.detail == "replay store (redis) failed: ConnectionError"
-    for text in (str(exc), repr(exc), exc.detail, exc.description, str(exc.to_dict())):
+    for text in (str(exc), repr(exc), exc.detail, exc.description, str(body_of(exc))):
         assert "s3cret-pw" not in text
 
 

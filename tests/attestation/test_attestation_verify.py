@@ -33,8 +33,9 @@ from broker.attestation import (
     verify_subject_token,
 )
 from broker.attestation.errors import EXPIRED, NOT_ACCEPTABLE, REPLAYED, UNTRUSTED_ISSUER
-from broker.attestation.presets import BASE_REQUIRED_CLAIMS, PRESETS
+from broker.policy.presets import BASE_REQUIRED_CLAIMS, PRESETS
 from broker.devtools.dev_issuer import DevIssuer, DevKey
+from broker.http.errors import body_of, status_of
 
 GITHUB_PRINCIPAL = "github:acme/payments:acme/payments/.github/workflows/deploy.yml@refs/heads/main"
 
@@ -262,8 +263,8 @@ def test_refusal(case: Refusal, dev_issuer: DevIssuer, sqlite_replay) -> None:
     exc = caught.value
     assert case.detail in exc.detail
     assert exc.description == case.description
-    assert exc.error == "invalid_grant" and exc.status_code == 400
-    assert exc.to_dict() == {"error": "invalid_grant", "error_description": case.description}
+    assert exc.error == "invalid_grant" and status_of(exc) == 400
+    assert body_of(exc) == {"error": "invalid_grant", "error_description": case.description}
     if len(token) <= 16384:
         assert exc.token_sha256 == hashlib.sha256(token.encode()).hexdigest()
     else:

@@ -173,8 +173,8 @@ def test_a_child_minted_while_its_parent_is_revoked_is_revoked_and_refused(app, 
     root = mint_root(client, dev_issuer)
     real_record_mint = ledger.record_mint
 
-    def record_mint_then_parent_revoked(draft, credential):
-        event = real_record_mint(draft, credential)
+    def record_mint_then_parent_revoked(draft, credential, **kwargs):
+        event = real_record_mint(draft, credential, **kwargs)
         parent = ledger.get_credential(root["credential_id"])
         ledger.record_revoke(parent.credential_id, EventDraft(
             type="revoke", credential_id=parent.credential_id, details={"cause": "concurrent"}),

@@ -89,15 +89,15 @@ def decide(policy_set, claims, target, scopes=None, ttl=None, issuer="gha"):
 
 # (case name, claims, target, requested scopes, issuer, expected policy or error, granted scopes)
 OUTCOMES = [
-    ("unknown target", MAIN, "payroll-db", None, "gha", errors.InvalidTarget, ()),
+    ("unknown target", MAIN, "payroll-db", None, "gha", errors.TargetRefused, ()),
     ("no claims match", {"repository": "evil/payments", "ref": "refs/heads/main"}, "reports-api", None, "gha",
-     errors.UnauthorizedClient, ()),
+     errors.PolicyDenied, ()),
     ("missing claim never matches", {"ref": "refs/heads/main"}, "reports-api", None, "gha",
-     errors.UnauthorizedClient, ()),
+     errors.PolicyDenied, ()),
     ("other issuer's policy does not apply", {"project_path": "acme/billing"}, "reports-api", None, "gitlab",
-     errors.UnauthorizedClient, ()),
-    ("target not in the matching policy", BILLING, "reports-api", None, "gha", errors.UnauthorizedClient, ()),
-    ("same claims, other issuer", MAIN, "reports-api", None, "gitlab", errors.UnauthorizedClient, ()),
+     errors.PolicyDenied, ()),
+    ("target not in the matching policy", BILLING, "reports-api", None, "gha", errors.PolicyDenied, ()),
+    ("same claims, other issuer", MAIN, "reports-api", None, "gitlab", errors.PolicyDenied, ()),
     ("no scopes requested: all of the first policy's", MAIN, "reports-api", None, "gha",
      "payments-main-read", ("billing:read", "reports:read")),
     ("subset of the first policy", MAIN, "reports-api", ("reports:read",), "gha", "payments-main-read",
@@ -106,8 +106,8 @@ OUTCOMES = [
     ("first policy lacks the scope, a later one has it", MAIN, "reports-api", ("reports:admin",), "gha",
      "payments-any-admin", ("reports:admin",)),
     ("no single policy has all scopes", MAIN, "reports-api", ("reports:read", "reports:admin"), "gha",
-     errors.InvalidScope, ()),
-    ("scope no candidate grants", MAIN, "reports-api", ("reports:write",), "gha", errors.InvalidScope, ()),
+     errors.ScopeRefused, ()),
+    ("scope no candidate grants", MAIN, "reports-api", ("reports:write",), "gha", errors.ScopeRefused, ()),
     ("tag ref matches the release policy", TAG, "reports-api", ("reports:write",), "gha",
      "payments-release-write", ("reports:write",)),
     ("granted scopes sorted and deduplicated", TAG, "reports-api",
@@ -116,7 +116,7 @@ OUTCOMES = [
     ("policy without scopes, no request", BILLING, "billing-api", None, "gha", "billing-no-scopes", ()),
     ("policy without scopes, empty request", BILLING, "billing-api", (), "gha", "billing-no-scopes", ()),
     ("policy without scopes refuses any scope", BILLING, "billing-api", ("billing:read",), "gha",
-     errors.InvalidScope, ()),
+     errors.ScopeRefused, ()),
     ("gitlab issuer and its own claims", {"project_path": "acme/payments"}, "reports-api", None, "gitlab",
      "gitlab-reports", ("reports:read",)),
 ]
@@ -184,7 +184,7 @@ def test_policy_max_ttl_cannot_exceed_the_target():
 @pytest.mark.parametrize("ttl", [0, -5])
 def test_a_non_positive_requested_ttl_is_refused(policy_set, ttl):
     decision = decide(policy_set, MAIN, "reports-api", ttl=ttl)
-    assert (decision.allowed, decision.error) == (False, errors.InvalidRequest)
+    assert (decision.allowed, decision.error) == (False, errors.RequestMalformed)
 
 
 def test_reasons_are_short_and_carry_no_claim_values(policy_set):
@@ -218,5 +218,5 @@ def test_an_empty_policy_set_denies_everything():
     """))
     decision = evaluate(policy_set, issuer=policy_set.issuers["idp"], claims={"sub": "x"},
                         target_name="api", requested_scopes=None)
-    assert (decision.allowed, decision.error) == (False, errors.UnauthorizedClient)
+    assert (decision.allowed, decision.error) == (False, errors.PolicyDenied)
     assert decision.reason == "no policy allows issuer 'idp' target 'api'"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.attestation.presets import PRESETS
+from broker.policy.presets import PRESETS
 from broker.policy import (
     PolicyError, Problem, check_policy_dir, load_policy_dir, load_policy_text,
 )

@@ -154,7 +154,7 @@ def test_a_sealed_transit_refuses_cleanly_and_keeps_serving_the_jwks(make_app, b
 
 
 def test_open_signer_refuses_a_missing_or_unsuitable_key(bao, vault_env, tmp_path):
-    from broker.keys.file import open_signer
+    from broker.keys import open_signer
 
     bao.client().secrets.transit.create_key(name="aes-key", key_type="aes256-gcm96")
     config = {"VAULT_ADDR": bao.addr, "VAULT_TOKEN": bao.root_token}

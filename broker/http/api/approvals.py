@@ -35,9 +35,8 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _STATUSES = ("pending", "approved", "denied", "consumed", "expired", "all")
 
 
-def _invalid_token(description: str, *, detail: str | None = None) -> errors.InvalidToken:
-    err = errors.InvalidToken(description, detail=detail)
-    err.extra_headers = [("WWW-Authenticate", 'Bearer realm="nhi-broker", error="invalid_token"')]
+def _invalid_token(description: str, *, detail: str | None = None) -> errors.PersonTokenInvalid:
+    err = errors.PersonTokenInvalid(description, detail=detail)
     return err
 
 
@@ -70,10 +69,10 @@ def list_approvals() -> tuple[dict, int, dict]:
     person = authenticate_person()
     status = request.args.get("status", "pending")
     if status not in _STATUSES:
-        raise errors.InvalidRequest(f"status must be one of {', '.join(_STATUSES)}")
+        raise errors.RequestMalformed(f"status must be one of {', '.join(_STATUSES)}")
     ctx = broker_context()
     now = time.time()
-    records = approvals._ledger(ctx.people.list_approvals, status=None if status == "all" else status,
+    records = ctx.people.list_approvals(status=None if status == "all" else status,
                                 now=int(now), pickup_window=approvals.PICKUP_WINDOW, limit=200)
     rules = {p.name: p.approval for p in ctx.policy_set.policies if p.approval is not None}
     mine = [r for r in records if rules.get(r.policy_name) is not None
@@ -86,7 +85,7 @@ def list_approvals() -> tuple[dict, int, dict]:
 def get_approval(approval_id: str) -> tuple[dict, int, dict]:
     person = authenticate_person()
     ctx = broker_context()
-    record = approvals._ledger(ctx.people.get_approval, approval_id) \
+    record = ctx.people.get_approval(approval_id) \
         if approvals.is_approval_id(approval_id) else None
     if record is None:
         raise errors.NotFound("no such approval")
@@ -122,7 +121,7 @@ def create_delegation() -> tuple[dict, int, dict]:
     try:
         ttl = parse_duration(single(params, "ttl"))
     except ValueError:
-        raise errors.InvalidRequest("ttl must be a duration such as 300, 90s, 5m or 1h") from None
+        raise errors.RequestMalformed("ttl must be a duration such as 300, 90s, 5m or 1h") from None
     record, token = delegation.grant_delegation(broker_context(), person, agent=agent or "",
                                                 targets=targets, scopes=scopes, ttl=ttl, via="api")
     body = {**delegation.delegation_json(record), "delegation_token": token,
@@ -134,7 +133,7 @@ def create_delegation() -> tuple[dict, int, dict]:
 def list_delegations() -> tuple[dict, int, dict]:
     person = authenticate_person()
     ctx = broker_context()
-    records = delegation._ledger(ctx.people.list_delegations, granted_by=person.email, limit=200)
+    records = ctx.people.list_delegations(granted_by=person.email, limit=200)
     return {"delegations": [delegation.delegation_json(r) for r in records]}, 200, NO_STORE
 
 
@@ -148,13 +147,13 @@ def revoke_delegation(delegation_id: str) -> tuple[dict, int, dict]:
     else:
         person = authenticate_person()
         by = {"person": person.email}
-    record = delegation._ledger(ctx.people.get_delegation, delegation_id) \
+    record = ctx.people.get_delegation(delegation_id) \
         if delegation.is_delegation_id(delegation_id) else None
     if record is None:
         raise errors.NotFound("no such delegation")
     if person is not None and record.granted_by != person.email:
-        raise errors.AccessDenied("only the person who granted a delegation may revoke it",
+        raise errors.PermissionDenied("only the person who granted a delegation may revoke it",
                                   detail=f"{person.email} may not revoke {delegation_id}")
     revoked = delegation.revoke_delegation(ctx, record, by=by)
-    updated = delegation._ledger(ctx.people.get_delegation, delegation_id)
+    updated = ctx.people.get_delegation(delegation_id)
     return {**delegation.delegation_json(updated or record), "credentials_revoked": revoked}, 200, NO_STORE

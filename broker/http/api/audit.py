@@ -5,7 +5,6 @@ from flask import Blueprint, request
 
 from broker import errors
 from broker.http.api.common import authenticate_client, broker_context
-from broker.http.api.oauth import _ledger_call
 from broker.http.api.usage import usage_json
 from broker.common.ids import is_credential_id
 from broker.ledger.events import utc_timestamp
@@ -20,9 +19,9 @@ def _int_arg(name: str, default: int, *, lo: int, hi: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise errors.InvalidRequest(f"parameter {name} must be an integer") from None
+        raise errors.RequestMalformed(f"parameter {name} must be an integer") from None
     if not lo <= value <= hi:
-        raise errors.InvalidRequest(f"parameter {name} must be between {lo} and {hi}")
+        raise errors.RequestMalformed(f"parameter {name} must be between {lo} and {hi}")
     return value
 
 
@@ -30,20 +29,20 @@ def _int_arg(name: str, default: int, *, lo: int, hi: int) -> int:
 def credential(credential_id: str) -> dict:
     authenticate_client(permission="audit")
     if not is_credential_id(credential_id):
-        raise errors.InvalidRequest("malformed credential id")
+        raise errors.RequestMalformed("malformed credential id")
     ctx = broker_context()
-    record = _ledger_call(ctx.ledger.get_credential, credential_id)
+    record = ctx.ledger.get_credential(credential_id)
     if record is None:
         raise errors.NotFound("no such credential")
     after = _int_arg("after", 0, lo=0, hi=2**62)
     limit = _int_arg("limit", 100, lo=1, hi=1000)
     # `events`: the credential's life (mint, introspect, revoke, expire…); `usage`: what was
     # done with it (one event per statement, from the database's log), paged on its own.
-    events = _ledger_call(ctx.ledger.events_for_credential, credential_id, after_seq=after,
+    events = ctx.ledger.events_for_credential(credential_id, after_seq=after,
                           limit=limit, exclude_types=("usage",))
     usage_after = _int_arg("usage_after", 0, lo=0, hi=2**62)
     usage_limit = _int_arg("usage_limit", 100, lo=1, hi=1000)
-    usage = _ledger_call(ctx.ledger.usage_for_credential, credential_id, after_seq=usage_after,
+    usage = ctx.ledger.usage_for_credential(credential_id, after_seq=usage_after,
                          limit=usage_limit)
     body = {
         "credential_id": record.credential_id,

@@ -4,14 +4,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from typing import Any
+from typing import Any, TYPE_CHECKING
 from urllib.parse import unquote
 
 from flask import current_app, request
 
 from broker import errors
-from broker.app import BrokerContext
 from broker.policy.model import Client
+
+if TYPE_CHECKING:
+    from broker.app import BrokerContext
 
 
 def broker_context() -> BrokerContext:
@@ -22,9 +24,9 @@ def form_params() -> Any:
     """The form body of a POST; refuses other content types and parameters in the query string."""
     mimetype = request.mimetype
     if mimetype != "application/x-www-form-urlencoded":
-        raise errors.InvalidRequest("the request body must be application/x-www-form-urlencoded")
+        raise errors.RequestMalformed("the request body must be application/x-www-form-urlencoded")
     if request.args:
-        raise errors.InvalidRequest("parameters must be sent in the request body, not the URL")
+        raise errors.RequestMalformed("parameters must be sent in the request body, not the URL")
     return request.form
 
 
@@ -32,10 +34,10 @@ def single(params: Any, name: str, *, required: bool = True) -> str | None:
     """One value of a parameter: missing or repeated parameters are ``invalid_request``."""
     values = params.getlist(name)
     if len(values) > 1:
-        raise errors.InvalidRequest(f"parameter {name} is repeated")
+        raise errors.RequestMalformed(f"parameter {name} is repeated")
     if not values or values[0] == "":
         if required:
-            raise errors.InvalidRequest(f"parameter {name} is required")
+            raise errors.RequestMalformed(f"parameter {name} is required")
         return None
     return values[0]
 
@@ -68,12 +70,11 @@ def authenticate_client(*, permission: str) -> Client:
     if not hmac.compare_digest(presented, expected) or client is None:
         raise _invalid_client("client authentication failed")
     if permission not in client.may:
-        raise errors.AccessDenied(f"client may not {permission}",
+        raise errors.PermissionDenied(f"client may not {permission}",
                                   detail=f"client {client.name} lacks permission {permission}")
     return client
 
 
-def _invalid_client(description: str) -> errors.InvalidClient:
-    err = errors.InvalidClient(description)
-    err.extra_headers = [("WWW-Authenticate", 'Basic realm="nhi-broker"')]
+def _invalid_client(description: str) -> errors.ClientUnauthenticated:
+    err = errors.ClientUnauthenticated(description)
     return err

@@ -31,25 +31,22 @@ _NO_STORE = {"Cache-Control": "no-store"}
 def _size_arg(name: str, *, required: bool) -> int | None:
     values = request.args.getlist(name)
     if len(values) > 1:
-        raise errors.InvalidRequest(f"parameter {name} is repeated")
+        raise errors.RequestMalformed(f"parameter {name} is repeated")
     if not values or values[0] == "":
         if required:
-            raise errors.InvalidRequest(f"parameter {name} is required")
+            raise errors.RequestMalformed(f"parameter {name} is required")
         return None
     if not _DIGITS.fullmatch(values[0]):
-        raise errors.InvalidRequest(f"parameter {name} must be a non-negative integer")
+        raise errors.RequestMalformed(f"parameter {name} must be a non-negative integer")
     return int(values[0])
 
 
 def _tree_call(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
-    except LedgerUnavailable as exc:
-        raise errors.TemporarilyUnavailable("the ledger is unavailable",
-                                            detail="ledger unavailable") from exc
     except (TreeIntegrityError, CheckpointRefused) as exc:
         log.error("LEDGER INTEGRITY: %s", exc)
-        raise errors.ServerError("ledger integrity check failed", detail=str(exc)) from exc
+        raise errors.InternalError("ledger integrity check failed", detail=str(exc)) from exc
 
 
 def _ledger_size(tree: LedgerTree) -> int:
@@ -81,10 +78,10 @@ def inclusion() -> tuple[dict, int, dict]:
     if size is None:
         size = ledger_size
     if size > ledger_size:
-        raise errors.InvalidRequest(f"size is larger than the ledger ({ledger_size} events)")
+        raise errors.RequestMalformed(f"size is larger than the ledger ({ledger_size} events)")
     assert seq is not None
     if not 1 <= seq <= size:
-        raise errors.InvalidRequest("seq must be between 1 and size")
+        raise errors.RequestMalformed("seq must be between 1 and size")
     proof = _tree_call(tree.inclusion_proof, seq, size)
     return {
         "leaf_index": proof.leaf_index,
@@ -108,10 +105,10 @@ def consistency() -> tuple[dict, int, dict]:
     if second is None:
         second = ledger_size
     if second > ledger_size:
-        raise errors.InvalidRequest(f"to is larger than the ledger ({ledger_size} events)")
+        raise errors.RequestMalformed(f"to is larger than the ledger ({ledger_size} events)")
     assert first is not None
     if not 1 <= first <= second:
-        raise errors.InvalidRequest("from must be between 1 and to")
+        raise errors.RequestMalformed("from must be between 1 and to")
     proof = _tree_call(tree.consistency_proof, first, second)
     return {
         "first_size": proof.first_size,

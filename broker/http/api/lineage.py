@@ -14,7 +14,6 @@ from flask import Blueprint, request
 
 from broker import errors
 from broker.http.api.common import authenticate_client, broker_context
-from broker.http.api.oauth import _ledger_call
 from broker.audit import views
 from broker.audit.params import check_text, decode_cursor, parse_instant
 from broker.common.ids import is_credential_id
@@ -32,9 +31,9 @@ class Query:
     def __init__(self, allowed: set[str]) -> None:
         for name in request.args:
             if name not in allowed:
-                raise errors.InvalidRequest(f"unknown parameter {_printable(name)}")
+                raise errors.RequestMalformed(f"unknown parameter {_printable(name)}")
             if len(request.args.getlist(name)) > 1:
-                raise errors.InvalidRequest(f"parameter {name} is repeated")
+                raise errors.RequestMalformed(f"parameter {name} is repeated")
 
     @staticmethod
     def text(name: str) -> str | None:
@@ -46,10 +45,10 @@ class Query:
         if raw is None:
             return default
         if not raw.isdigit() or len(raw) > 9:
-            raise errors.InvalidRequest(f"parameter {name} must be an integer")
+            raise errors.RequestMalformed(f"parameter {name} must be an integer")
         value = int(raw)
         if not lo <= value <= hi:
-            raise errors.InvalidRequest(f"parameter {name} must be between {lo} and {hi}")
+            raise errors.RequestMalformed(f"parameter {name} must be between {lo} and {hi}")
         return value
 
     def instant(self, name: str) -> str | None:
@@ -61,7 +60,7 @@ class Query:
     @staticmethod
     def window(since: str | None, until: str | None) -> None:
         if since is not None and until is not None and since >= until:
-            raise errors.InvalidRequest("since must be before until")
+            raise errors.RequestMalformed("since must be before until")
 
 
 def _printable(name: str) -> str:
@@ -72,18 +71,18 @@ def _parsed(parse: Callable[..., Any], raw: str, name: str) -> Any:
     try:
         return parse(raw)
     except ValueError as exc:
-        raise errors.InvalidRequest(f"parameter {name}: {exc}") from None
+        raise errors.RequestMalformed(f"parameter {name}: {exc}") from None
 
 
 def _credential_id(value: str | None, name: str = "credential id") -> str:
     if value is None or not is_credential_id(value):
-        raise errors.InvalidRequest(f"malformed {name}")
+        raise errors.RequestMalformed(f"malformed {name}")
     return value
 
 
 def _view(fn: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
     try:
-        return _ledger_call(fn, broker_context().ledger, *args, **kwargs)
+        return fn(broker_context().ledger, *args, **kwargs)
     except views.NotFound as exc:
         raise errors.NotFound(str(exc)) from None
 
@@ -140,7 +139,7 @@ def events() -> tuple[dict, int, dict]:
     query = Query({*_EVENT_FILTERS, "cursor", "limit"})
     filters = {name: query.text(name) for name in _EVENT_FILTERS}
     if filters["type"] is not None and filters["type"] not in EVENT_TYPES:
-        raise errors.InvalidRequest("parameter type must be one of " + ", ".join(sorted(EVENT_TYPES)))
+        raise errors.RequestMalformed("parameter type must be one of " + ", ".join(sorted(EVENT_TYPES)))
     if filters["credential_id"] is not None:
         _credential_id(filters["credential_id"], "credential_id")
     if filters["principal"] is not None:

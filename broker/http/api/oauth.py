@@ -27,9 +27,9 @@ from broker.common.canonical import sha256_hex
 from broker.common.ids import is_credential_id
 from broker.ledger import LedgerUnavailable
 from broker.ledger.events import CredentialRecord, EventDraft
-from broker.policy.model import MAX_DERIVE_DEPTH
+from broker.lifecycle.liveness import credential_liveness
 from broker.lifecycle.revocation import revoke_descendants, revoke_one
-from broker.keys.file import TokenNotOurs
+from broker.keys import TokenNotOurs
 
 bp = Blueprint("oauth", __name__)
 log = logging.getLogger("broker.http.api")
@@ -37,12 +37,6 @@ log = logging.getLogger("broker.http.api")
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def _ledger_call(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except LedgerUnavailable as exc:
-        raise errors.TemporarilyUnavailable("the ledger is unavailable",
-                                            detail="ledger unavailable") from exc
 
 
 def _event_from(record: CredentialRecord | None, claims: dict[str, Any] | None, *, type: str,
@@ -72,25 +66,15 @@ def introspect() -> tuple[dict, int, dict]:
         claims, details["reason"] = None, f"not a valid broker token ({exc})"
     record = None
     if claims is not None:
-        record = _ledger_call(ctx.ledger.get_credential, str(claims.get("jti")))
-        if record is None:
-            details["reason"] = "credential not in the ledger"
-        elif record.revoked_at is not None:
-            details["reason"] = "revoked"
-        elif record.ended_at is not None:
-            details["reason"] = "ended"
-        elif record.expires_at <= now:
-            details["reason"] = "expired"
-        elif record.parent_id is not None:
-            lineage = _ledger_call(ctx.ledger.ancestors_of, record.credential_id,
-                                   max_depth=MAX_DERIVE_DEPTH + 1)
-            if any(a.revoked_at is not None or a.ended_at is not None for a in lineage[1:]):
-                details["reason"] = "ancestor revoked"
+        verdict = credential_liveness(ctx.ledger, str(claims.get("jti")), now=now)
+        record = verdict.record
+        if not verdict.live:
+            details["reason"] = verdict.describe()
     active = record is not None and "reason" not in details
     details["active"] = active
-    _ledger_call(ctx.ledger.append, _event_from(record, claims, type="introspect", details=details))
+    ctx.ledger.append(_event_from(record, claims, type="introspect", details=details))
     if active:
-        _ledger_call(ctx.ledger.append, _event_from(record, claims, type="usage", details={
+        ctx.ledger.append(_event_from(record, claims, type="usage", details={
             "source": "introspect", "kind": "introspect", "client": client.name}))
     if not active:
         return {"active": False}, 200, NO_STORE
@@ -116,7 +100,7 @@ def _revoke_descendants(record: CredentialRecord, requested_by: dict[str, Any]) 
     """The cascade; 503 (after recording what it could) when some descendant is still live."""
     result = revoke_descendants(broker_context(), record, requested_by=requested_by)
     if result.failed or not result.complete:
-        raise errors.TemporarilyUnavailable(
+        raise errors.BackendUnavailable(
             "some derived credentials could not be revoked yet; try again",
             detail=f"cascade below {record.credential_id}: {len(result.failed)} failed, "
                    f"complete={result.complete}")
@@ -135,13 +119,13 @@ def _self_revoke() -> tuple[str, int, dict]:
     except TokenNotOurs:
         raise _invalid_client("client authentication required") from None
     details: dict[str, Any] = {"holder": True, "token_sha256": sha256_hex(token)}
-    record = _ledger_call(ctx.ledger.get_credential, str(claims.get("jti")))
+    record = ctx.ledger.get_credential(str(claims.get("jti")))
     if record is not None and record.revoked_at is None and \
             revoke_credential(record, cause={**details, "cause": "holder request"}):
         _revoke_descendants(record, {"holder": True})
         return "", 200, NO_STORE
     details["result"] = "unknown_credential" if record is None else "already_revoked"
-    _ledger_call(ctx.ledger.append, _event_from(record, claims, type="revoke", details=details))
+    ctx.ledger.append(_event_from(record, claims, type="revoke", details=details))
     if record is not None:
         _revoke_descendants(record, {"holder": True})
     return "", 200, NO_STORE
@@ -156,7 +140,7 @@ def revoke() -> tuple[str, int, dict]:
     token = single(params, "token", required=False)
     credential_id = single(params, "credential_id", required=False)
     if (token is None) == (credential_id is None):
-        raise errors.InvalidRequest("send exactly one of token or credential_id")
+        raise errors.RequestMalformed("send exactly one of token or credential_id")
     ctx = broker_context()
     details: dict[str, Any] = {"client": client.name}
     claims: dict[str, Any] | None = None
@@ -169,8 +153,8 @@ def revoke() -> tuple[str, int, dict]:
             credential_id = None
             details["reason"] = f"not a valid broker token ({exc})"
     elif credential_id is not None and not is_credential_id(credential_id):
-        raise errors.InvalidRequest("credential_id is malformed")
-    record = _ledger_call(ctx.ledger.get_credential, credential_id) if credential_id else None
+        raise errors.RequestMalformed("credential_id is malformed")
+    record = ctx.ledger.get_credential(credential_id) if credential_id else None
     if record is not None and record.revoked_at is None:
         if revoke_credential(record, cause={"client": client.name, "cause": "client request"}):
             _revoke_descendants(record, {"client": client.name})
@@ -183,7 +167,7 @@ def revoke() -> tuple[str, int, dict]:
         if credential_id and "reason" not in details:
             details["credential_id_requested"] = credential_id
     # RFC 7009 §2.2: the answer is 200 whether or not there was anything to revoke.
-    _ledger_call(ctx.ledger.append, _event_from(record, claims, type="revoke", details=details))
+    ctx.ledger.append(_event_from(record, claims, type="revoke", details=details))
     if record is not None:          # finish a cascade that an earlier failure interrupted
         _revoke_descendants(record, {"client": client.name})
     return "", 200, NO_STORE

@@ -11,8 +11,11 @@ from flask import Blueprint
 from broker import errors
 from broker.http.api.common import broker_context, form_params, single
 from broker.common.durations import parse_duration
-from broker.exchange.pipeline import (ACTOR_TOKEN_TYPES, GRANT_TYPE_TOKEN_EXCHANGE, REQUESTED_TOKEN_TYPES,
-                             SUBJECT_TOKEN_TYPES, ExchangeRequest, exchange)
+from broker.exchange.pipeline import exchange
+from broker.exchange.request import (
+    ACTOR_TOKEN_TYPES, GRANT_TYPE_TOKEN_EXCHANGE, REQUESTED_TOKEN_TYPES, SUBJECT_TOKEN_TYPES,
+    ExchangeRequest,
+)
 
 bp = Blueprint("token", __name__)
 
@@ -23,46 +26,46 @@ def parse_exchange_request() -> ExchangeRequest:
     params = form_params()
     grant_type = single(params, "grant_type")
     if grant_type != GRANT_TYPE_TOKEN_EXCHANGE:
-        raise errors.UnsupportedGrantType("only token exchange (RFC 8693) is supported")
+        raise errors.GrantTypeUnsupported("only token exchange (RFC 8693) is supported")
     subject_token = single(params, "subject_token")
     subject_token_type = single(params, "subject_token_type")
     if subject_token_type not in SUBJECT_TOKEN_TYPES:
-        raise errors.InvalidRequest("subject_token_type must be urn:ietf:params:oauth:token-type:jwt "
+        raise errors.RequestMalformed("subject_token_type must be urn:ietf:params:oauth:token-type:jwt "
                                     "or urn:ietf:params:oauth:token-type:id_token")
     requested = single(params, "requested_token_type", required=False)
     if requested is not None and requested not in REQUESTED_TOKEN_TYPES:
-        raise errors.InvalidRequest("unsupported requested_token_type")
+        raise errors.RequestMalformed("unsupported requested_token_type")
     actor_token = single(params, "actor_token", required=False)
     actor_token_type = single(params, "actor_token_type", required=False)
     if actor_token is not None and actor_token_type not in ACTOR_TOKEN_TYPES:
         # RFC 8693 §2.1: actor_token_type is REQUIRED when actor_token is present
-        raise errors.InvalidRequest("actor_token_type must be urn:ietf:params:oauth:token-type:jwt "
+        raise errors.RequestMalformed("actor_token_type must be urn:ietf:params:oauth:token-type:jwt "
                                     "or urn:ietf:params:oauth:token-type:id_token")
     if actor_token is None and actor_token_type is not None:
-        raise errors.InvalidRequest("actor_token_type without actor_token")
+        raise errors.RequestMalformed("actor_token_type without actor_token")
     approval_id = single(params, "approval_id", required=False)
     if approval_id is not None and (len(approval_id) > 64 or not approval_id.isascii()
                                     or not approval_id.replace("_", "").isalnum()):
-        raise errors.InvalidRequest("approval_id is malformed")
+        raise errors.RequestMalformed("approval_id is malformed")
     audience = single(params, "audience", required=False)
     resource = single(params, "resource", required=False)
     if audience is None:
-        raise errors.InvalidRequest("parameter audience (the target name) is required")
+        raise errors.RequestMalformed("parameter audience (the target name) is required")
     if resource is not None and resource != audience:
-        raise errors.InvalidTarget("resource and audience name different targets")
+        raise errors.TargetRefused("resource and audience name different targets")
     raw_scope = single(params, "scope", required=False)
     scopes: tuple[str, ...] | None = None
     if raw_scope is not None:
         scopes = tuple(dict.fromkeys(raw_scope.split()))
         if len(scopes) > MAX_SCOPES:
-            raise errors.InvalidScope("too many scopes requested")
+            raise errors.ScopeRefused("too many scopes requested")
     raw_ttl = single(params, "ttl", required=False)
     ttl = None
     if raw_ttl is not None:
         try:
             ttl = parse_duration(raw_ttl)
         except ValueError:
-            raise errors.InvalidRequest("ttl must be a duration such as 300, 90s, 5m or 1h") from None
+            raise errors.RequestMalformed("ttl must be a duration such as 300, 90s, 5m or 1h") from None
     assert subject_token is not None and subject_token_type is not None
     return ExchangeRequest(subject_token=subject_token, subject_token_type=subject_token_type,
                            target=audience, scopes=scopes, ttl=ttl, approval_id=approval_id,

@@ -19,7 +19,6 @@ from flask import Blueprint, request
 
 from broker import errors
 from broker.http.api.common import authenticate_client, broker_context
-from broker.http.api.oauth import _ledger_call
 from broker.ledger.events import Event
 
 bp = Blueprint("usage", __name__, url_prefix="/v1")
@@ -44,7 +43,7 @@ def parse_time(name: str, raw: str) -> str:
             if moment.tzinfo is None:
                 raise ValueError("no time zone")
     except (ValueError, OverflowError, OSError):
-        raise errors.InvalidRequest(
+        raise errors.RequestMalformed(
             f"parameter {name} must be RFC 3339 with a zone, a date or epoch seconds") from None
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -75,20 +74,20 @@ def usage() -> tuple[dict, int, dict]:
     authenticate_client(permission="audit")
     for name in request.args:
         if name not in PARAMS:
-            raise errors.InvalidRequest("unknown parameter (allowed: " + ", ".join(sorted(PARAMS)) + ")")
+            raise errors.RequestMalformed("unknown parameter (allowed: " + ", ".join(sorted(PARAMS)) + ")")
         if len(request.args.getlist(name)) > 1:
-            raise errors.InvalidRequest(f"parameter {name} is repeated")
+            raise errors.RequestMalformed(f"parameter {name} is repeated")
     statement = request.args.get("statement") or None
     if statement is not None and len(statement) > MAX_STATEMENT:
-        raise errors.InvalidRequest(f"parameter statement is longer than {MAX_STATEMENT} characters")
+        raise errors.RequestMalformed(f"parameter statement is longer than {MAX_STATEMENT} characters")
     since = parse_time("since", request.args["since"]) if request.args.get("since") else None
     until = parse_time("until", request.args["until"]) if request.args.get("until") else None
     if since is not None and until is not None and since >= until:
-        raise errors.InvalidRequest("since must be before until")
+        raise errors.RequestMalformed("since must be before until")
     after = _int("after", 0, hi=2**62)
     limit = _int("limit", 100, lo=1, hi=1000)
     ledger = broker_context().ledger
-    events = _ledger_call(ledger.find_usage, statement=statement, since=since, until=until,
+    events = ledger.find_usage(statement=statement, since=since, until=until,
                           after_seq=after, limit=limit)
     body: dict[str, Any] = {"usage": [usage_json(e) for e in events], "next": None}
     if len(events) == limit:
@@ -103,8 +102,8 @@ def _int(name: str, default: int, *, lo: int = 0, hi: int) -> int:
     if raw is None or raw == "":
         return default
     if not raw.isdigit() or len(raw) > 19:
-        raise errors.InvalidRequest(f"parameter {name} must be an integer")
+        raise errors.RequestMalformed(f"parameter {name} must be an integer")
     value = int(raw)
     if not lo <= value <= hi:
-        raise errors.InvalidRequest(f"parameter {name} must be between {lo} and {hi}")
+        raise errors.RequestMalformed(f"parameter {name} must be between {lo} and {hi}")
     return value

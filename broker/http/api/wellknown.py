@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint
 
 from broker.http.api.common import broker_context
-from broker.exchange.pipeline import GRANT_TYPE_TOKEN_EXCHANGE
+from broker.exchange.request import GRANT_TYPE_TOKEN_EXCHANGE
 from broker.ledger import LedgerUnavailable
 from broker.keys.file import ALGORITHM
 

@@ -14,6 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, redirect, render_template, request, url_for
 
 from broker import errors
+from broker.http.errors import headers_of, status_of
 from broker.http.api.common import authenticate_client, broker_context
 from broker.audit import views
 from broker.audit.params import check_text, decode_cursor, encode_cursor, parse_instant
@@ -51,8 +52,7 @@ def _headers(response: Response) -> Response:
 
 @bp.errorhandler(errors.BrokerError)
 def _error(error: errors.BrokerError) -> tuple[str, int, dict[str, str]]:
-    status = error.status_code or 400
-    headers = dict(getattr(error, "extra_headers", None) or [])
+    status, headers = status_of(error), headers_of(error)
     body = render_template("audit/error.html", http_status=status, error=error.error,
                            description=error.description or "")
     return body, status, headers
@@ -61,12 +61,10 @@ def _error(error: errors.BrokerError) -> tuple[str, int, dict[str, str]]:
 def _ledger(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
-    except LedgerUnavailable as exc:
-        raise errors.TemporarilyUnavailable("the ledger is unavailable") from exc
     except views.NotFound as exc:
         raise errors.NotFound(str(exc)) from None
     except ValueError as exc:
-        raise errors.InvalidRequest(str(exc)) from None
+        raise errors.RequestMalformed(str(exc)) from None
 
 
 def _page(template: str, **context: Any) -> str:
@@ -95,11 +93,11 @@ def search() -> Any:
     q = _arg("q")
     kind = _arg("kind") or "auto"
     if kind not in ("auto", "credential", "run", "principal", "statement"):
-        raise errors.InvalidRequest("unknown search kind")
+        raise errors.RequestMalformed("unknown search kind")
     if q is None:
         return redirect(url_for("web.index"))
     if len(q) > 1000:
-        raise errors.InvalidRequest("search text too long")
+        raise errors.RequestMalformed("search text too long")
     ledger = broker_context().ledger
     if kind in ("auto", "credential") and is_credential_id(q.lower()):
         if _ledger(ledger.get_credential, q.lower()) is not None:
@@ -120,7 +118,7 @@ def search() -> Any:
 @bp.get("/credentials/<credential_id>")
 def credential(credential_id: str) -> str:
     if not is_credential_id(credential_id):
-        raise errors.InvalidRequest("malformed credential id")
+        raise errors.RequestMalformed("malformed credential id")
     ledger = broker_context().ledger
     view = _ledger(views.lineage_view, ledger, credential_id, usage_limit=20)
     timeline = _ledger(ledger.events_for_credential, credential_id, limit=200)
@@ -143,7 +141,7 @@ def principal(principal: str) -> str:
     until = _ledger(parse_instant, _arg("until"), relative=True) if _arg("until") else utc_timestamp()
     since = _ledger(parse_instant, _arg("since") or "7d", relative=True)
     if since >= until:
-        raise errors.InvalidRequest("since must be before until")
+        raise errors.RequestMalformed("since must be before until")
     view = _ledger(views.principal_view, broker_context().ledger, principal, since=since,
                    until=until, limit=200)
     return _page("audit/principal.html", view=view, since_arg=_arg("since") or "7d",
@@ -154,9 +152,9 @@ def principal(principal: str) -> str:
 def events() -> str:
     raw = {name: _arg(name) for name in ("type", "principal", "credential_id", "since", "until")}
     if raw["type"] is not None and raw["type"] not in EVENT_TYPES:
-        raise errors.InvalidRequest("unknown event type")
+        raise errors.RequestMalformed("unknown event type")
     if raw["credential_id"] is not None and not is_credential_id(raw["credential_id"]):
-        raise errors.InvalidRequest("malformed credential id")
+        raise errors.RequestMalformed("malformed credential id")
     # The form accepts "24h"-style times; the cursor binds to what was typed.
     filters = dict(raw)
     for name in ("since", "until"):

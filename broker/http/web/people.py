@@ -28,6 +28,7 @@ from flask import Blueprint, Flask, Response, current_app, redirect, render_temp
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from broker import errors
+from broker.http.errors import status_of
 from broker.people import approvals
 from broker.people import delegations as delegation
 from broker.http.api.common import broker_context
@@ -140,7 +141,7 @@ def _headers(response: Response) -> Response:
 
 @bp.errorhandler(errors.BrokerError)
 def _error(error: errors.BrokerError) -> tuple[str, int, dict[str, str]]:
-    status = error.status_code or 400
+    status = status_of(error)
     body = render_template("people/error.html", http_status=status, error=error.error,
                            description=error.description or "", person=current_person())
     return body, status, {}
@@ -168,7 +169,7 @@ def _check_csrf() -> None:
     expected = session.get(_CSRF)
     presented = request.form.get("csrf_token", "")
     if not isinstance(expected, str) or not hmac.compare_digest(presented.encode(), expected.encode()):
-        raise errors.AccessDenied("the form expired or did not come from this site; reload the page",
+        raise errors.PermissionDenied("the form expired or did not come from this site; reload the page",
                                   detail="csrf token mismatch")
 
 
@@ -217,7 +218,7 @@ def login() -> WerkzeugResponse:
         return client.authorize_redirect(redirect_uri)
     except Exception as exc:  # noqa: BLE001 - the IdP's discovery document is unreachable
         log.warning("sign-in could not start: %s", type(exc).__name__)
-        raise errors.TemporarilyUnavailable("the sign-in provider is unavailable") from None
+        raise errors.BackendUnavailable("the sign-in provider is unavailable") from None
 
 
 @bp.get("/login/callback")
@@ -228,17 +229,17 @@ def login_callback() -> WerkzeugResponse:
         token = client.authorize_access_token()
     except Exception as exc:  # noqa: BLE001 - Authlib: state/nonce/ID-token/endpoint failures
         log.info("sign-in failed: %s", type(exc).__name__)
-        raise errors.AccessDenied("sign-in failed; try again", detail=f"sign-in failed: "
+        raise errors.PermissionDenied("sign-in failed; try again", detail=f"sign-in failed: "
                                                                       f"{type(exc).__name__}") from None
     id_token = token.get("id_token") if isinstance(token, dict) else None
     if not id_token or not token.get("userinfo"):
-        raise errors.AccessDenied("sign-in failed: the provider sent no ID token")
+        raise errors.PermissionDenied("sign-in failed: the provider sent no ID token")
     try:
         person, _ = verify_id_token(id_token, idp=idp, jwks=broker_context().jwks,
                                     audience=idp.client_id)
     except HumanTokenRefused as exc:
         log.info("sign-in refused: %s", exc.detail)
-        raise errors.AccessDenied("sign-in failed: the ID token is not acceptable") from None
+        raise errors.PermissionDenied("sign-in failed: the ID token is not acceptable") from None
     next_path = _local_path(session.get("login_next"))
     session.clear()                     # a new session for the signed-in person (no fixation)
     session["person"] = person.record()
@@ -265,7 +266,7 @@ def approval_list() -> Any:
     ctx = broker_context()
     now = time.time()
     rules = {p.name: p.approval for p in ctx.policy_set.policies if p.approval is not None}
-    records = _ledger(ctx.people.list_approvals, status="pending", now=int(now),
+    records = ctx.people.list_approvals(status="pending", now=int(now),
                       pickup_window=approvals.PICKUP_WINDOW, limit=200)
     mine = [approvals.approval_json(ctx, r, now=now, person=person) for r in records
             if rules.get(r.policy_name) is not None and may_approve(rules[r.policy_name], person)]  # type: ignore[arg-type]
@@ -278,7 +279,7 @@ def approval_page(approval_id: str) -> Any:
     if not isinstance(person, Person):
         return person
     ctx = broker_context()
-    record = _ledger(ctx.people.get_approval, approval_id) if approvals.is_approval_id(approval_id) else None
+    record = ctx.people.get_approval(approval_id) if approvals.is_approval_id(approval_id) else None
     if record is None:
         raise errors.NotFound("no such approval request")
     return _page("people/approval.html", a=approvals.approval_json(ctx, record, person=person),
@@ -309,7 +310,7 @@ def approval_deny(approval_id: str) -> Any:
 
 def _delegations_page(person: Person, **context: Any) -> str:
     ctx = broker_context()
-    records = _ledger(ctx.people.list_delegations, granted_by=person.email, limit=200)
+    records = ctx.people.list_delegations(granted_by=person.email, limit=200)
     idp = ctx.policy_set.human_idp
     targets = sorted({t for p in ctx.policy_set.policies if idp is not None and p.issuer == idp.name
                       for t in p.targets})
@@ -335,7 +336,7 @@ def delegation_create() -> Any:
     try:
         ttl = parse_duration(form.get("ttl", ""))
     except ValueError:
-        raise errors.InvalidRequest("the lifetime must be a duration such as 30m, 2h or 1d") from None
+        raise errors.RequestMalformed("the lifetime must be a duration such as 30m, 2h or 1d") from None
     record, token = delegation.grant_delegation(
         broker_context(), person, agent=form.get("agent", ""), targets=form.getlist("target"),
         scopes=form.get("scope", "").split(), ttl=ttl, via="web")
@@ -349,17 +350,12 @@ def delegation_revoke(delegation_id: str) -> Any:
         return person
     _check_csrf()
     ctx = broker_context()
-    record = _ledger(ctx.people.get_delegation, delegation_id) if delegation.is_delegation_id(delegation_id) else None
+    record = ctx.people.get_delegation(delegation_id) if delegation.is_delegation_id(delegation_id) else None
     if record is None:
         raise errors.NotFound("no such delegation")
     if record.granted_by != person.email:
-        raise errors.AccessDenied("only the person who granted a delegation may revoke it")
+        raise errors.PermissionDenied("only the person who granted a delegation may revoke it")
     delegation.revoke_delegation(ctx, record, by={"person": person.email})
     return redirect("/delegations/", code=303)
 
 
-def _ledger(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except LedgerUnavailable as exc:
-        raise errors.TemporarilyUnavailable("the ledger is unavailable") from exc

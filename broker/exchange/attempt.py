@@ -1,0 +1,81 @@
+"""The one ledger event of one exchange attempt, filled in as the attempt goes.
+
+Every attempt that reaches subject verification leaves exactly one event. Either a step
+records the attempt's own event and says so (:meth:`Attempt.recorded_as` — a ``mint``, or an
+``approval_requested``), or the attempt ends in a refusal and :class:`Attempt`, used as a
+context manager, records one ``deny`` on the way out with everything learnt so far. No flag
+travels on the exception: what has been recorded is the attempt's state, not the error's.
+
+An exception that is not a :class:`~broker.errors.BrokerError` is a bug: it is logged with its
+traceback, recorded as a ``deny`` with a generic reason and answered as ``server_error``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from broker import errors
+from broker.ledger.events import Event, EventDraft
+
+if TYPE_CHECKING:
+    from broker.ledger import Ledger
+
+log = logging.getLogger("broker.exchange")
+
+
+@dataclass
+class Attempt:
+    """The ``deny`` event under construction (used only if no step records the attempt)."""
+    ledger: Ledger
+    token_sha256: str
+    target: str
+    requested_scope: str | None
+    principal: str | None = None
+    run: dict[str, Any] | None = None
+    authorizer: dict[str, Any] | None = None
+    parent_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    event: Event | None = None          # set once the attempt's one event is in the ledger
+
+    def recorded_as(self, event: Event) -> None:
+        """The attempt's one event was written by a step (a mint, an approval request)."""
+        self.event = event
+
+    def deny_draft(self, refusal: errors.BrokerError) -> EventDraft:
+        details = {**self.details, "error": refusal.error, "reason": refusal.detail,
+                   "attestation_sha256": self.token_sha256, "requested_target": self.target}
+        if refusal.reason is not None:
+            details["reason_code"] = refusal.reason
+        if self.requested_scope is not None:
+            details["requested_scope"] = self.requested_scope
+        return EventDraft(type="deny", principal=self.principal, run=self.run,
+                          authorizer=self.authorizer, target=self.target,
+                          parent_id=self.parent_id, details=details)
+
+    # -- the context manager: one deny for a refused attempt not yet recorded ----------------
+    def __enter__(self) -> Attempt:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc is None or not isinstance(exc, Exception):
+            return
+        if isinstance(exc, errors.BrokerError):
+            if self.event is None:
+                self._record_deny(exc)
+            return
+        log.exception("exchange failed unexpectedly", exc_info=(type(exc), exc, tb))
+        refusal = errors.InternalError("internal error", detail=f"internal error: {type(exc).__name__}")
+        if self.event is None:
+            self._record_deny(refusal)
+        raise refusal from exc
+
+    def _record_deny(self, refusal: errors.BrokerError) -> None:
+        log.info("deny target=%s principal=%s error=%s detail=%s", self.target, self.principal,
+                 refusal.error, refusal.detail)
+        try:
+            self.event = self.ledger.append(self.deny_draft(refusal))
+        except errors.LedgerUnavailable:
+            log.error("ledger unavailable: a deny could not be recorded (target=%s)", self.target)

@@ -1,0 +1,99 @@
+"""Step 3: mint the credential the grant allows — the target kind's resource, then the broker's
+JWT, then the ``mint`` event — and nothing without its record."""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from broker import errors
+from broker.common.canonical import sha256_hex
+from broker.common.ids import new_credential_id
+from broker.exchange.attempt import Attempt
+from broker.exchange.grant import Grant
+from broker.exchange.request import ExchangeResult
+from broker.ledger.events import CredentialRecord, EventDraft
+from broker.targets import IssuedCredential, IssueRequest
+
+if TYPE_CHECKING:
+    from broker.app import BrokerContext
+
+log = logging.getLogger("broker.exchange")
+
+
+def mint(ctx: BrokerContext, grant: Grant, attempt: Attempt, *, now: float) -> ExchangeResult:
+    """Issue at the target kind, sign the broker JWT, record the ``mint`` (the attempt's one
+    event) — in that order, undoing the kind's resource if the record cannot be made."""
+    target = grant.target
+    issued_at = int(now)
+    expires_at = issued_at + grant.ttl
+    credential_id = new_credential_id(now=now)
+    scope = " ".join(grant.scopes)
+    kind = ctx.issuers.get(target.type)
+    if kind is None:
+        raise errors.BackendMisconfigured("target is not usable",
+                                          detail=f"no issuer for target type {target.type!r}")
+    issue_request = IssueRequest(credential_id=credential_id, target=target,
+                                 principal=grant.principal, run=grant.run,
+                                 authorizer=grant.authorizer, scopes=grant.scopes,
+                                 issued_at=issued_at, expires_at=expires_at,
+                                 parent_id=grant.parent_id)
+    issued: IssuedCredential = kind.issue(issue_request)
+    try:
+        claims: dict[str, Any] = {
+            "iss": ctx.issuer,
+            "sub": grant.principal,
+            "aud": target.audience,
+            "iat": issued_at,
+            "nbf": issued_at,
+            "exp": expires_at,
+            "jti": credential_id,
+            "scope": scope,
+            "target": target.name,
+            "run": grant.run,
+            "authz": grant.authorizer,
+            "attestation": grant.attestation,
+        }
+        if grant.parent_id is not None:
+            claims["parent_id"] = grant.parent_id
+        if grant.act is not None:
+            claims["act"] = grant.act
+        access_token = ctx.signer.sign(claims)   # SigningUnavailable when the custodian fails
+        record = CredentialRecord(
+            credential_id=credential_id, principal=grant.principal, run=grant.run,
+            authorizer=grant.authorizer, target=target.name, target_type=target.type, scope=scope,
+            issued_at=issued_at, expires_at=expires_at, issuer=grant.issuer_name,
+            parent_id=grant.parent_id, details=dict(issued.details))
+        event = EventDraft(
+            type="mint", credential_id=credential_id, parent_id=grant.parent_id,
+            principal=grant.principal, run=grant.run, authorizer=grant.authorizer,
+            target=target.name,
+            details={"issuer": grant.issuer_name, "iss": grant.attestation.get("iss"),
+                     "attestation_sha256": grant.attestation.get("sha256"), "scope": scope,
+                     "issued_at": issued_at, "expires_at": expires_at, "ttl": grant.ttl,
+                     "target_type": target.type, "policy": grant.policy_name,
+                     "token_sha256": sha256_hex(access_token), **grant.details, **issued.details})
+        guard = grant.guard_for(credential_id) if grant.guard_for is not None else None
+        extra = tuple(grant.extra_for(credential_id)) if grant.extra_for is not None else ()
+        recorded = ctx.ledger.record_mint(event, record, guard=guard, extra=extra)
+        if recorded is None:
+            raise errors.GrantRefused(grant.guard_refusal,
+                                      detail=f"mint guard failed: {grant.guard_refusal}")
+        attempt.recorded_as(recorded)
+    except BaseException as exc:
+        if issued.undo is not None:
+            try:
+                issued.undo()
+            except Exception:  # noqa: BLE001 - the original failure is what matters
+                log.exception("could not undo a credential whose mint was not recorded "
+                              "(credential_id=%s)", credential_id)
+        if isinstance(exc, errors.LedgerUnavailable):
+            raise errors.LedgerUnavailable(
+                "ledger unavailable while recording mint",
+                description="the ledger is unavailable; nothing was issued") from exc
+        raise
+    log.info("mint credential_id=%s principal=%s target=%s policy=%s ttl=%s parent_id=%s",
+             credential_id, grant.principal, target.name, grant.policy_name, grant.ttl,
+             grant.parent_id)
+    return ExchangeResult(access_token=access_token, credential_id=credential_id,
+                          expires_in=expires_at - issued_at, expires_at=expires_at, scope=scope,
+                          credential=issued.secret, parent_id=grant.parent_id)
