@@ -90,9 +90,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app = Flask(__name__)
     app.config.from_mapping(cfg.DEFAULTS)
-    app.config.from_prefixed_env("BROKER")
+    environment, unknown = cfg.from_environ()      # typed by broker.config.SETTINGS, nothing else
+    app.config.update(environment)
     if test_config:
         app.config.update(test_config)
+    cfg.report_unknown(unknown)
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_CONTENT_LENGTH"])
     app.json.sort_keys = False  # type: ignore[attr-defined]
     logging.getLogger("broker").setLevel(str(app.config.get("LOG_LEVEL", "INFO")).upper())

@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 import secrets
 
+# The dev-only issuers refuse to run without this explicit switch (never implied by pytest).
+os.environ["BROKER_INSECURE_DEV_ISSUER"] = "1"
+
 import pytest
 
 PG_ADMIN_DSN = os.environ.get("BROKER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")

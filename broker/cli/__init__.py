@@ -1,13 +1,39 @@
 """The ``broker`` command. Each command group lives in its own module and is registered here."""
 from __future__ import annotations
 
+import logging
+import os
+
 import click
 
 from broker.cli import approvals, audit, devtools, exchange, ingest, keys, ledger, policy, reap, serve
 import broker.targets  # noqa: F401,E402 - registers every target type (postgres…) before policies load
 
 
-@click.group()
+class _BrokerGroup(click.Group):
+    """Misconfiguration (a bad ``BROKER_*`` value, an unknown signer, a Transit signer without
+    Vault settings, a missing optional extra) is one line on stderr and exit status 2, never a
+    traceback; ``BROKER_LOG_LEVEL=DEBUG`` shows the traceback too."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (ValueError, ImportError, RuntimeError) as exc:
+            if os.environ.get("BROKER_LOG_LEVEL", "").upper() == "DEBUG":
+                logging.getLogger("broker.cli").exception("configuration error")
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            if isinstance(exc, ImportError) and exc.name:
+                message = (f"the Python package {exc.name!r} is not installed; install the extra "
+                           f"that needs it, e.g. pip install 'nhi-broker[{_EXTRAS.get(exc.name, 'postgres,redis,vault')}]'")
+            click.echo(f"broker: {message}", err=True)
+            ctx.exit(2)
+
+
+#: optional dependency -> the extra that installs it
+_EXTRAS = {"psycopg": "postgres", "psycopg_pool": "postgres", "redis": "redis", "hvac": "vault"}
+
+
+@click.group(cls=_BrokerGroup)
 @click.version_option(package_name="nhi-broker", prog_name="broker")
 def main() -> None:
     """nhi-broker: attested token exchange for non-human identities."""

@@ -12,5 +12,10 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def env_config() -> dict[str, Any]:
-    """Defaults overlaid with the BROKER_* environment, as the server sees them."""
-    return {**cfg.DEFAULTS, **cfg.env_config()}
+    """Defaults overlaid with the BROKER_* environment, as the server sees them (typed; a bad
+    value is a one-line :class:`~broker.config.ConfigError`); unknown names are reported."""
+    values, unknown = cfg.from_environ()
+    for variable in unknown:
+        err_console.print(f"warning: unknown setting {variable} ignored", markup=False,
+                          highlight=False)
+    return {**cfg.DEFAULTS, **values}

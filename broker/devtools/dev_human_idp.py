@@ -19,8 +19,7 @@ and JWKS over HTTP on 127.0.0.1, and runs a real authorization-code flow:
 ones (``ttl`` ≤ 0) and forged ones (``forge=True``: signed with a key the JWKS does not hold,
 under the real ``kid``).
 
-It is never a trust anchor: it refuses to start unless ``BROKER_INSECURE_DEV_ISSUER=1`` is set
-or it runs under pytest, listens on loopback only, and keeps its keys in memory.
+It is never a trust anchor: it refuses to start unless ``BROKER_INSECURE_DEV_ISSUER=1`` is set, listens on loopback only, and keeps its keys in memory.
 """
 from __future__ import annotations
 
@@ -83,8 +82,8 @@ class DevHumanIdP:
     def __init__(self, *, port: int = 0, users: tuple[DevUser, ...] = DEFAULT_USERS) -> None:
         if not _dev_issuer_allowed():
             raise RuntimeError(
-                "DevHumanIdP is an insecure, dev-only OIDC provider: it runs only under pytest or "
-                f"when {ENV_FLAG}=1 is set (the demo sets it). Never use it in production.")
+                "DevHumanIdP is an insecure, dev-only OIDC provider: it runs only when "
+                f"{ENV_FLAG}=1 is set (the demo and the tests set it). Never use it in production.")
         self._port = port
         self._lock = threading.Lock()
         self.key = DevKey.generate("RS256")

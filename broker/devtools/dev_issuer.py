@@ -8,7 +8,7 @@ with the public key, foreign keys, forged headers). It exists so the broker's ve
 exercised end to end with no patched verifier and no network access.
 
 It is never a trust anchor. It refuses to start unless ``BROKER_INSECURE_DEV_ISSUER=1`` is set
-or it runs under pytest, listens on loopback only, and its keys live only in memory.
+listens on loopback only, and its keys live only in memory.
 
 Run it for the demo::
 
@@ -43,11 +43,9 @@ _HMAC_HASHES = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashl
 
 
 def _dev_issuer_allowed() -> bool:
-    return (
-        os.environ.get(ENV_FLAG) == "1"
-        or "PYTEST_CURRENT_TEST" in os.environ
-        or "pytest" in sys.modules
-    )
+    """Only an explicit ``BROKER_INSECURE_DEV_ISSUER=1`` (the demo and the test suite set it);
+    being imported by pytest or running under it is not permission."""
+    return os.environ.get(ENV_FLAG) == "1"
 
 
 def _b64url(data: bytes) -> str:
@@ -115,7 +113,7 @@ class DevIssuer:
                  request_token: str | None = None) -> None:
         if not _dev_issuer_allowed():
             raise RuntimeError(
-                "DevIssuer is an insecure, dev-only OIDC issuer: it runs only under pytest or "
+                "DevIssuer is an insecure, dev-only OIDC issuer: it runs only "
                 f"when {ENV_FLAG}=1 is set (the demo sets it). Never use it in production."
             )
         self._port = port

@@ -79,3 +79,9 @@ class Attempt:
             self.event = self.ledger.append(self.deny_draft(refusal))
         except errors.LedgerUnavailable:
             log.error("ledger unavailable: a deny could not be recorded (target=%s)", self.target)
+        # What a CI user can act on: the stable reason code and the event to quote to an
+        # operator (both non-secret), beside the short description.
+        if refusal.reason is not None:
+            refusal.extra.setdefault("reason", refusal.reason)
+        if self.event is not None:
+            refusal.extra.setdefault("event_id", self.event.seq)

@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = [
-    "AttestationUnavailable", "Broker", "BrokerError", "BrokerUnreachable", "Credential",
+    "AttestationProvider", "AttestationUnavailable", "Broker", "BrokerError", "BrokerUnreachable", "Credential",
     "DetectedAttestation", "CREDENTIAL_ID_HEADER", "detect_attestation",
 ]
 
@@ -104,9 +104,26 @@ class BrokerError(Exception):
         self.body: dict[str, Any] = dict(body or {})
         super().__init__(str(self))
 
+    @property
+    def reason(self) -> str | None:
+        """The broker's stable, non-secret reason code (``replayed``, ``no_matching_policy``…)."""
+        value = self.body.get("reason")
+        return value if isinstance(value, str) else None
+
+    @property
+    def event_id(self) -> int | None:
+        """The ledger event that recorded this refusal: quote it to the broker's operator."""
+        value = self.body.get("event_id")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
     def __str__(self) -> str:
         text = self.error if not self.description else f"{self.error}: {self.description}"
-        return text if self.status is None else f"{text} (HTTP {self.status})"
+        facts = [f"HTTP {self.status}"] if self.status is not None else []
+        if self.reason:
+            facts.append(f"reason {self.reason}")
+        if self.event_id is not None:
+            facts.append(f"ledger event {self.event_id}")
+        return f"{text} ({'; '.join(facts)})" if facts else text
 
 
 class BrokerUnreachable(BrokerError):
@@ -245,6 +262,24 @@ def _github_id_token(request_url: str, request_token: str, audience: str | None,
     return body["value"]
 
 
+class AttestationProvider:
+    """A callable that detects a fresh attestation for ``audience`` on every call. With no
+    audience, :class:`Broker` binds it to its own (:meth:`for_audience`)."""
+
+    def __init__(self, audience: str | None, options: Mapping[str, Any]) -> None:
+        self.audience = audience
+        self._options = dict(options)
+
+    def for_audience(self, audience: str) -> AttestationProvider:
+        return AttestationProvider(audience, self._options)
+
+    def __call__(self) -> str:
+        return detect_attestation(self.audience, **self._options).token
+
+    def __repr__(self) -> str:
+        return f"AttestationProvider(audience={self.audience!r})"
+
+
 # ---------------------------------------------------------------------------- credentials
 
 @dataclass(frozen=True)
@@ -289,7 +324,7 @@ class Broker:
     """
 
     def __init__(self, url: str | None = None, *, subject_token: SubjectToken | None = None,
-                 timeout: float = 10.0, approval_timeout: float = 600.0,
+                 audience: str | None = None, timeout: float = 10.0, approval_timeout: float = 600.0,
                  ssl_context: ssl.SSLContext | None = None,
                  on_approval_pending: Callable[[dict[str, Any]], None] | None = None) -> None:
         url = url or os.environ.get("BROKER_URL")
@@ -299,6 +334,10 @@ class Broker:
         if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.password:
             raise ValueError("the broker URL must be http(s)://host[:port][/path] without credentials")
         self.url = url.rstrip("/")
+        #: the audience attestations are requested for (GitHub Actions): the broker's own
+        self.audience = audience or os.environ.get("BROKER_AUDIENCE") or self.url
+        if isinstance(subject_token, AttestationProvider) and subject_token.audience is None:
+            subject_token = subject_token.for_audience(self.audience)
         self.subject_token = subject_token
         self.timeout = float(timeout)
         self.approval_timeout = float(approval_timeout)
@@ -310,21 +349,24 @@ class Broker:
 
     # -- attestation -----------------------------------------------------------------------
     @staticmethod
-    def detect_attestation(audience: str | None = None, **options: Any) -> str:
-        """This workload's attestation (see :func:`detect_attestation` for the order)."""
-        return detect_attestation(audience, **options).token
+    def detect_attestation(audience: str | None = None, **options: Any) -> AttestationProvider:
+        """This workload's attestation, detected when the broker needs it (see
+        :func:`detect_attestation` for the order). Without ``audience`` the :class:`Broker` it
+        is given to asks for its own (``$BROKER_AUDIENCE``, else the broker's URL), so
+        ``Broker(url, subject_token=Broker.detect_attestation())`` requests a GitHub ID token
+        the broker accepts. It is a callable: every exchange (a renewal, an approval poll) gets
+        a fresh attestation."""
+        return AttestationProvider(audience, options)
 
     @staticmethod
-    def attestation_provider(audience: str | None = None, **options: Any) -> Callable[[], str]:
+    def attestation_provider(audience: str | None = None, **options: Any) -> AttestationProvider:
         """A callable that detects a fresh attestation on every call (for ``auto_renew``)."""
-        def provide() -> str:
-            return detect_attestation(audience, **options).token
-        return provide
+        return AttestationProvider(audience, options)
 
     def _attestation(self) -> str:
         source = self.subject_token
         if source is None:
-            return self.detect_attestation()
+            return AttestationProvider(self.audience, {})()
         token = source() if callable(source) else source
         if not isinstance(token, str) or not token:
             raise AttestationUnavailable("the subject_token provider returned no token")

@@ -63,7 +63,7 @@ def _refusal(response, status, error):
     assert response.status_code == status, response.get_data(as_text=True)
     body = response.get_json()
     assert body["error"] == error
-    assert set(body) <= {"error", "error_description"}
+    assert set(body) <= {"error", "error_description", "reason", "event_id"}  # docs: README refusals
     text = response.get_data(as_text=True)
     assert "Traceback" not in text and "File \"" not in text
     return body

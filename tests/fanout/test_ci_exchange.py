@@ -145,7 +145,7 @@ def test_gitlab_ci_and_kubernetes_attestations(http_broker, tmp_path):
 
 @pytest.mark.parametrize("case, args, env, code, line", [
     ("refused scope", ["--target", "deploy-api", "--scope", "admin"], "github", 1,
-     "::error title=broker exchange::invalid_scope: requested scope is not allowed (HTTP 400)"),
+     "::error title=broker exchange::invalid_scope: requested scope is not allowed (HTTP 400; reason scope_not_allowed; ledger event "),
     ("unknown target", ["--target", "nope"], "github", 1, "invalid_target: unknown target"),
     ("no broker url", ["--target", "deploy-api"], "bare", 2,
      "broker exchange: error: no broker URL: pass --broker or set BROKER_URL"),
@@ -175,7 +175,7 @@ def test_failures_are_one_readable_line_and_a_non_zero_exit(http_broker, tmp_pat
 
 def test_the_composite_actions_script_runs_the_command(http_broker, tmp_path):
     """action.yml's exchange step, run by bash as the runner would (the install step is
-    replaced by a wrapper around this checkout's `broker`)."""
+    replaced by a wrapper around this checkout's Python)."""
     import yaml
 
     action = yaml.safe_load((REPO / "action.yml").read_text())
@@ -184,9 +184,9 @@ def test_the_composite_actions_script_runs_the_command(http_broker, tmp_path):
     step = next(s for s in action["runs"]["steps"] if s.get("id") == "exchange")
     assert "${{" not in step["run"]                       # inputs only through the environment
     runner_temp = tmp_path / "runner"
-    wrapper = runner_temp / "nhi-broker" / "bin" / "broker"
+    wrapper = runner_temp / "nhi-broker" / "bin" / "python"     # the action's client-only venv
     wrapper.parent.mkdir(parents=True)
-    wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m broker.cli \"$@\"\n")
+    wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
     wrapper.chmod(0o755)
     env = github_env(http_broker, tmp_path, RUNNER_TEMP=str(runner_temp), NHB_TARGET="reports-api",
                      NHB_SCOPE="reports:read", NHB_TTL="5m")

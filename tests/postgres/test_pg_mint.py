@@ -93,7 +93,10 @@ def test_a_grant_role_that_does_not_exist_leaves_no_role_and_records_a_deny(clie
     before = _minted_roles(target_db.admin_dsn)
     response = _mint(client, dev_issuer, audience="broken-db", scope=None)
     assert response.status_code == 400
-    assert response.get_json() == {"error": "invalid_target", "error_description": "target is not usable"}
+    body = response.get_json()
+    assert {k: body[k] for k in ("error", "error_description")} == \
+        {"error": "invalid_target", "error_description": "target is not usable"}
+    assert body["reason"] == "target_misconfigured" and isinstance(body["event_id"], int)
     assert _minted_roles(target_db.admin_dsn) == before
     deny = [e for e in ledger.iter_events() if e.type == "deny"][-1]
     assert deny.details["error"] == "invalid_target"

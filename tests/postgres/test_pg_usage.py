@@ -172,4 +172,4 @@ def test_usage_refusals(client, query, status, error):
     response = client.get(f"/v1/usage{query}", headers=headers)
     assert response.status_code == status
     assert response.get_json()["error"] == error
-    assert set(response.get_json()) <= {"error", "error_description"}
+    assert set(response.get_json()) <= {"error", "error_description", "reason", "event_id"}  # docs: README refusals

@@ -31,7 +31,7 @@ match: {repository: acme/payments}
 def assert_clean_refusal(response, status: int, error: str) -> dict:
     assert response.status_code == status
     body = response.get_json()
-    assert set(body) <= {"error", "error_description"}
+    assert set(body) <= {"error", "error_description", "reason", "event_id"}  # docs: README refusals
     assert body["error"] == error
     assert "Traceback" not in response.get_data(as_text=True)
     return body

@@ -27,7 +27,9 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, redirect, render_template, request, session
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from broker import config as cfg
 from broker import errors
+from broker.config import ConfigError
 from broker.http.errors import status_of
 from broker.people import approvals
 from broker.people import delegations as delegation
@@ -52,8 +54,13 @@ def session_secret(config: Any, state_dir: str) -> bytes:
     """``BROKER_SECRET_KEY``, else a random key created once in the state directory (shared by
     every worker on the host; the first writer wins)."""
     configured = config.get("SECRET_KEY")
-    if configured:
-        return configured.encode("utf-8") if isinstance(configured, str) else bytes(configured)
+    if configured is not None:
+        # Always text (broker.config types it); a key too short to resist guessing is refused
+        # rather than padded or reinterpreted (an int once became that many zero bytes).
+        if not isinstance(configured, str) or len(configured) < cfg.MIN_SECRET_LENGTH:
+            raise ConfigError(f"BROKER_SECRET_KEY must be text of at least "
+                              f"{cfg.MIN_SECRET_LENGTH} characters")
+        return configured.encode("utf-8")
     path = os.path.join(state_dir, "session.key")
     try:
         with open(path, "rb") as fh:
