@@ -16,6 +16,7 @@ import time
 from typing import Any, Iterable
 from urllib.parse import urlencode
 
+from broker.audit.acting import ActingAgents
 from broker.audit.params import encode_cursor
 from broker.lifecycle import liveness
 from broker.ledger import CredentialRecord, Event, Ledger, utc_timestamp
@@ -128,8 +129,12 @@ def lineage_view(ledger: Ledger, credential_id: str, *, max_depth: int = 16, lim
     if result is None:
         raise NotFound("no such credential")
 
+    agents = ActingAgents(ledger)
+
     def node(record: CredentialRecord) -> dict[str, Any]:
-        return node_json(record, usage=result.usage, lifecycle=result.lifecycle, now=now)
+        body = node_json(record, usage=result.usage, lifecycle=result.lifecycle, now=now)
+        body["act"] = agents.of_record(record)     # the agent acting for the person, if any
+        return body
 
     chain = [result.credential, *result.ancestors]
     return {

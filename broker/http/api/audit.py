@@ -5,11 +5,15 @@ from flask import Blueprint, request
 
 from broker import errors
 from broker.http.api.common import authenticate_client, broker_context
+from broker.audit.acting import ActingAgents
 from broker.http.api.usage import usage_json
 from broker.common.ids import is_credential_id
 from broker.ledger.events import utc_timestamp
 
 bp = Blueprint("audit", __name__, url_prefix="/v1")
+
+NO_STORE = {"Cache-Control": "no-store"}
+CREDENTIAL_PARAMS = frozenset({"after", "limit", "usage_after", "usage_limit"})
 
 
 def _int_arg(name: str, default: int, *, lo: int, hi: int) -> int:
@@ -26,8 +30,14 @@ def _int_arg(name: str, default: int, *, lo: int, hi: int) -> int:
 
 
 @bp.get("/credentials/<credential_id>")
-def credential(credential_id: str) -> dict:
+def credential(credential_id: str) -> tuple[dict, int, dict]:
     authenticate_client(permission="audit")
+    for name in request.args:
+        if name not in CREDENTIAL_PARAMS:
+            raise errors.RequestMalformed(
+                "unknown parameter (allowed: " + ", ".join(sorted(CREDENTIAL_PARAMS)) + ")")
+        if len(request.args.getlist(name)) > 1:
+            raise errors.RequestMalformed(f"parameter {name} is repeated")
     if not is_credential_id(credential_id):
         raise errors.RequestMalformed("malformed credential id")
     ctx = broker_context()
@@ -58,14 +68,16 @@ def credential(credential_id: str) -> dict:
         "revoked_at": utc_timestamp(record.revoked_at) if record.revoked_at is not None else None,
         "ended_at": utc_timestamp(record.ended_at) if record.ended_at is not None else None,
         "parent_id": record.parent_id,
+        "act": ActingAgents(ctx.ledger).of_record(record),
         "events": [{"seq": e.seq, "type": e.type, "ts": e.ts, "details": e.details, "hash": e.hash}
                    for e in events],
     }
     if len(events) == limit:
         body["next"] = f"/v1/credentials/{credential_id}?after={events[-1].seq}&limit={limit}"
-    body["usage"] = [usage_json(e) for e in usage]
+    agents = ActingAgents(ctx.ledger)
+    body["usage"] = [usage_json(e, agents=agents) for e in usage]
     body["usage_next"] = None
     if len(usage) == usage_limit:
         body["usage_next"] = (f"/v1/credentials/{credential_id}?usage_after={usage[-1].seq}"
                               f"&usage_limit={usage_limit}")
-    return body
+    return body, 200, NO_STORE

@@ -41,6 +41,13 @@ def _size_arg(name: str, *, required: bool) -> int | None:
     return int(values[0])
 
 
+def _only(*allowed: str) -> None:
+    """Refuse query parameters the endpoint does not take (every /v1/ endpoint does)."""
+    unknown = sorted(set(request.args) - set(allowed))
+    if unknown:
+        raise errors.RequestMalformed("unknown parameter (allowed: " + (", ".join(allowed) or "none") + ")")
+
+
 def _tree_call(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
@@ -57,6 +64,7 @@ def _ledger_size(tree: LedgerTree) -> int:
 def checkpoint() -> tuple[dict, int, dict]:
     """A signed checkpoint of the whole ledger (the stored one if the ledger has not grown)."""
     authenticate_client(permission="audit")
+    _only()
     ctx = broker_context()
     config = current_app.config
     signed, new = _tree_call(checkpoint_now, ctx.ledger, ctx.signer, issuer=ctx.issuer,
@@ -71,6 +79,7 @@ def inclusion() -> tuple[dict, int, dict]:
     """Event ``seq`` is leaf ``seq - 1`` of the tree of the first ``size`` events
     (default: the whole ledger)."""
     authenticate_client(permission="audit")
+    _only("seq", "size")
     seq = _size_arg("seq", required=True)
     size = _size_arg("size", required=False)
     tree = LedgerTree(broker_context().ledger)
@@ -98,6 +107,7 @@ def consistency() -> tuple[dict, int, dict]:
     """The tree of the first ``to`` events (default: the whole ledger) extends the tree of
     the first ``from`` events."""
     authenticate_client(permission="audit")
+    _only("from", "to")
     first = _size_arg("from", required=True)
     second = _size_arg("to", required=False)
     tree = LedgerTree(broker_context().ledger)

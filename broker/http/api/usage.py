@@ -19,6 +19,7 @@ from flask import Blueprint, request
 
 from broker import errors
 from broker.http.api.common import authenticate_client, broker_context
+from broker.audit.acting import ActingAgents
 from broker.ledger.events import Event
 
 bp = Blueprint("usage", __name__, url_prefix="/v1")
@@ -48,7 +49,8 @@ def parse_time(name: str, raw: str) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def usage_json(event: Event) -> dict[str, Any]:
+def usage_json(event: Event, *, agents: ActingAgents | None = None) -> dict[str, Any]:
+    """One hit. ``act``: the agent that acted for the person (delegations), when one did."""
     details = event.details or {}
     hit: dict[str, Any] = {
         "seq": event.seq,
@@ -66,7 +68,19 @@ def usage_json(event: Event) -> dict[str, Any]:
             hit[key] = details[key]
     if details.get("credential_known") is False:
         hit["credential_known"] = False
+    act = agents.of(event.credential_id) if agents is not None and \
+        _delegated(event.authorizer) else None
+    if act is not None:
+        hit["act"] = act
     return hit
+
+
+def _delegated(authorizer: Any) -> bool:
+    while isinstance(authorizer, dict):
+        if authorizer.get("type") == "delegation":
+            return True
+        authorizer = authorizer.get("parent_authz")
+    return False
 
 
 @bp.get("/usage")
@@ -89,7 +103,8 @@ def usage() -> tuple[dict, int, dict]:
     ledger = broker_context().ledger
     events = ledger.find_usage(statement=statement, since=since, until=until,
                           after_seq=after, limit=limit)
-    body: dict[str, Any] = {"usage": [usage_json(e) for e in events], "next": None}
+    agents = ActingAgents(ledger)
+    body: dict[str, Any] = {"usage": [usage_json(e, agents=agents) for e in events], "next": None}
     if len(events) == limit:
         query = {k: v for k, v in (("statement", statement), ("since", request.args.get("since")),
                                    ("until", request.args.get("until"))) if v}
