@@ -27,6 +27,7 @@ from broker.ledger.chain import Reader, Sealer
 from broker.ledger.rows import (
     SQL_HEAD, SQL_INSERT_EVENT, SQL_MOVE_HEAD, Params, Row, Statement, Transaction, json_text,
 )
+from broker.ledger.group import Item
 from broker.ledger.store import Ledger
 
 SQL_HEAD_FOR_UPDATE = SQL_HEAD + " FOR UPDATE"
@@ -116,47 +117,63 @@ class PostgresLedger(Ledger):
                         raise
         raise AssertionError("unreachable")
 
-    def _append_one(self, draft: EventDraft, *, guard: Statement | None,
-                    extra: Sequence[Statement]) -> Event | None:
+    def _commit_items(self, items: list[Item]) -> None:
         attempts = self._pool.max_size + 1     # every pooled connection may be dead at once
         for attempt in range(1, attempts + 1):
             try:
-                return self._append_once(draft, guard=guard, extra=extra)
+                return self._commit_once(items)
             except _LostBeforeCommit as lost:
                 # The connection was dead before anything was committed: retrying on a
-                # fresh connection cannot duplicate the event.
+                # fresh connection cannot duplicate the events.
                 if attempt == attempts:
                     raise lost.__cause__ from None  # type: ignore[misc]
         raise AssertionError("unreachable")
 
-    def _append_once(self, draft: EventDraft, *, guard: Statement | None,
-                     extra: Sequence[Statement]) -> Event | None:
+    def _commit_once(self, items: list[Item]) -> None:
         # Explicit BEGIN/COMMIT in pipeline mode measured cheaper than conn.transaction().
-        # On any error the pool's connection context rolls back (or discards a broken one).
+        # Round trips: BEGIN + head lock (+ the first guard); one more per further guarded item
+        # (its answer decides whether the item is written); the inserts and COMMIT. On any
+        # error the pool's connection context rolls back (or discards a broken one).
         with self._pool.connection() as conn:
             with conn.pipeline():
+                first = items[0]
                 try:
                     conn.execute("BEGIN")
                     head_cursor = conn.execute(SQL_HEAD_FOR_UPDATE)
-                    guard_cursor = conn.execute(guard[0], guard[1]) if guard is not None else None
+                    guard_cursor = (conn.execute(first.guard[0], first.guard[1])
+                                    if first.guard is not None else None)
                     head = head_cursor.fetchone()      # round trip: BEGIN, lock (, guard)
                 except psycopg.OperationalError as exc:
                     # Nothing was committed yet (COMMIT is not sent): safe to retry.
                     raise _LostBeforeCommit() from exc
                 if head is None:
                     raise LedgerUnavailable("ledger_head row is missing")
-                if guard_cursor is not None and guard_cursor.fetchone() is None:
-                    conn.execute("ROLLBACK")           # nothing to do
-                    return None
-                event, params = Sealer().seal(draft, seq=int(head[0]) + 1,
-                                              ts=max(utc_timestamp(), head[2]), prev_hash=head[1])
-                conn.execute(SQL_INSERT_EVENT, params)
-                conn.execute(SQL_MOVE_HEAD, (event.seq, event.hash, event.ts))
-                for sql, params in extra:
-                    conn.execute(sql, params)
-                conn.execute("COMMIT")
-            # leaving the pipeline synced: the second round trip, which waits for the commit
-        return event
+                seq, prev_hash, head_ts = int(head[0]), head[1], head[2]
+                ts = max(utc_timestamp(), head_ts)     # never below the head's: time order is seq order
+                sealer = Sealer()
+                written = False
+                for index, item in enumerate(items):
+                    if item.guard is not None:
+                        if index > 0:
+                            guard_cursor = conn.execute(item.guard[0], item.guard[1])
+                        assert guard_cursor is not None
+                        if guard_cursor.fetchone() is None:
+                            item.event = None          # nothing to do for this one
+                            continue
+                    seq += 1
+                    event, params = sealer.seal(item.draft, seq=seq, ts=ts, prev_hash=prev_hash)
+                    prev_hash = event.hash
+                    conn.execute(SQL_INSERT_EVENT, params)
+                    for sql, extra_params in item.extra:
+                        conn.execute(sql, extra_params)
+                    item.event = event
+                    written = True
+                if written:
+                    conn.execute(SQL_MOVE_HEAD, (seq, prev_hash, ts))
+                    conn.execute("COMMIT")
+                else:
+                    conn.execute("ROLLBACK")
+            # leaving the pipeline synced: the last round trip, which waits for the commit
 
     def _merge_details(self, credential_id: str, details: dict[str, Any]) -> bool:
         with self._pool.connection() as conn, conn.transaction():

@@ -23,6 +23,7 @@ from broker.ledger.chain import Reader, Sealer
 from broker.ledger.rows import (
     SQL_HEAD, SQL_INSERT_EVENT, SQL_MOVE_HEAD, Params, Row, Statement, Transaction, json_text,
 )
+from broker.ledger.group import Item
 from broker.ledger.store import Ledger
 
 MIN_SQLITE = (3, 35, 0)   # UPDATE … RETURNING
@@ -120,23 +121,32 @@ class SQLiteLedger(Ledger):
         with self._connection() as conn:
             return conn.execute(_q(sql), tuple(params)).fetchall()
 
-    def _append_one(self, draft: EventDraft, *, guard: Statement | None,
-                    extra: Sequence[Statement]) -> Event | None:
+    def _commit_items(self, items: list[Item]) -> None:
         with self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
-            head_seq, head_hash, head_ts = conn.execute(SQL_HEAD).fetchall()[0]
-            if guard is not None and not conn.execute(_q(guard[0]), guard[1]).fetchall():
-                conn.execute("ROLLBACK")
-                return None
+            head_seq, prev_hash, head_ts = conn.execute(SQL_HEAD).fetchall()[0]
+            seq = int(head_seq)
             # ts never goes below the head's (clock skew between hosts): time order is seq order
-            event, params = Sealer().seal(draft, seq=int(head_seq) + 1,
-                                          ts=max(utc_timestamp(), head_ts), prev_hash=head_hash)
-            conn.execute(_q(SQL_INSERT_EVENT), params)
-            conn.execute(_q(SQL_MOVE_HEAD), (event.seq, event.hash, event.ts))
-            for sql, params in extra:
-                conn.execute(_q(sql), params)
-            conn.execute("COMMIT")
-            return event
+            ts = max(utc_timestamp(), head_ts)
+            sealer = Sealer()
+            written = False
+            for item in items:
+                if item.guard is not None and not conn.execute(_q(item.guard[0]), item.guard[1]).fetchall():
+                    item.event = None
+                    continue
+                seq += 1
+                event, params = sealer.seal(item.draft, seq=seq, ts=ts, prev_hash=prev_hash)
+                prev_hash = event.hash
+                conn.execute(_q(SQL_INSERT_EVENT), params)
+                for sql, extra_params in item.extra:
+                    conn.execute(_q(sql), extra_params)
+                item.event = event
+                written = True
+            if written:
+                conn.execute(_q(SQL_MOVE_HEAD), (seq, prev_hash, ts))
+                conn.execute("COMMIT")
+            else:
+                conn.execute("ROLLBACK")
 
     def _merge_details(self, credential_id: str, details: dict[str, Any]) -> bool:
         with self._connection() as conn:

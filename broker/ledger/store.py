@@ -29,6 +29,7 @@ from typing import Any, overload
 
 from broker.ledger.chain import Reader, Sealer, verify_chain
 from broker.ledger.errors import LedgerUnavailable
+from broker.ledger.group import GroupCommitter, Item
 from broker.ledger.events import EVENT_TYPES, CredentialRecord, Event, EventDraft, VerifyReport, utc_timestamp
 from broker.ledger.rows import (
     CREDENTIAL_COLUMNS, EVENT_COLUMNS, EVENT_INSERT_COLUMNS, SQL_ANCESTORS, SQL_CHILDREN,
@@ -74,10 +75,24 @@ class Ledger(abc.ABC):
         """A reader whose statements all see one consistent snapshot of the database."""
 
     @abc.abstractmethod
+    def _commit_items(self, items: list[Item]) -> None:
+        """Backend hook: one chain transaction for ``items``, in order (see the module
+        docstring and :mod:`broker.ledger.group`): each item's guard runs first (an item whose
+        guard matches nothing gets ``event = None`` and writes nothing), then its event is
+        sealed after the previous one and its extra statements run. Sets ``item.event``."""
+
     def _append_one(self, draft: EventDraft, *, guard: Statement | None,
                     extra: Sequence[Statement]) -> Event | None:
-        """Backend hook: one chain transaction (see the module docstring). None when
-        ``guard`` matched no row, in which case nothing was written."""
+        """One event through the group committer: shares a transaction with whatever other
+        threads of this process are appending at the same moment."""
+        group = self.__dict__.get("_group")
+        if group is None:
+            group = self.__dict__.setdefault("_group", GroupCommitter(self._commit_guarded))
+        return group.submit(Item(draft=draft, guard=guard, extra=tuple(extra)))
+
+    def _commit_guarded(self, items: list[Item]) -> None:
+        with self.unavailable_on_error("append"):
+            self._commit_items(items)
 
     @abc.abstractmethod
     def _merge_details(self, credential_id: str, details: dict[str, Any]) -> bool:
