@@ -4,7 +4,6 @@ from __future__ import annotations
 import click
 
 from broker.cli import approvals, audit, devtools, exchange, ingest, keys, ledger, policy, reap, serve
-import broker.targets  # noqa: F401,E402 - registers every target type (postgres…) before policies load
 
 
 @click.group()
