@@ -32,3 +32,21 @@ def build_kinds(config: Mapping[str, Any], *, policy_set: PolicySet | None = Non
         for kind in kinds.values():
             kind.attach(policy_set)
     return kinds
+
+
+def backend_warnings(policy_set: PolicySet, config: Mapping[str, Any]) -> list[str]:
+    """What the backends say of the policy set's targets, from every kind that declares
+    ``check_backend`` (e.g. a Vault role whose revocation leaves sessions open); for
+    ``broker policy check``. A backend the broker cannot reach says nothing."""
+    warnings: list[str] = []
+    for name, kind_class in KINDS.items():
+        targets = [t for t in policy_set.targets.values() if t.type == name]
+        if not kind_class.capabilities.check_backend or not targets:
+            continue
+        kind = kind_class.from_config(config)
+        try:
+            for target in sorted(targets, key=lambda t: t.name):
+                warnings.extend(kind.backend_warnings(target))
+        finally:
+            kind.close()
+    return warnings
