@@ -263,7 +263,9 @@ class _Loader:
         doc = _Doc(self, file, base_dir, node, kind)
         doc.read_name()
         as_parsed = copy.deepcopy(node.data)      # what digests cover: the document as written
-        getattr(self, "_" + kind.replace("-", "_"))(doc, as_parsed)
+        compile_document = {"issuer": self._issuer, "target": self._target, "policy": self._policy,
+                            "client": self._client, "human-idp": self._human_idp}[kind]
+        compile_document(doc, as_parsed)
         self.references.extend((doc, ref_kind, ref) for ref_kind, ref in doc.references)
 
     # -- one method per document kind: walk its schema, then keep what it compiles to ----------
