@@ -51,7 +51,7 @@ def build_context(config: dict[str, Any]):
     """Build the resources of one broker process from a config mapping (also used by the CLI)."""
     from broker import config as cfg
     from broker.attestation import JWKSCache, open_replay_guard
-    from broker.targets import build_issuers
+    from broker.targets import build_kinds
     from broker.ledger import open_ledger
     from broker.people.store import PeopleStore
     from broker.policy import load_policy_dir
@@ -70,7 +70,7 @@ def build_context(config: dict[str, Any]):
     replay = open_replay_guard(cfg.redis_url(config), state_dir)
     ctx = BrokerContext(issuer=issuer, policy_set=policy_set, signer=signer, ledger=ledger,
                         jwks=jwks, replay=replay, people=PeopleStore(ledger),
-                        issuers=build_issuers(config, policy_set=policy_set))
+                        issuers=build_kinds(config, policy_set=policy_set))
     ctx.extras["approval_interval"] = int(cfg.number(config, "APPROVAL_POLL_INTERVAL"))
     return ctx
 

@@ -7,7 +7,6 @@ import os
 import click
 
 from broker.cli import approvals, audit, devtools, exchange, ingest, keys, ledger, policy, reap, serve
-import broker.targets  # noqa: F401,E402 - registers every target type (postgres…) before policies load
 
 
 class _BrokerGroup(click.Group):

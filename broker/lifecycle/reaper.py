@@ -1,7 +1,9 @@
 """The reaper: ends credentials whose resource outlives them, and removes orphans.
 
 ``VALID UNTIL`` only stops new PostgreSQL logins; sessions already open go on. The reaper
-closes that gap for every kind whose issuer says ``needs_reaper = True``:
+closes that gap for every target kind that declares it (``capabilities`` of
+:class:`broker.targets.base.TargetKind`): ``reap`` for step 1, ``remove_orphans`` for step 2,
+``reconcile`` for step 3:
 
 1. **Expired or revoked, not yet ended** — :meth:`Ledger.credentials_to_end` (so it catches
    up from the ledger after any downtime): the issuer ends each at the resource (terminate
@@ -11,6 +13,8 @@ closes that gap for every kind whose issuer says ``needs_reaper = True``:
    does not know (a mint whose ledger write failed and whose undo failed too; older than a
    grace period so a mint in flight is never touched) or whose credential has ended: removed,
    and an unknown one is recorded as an ``expire`` event with ``cause: orphan``.
+3. **Ended elsewhere** — credentials whose resource the backend ended on its own (a Vault lease
+   revoked in Vault): the kind records their end.
 
 Several reapers may run at once (every gunicorn worker of every host, plus ``broker reap`` from
 cron): per target, a PostgreSQL advisory lock lets one of them sweep while the others skip;
@@ -28,11 +32,18 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker import errors
+from broker.common.ids import credential_id_time
 from broker.ledger import LedgerUnavailable
 from broker.ledger.events import CredentialRecord, EventDraft, utc_timestamp
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from broker.app import BrokerContext
+    from broker.targets.base import Capabilities, Ended, TargetKind
 
 log = logging.getLogger("broker.lifecycle.reaper")
 
@@ -58,18 +69,30 @@ class ReapReport:
                 "sessions_terminated": self.sessions_terminated}
 
 
-def reapable_issuers(ctx: Any) -> dict[str, Any]:
-    """The kinds whose credentials hold a resource the reaper must remove."""
-    return {kind: issuer for kind, issuer in ctx.issuers.items()
-            if getattr(issuer, "needs_reaper", False)}
+def kinds_that(ctx: BrokerContext, declares: Callable[[Capabilities], bool]) -> dict[str, TargetKind]:
+    """The context's target kinds whose declared capabilities satisfy ``declares``."""
+    return {name: kind for name, kind in ctx.issuers.items() if declares(kind.capabilities)}
 
 
-def reaper_wanted(ctx: Any) -> bool:
-    kinds = reapable_issuers(ctx)
+def _reaps(c: Capabilities) -> bool:
+    return c.reap
+
+
+def _reconciles(c: Capabilities) -> bool:
+    return c.reconcile
+
+
+def _removes_orphans(c: Capabilities) -> bool:
+    return c.remove_orphans
+
+
+def reaper_wanted(ctx: BrokerContext) -> bool:
+    """Whether the policy set has a target of a kind the reaper has work for."""
+    kinds = kinds_that(ctx, lambda c: c.reap or c.reconcile or c.remove_orphans)
     return any(t.type in kinds for t in ctx.policy_set.targets.values())
 
 
-def _end_event(record: CredentialRecord, result: Any, *, now: int) -> EventDraft:
+def _end_event(record: CredentialRecord, result: Ended, *, now: int) -> EventDraft:
     if record.revoked_at is not None and record.expires_at > now:
         type_, details = "revoke", {"result": "ended", "cause": "revocation completed by the reaper"}
     else:
@@ -103,14 +126,12 @@ def reap_once(ctx: Any, *, now: float | None = None, orphans: bool = True,
               orphan_grace: float = 300.0) -> ReapReport:
     """One pass: end what expired or was revoked, then (``orphans``) remove orphans."""
     report = ReapReport()
-    kinds = reapable_issuers(ctx)
-    if not kinds:
-        return report
+    reapers = kinds_that(ctx, _reaps)
     attempted: set[str] = set()
-    for _ in range(MAX_ROUNDS):
+    for _ in range(MAX_ROUNDS if reapers else 0):
         moment = int(time.time() if now is None else now)
         records = [r for r in ctx.ledger.credentials_to_end(
-            now=moment, limit=BATCH + len(attempted), target_types=sorted(kinds))
+            now=moment, limit=BATCH + len(attempted), target_types=sorted(reapers))
             if r.credential_id not in attempted]
         if not records:
             break
@@ -119,33 +140,30 @@ def reap_once(ctx: Any, *, now: float | None = None, orphans: bool = True,
             groups[(record.target_type, record.target)].append(record)
             attempted.add(record.credential_id)
         for (kind, target), batch in groups.items():
-            _end_group(ctx, kinds[kind], target, batch, report, now=moment)
+            _end_group(ctx, reapers[kind], target, batch, report, now=moment)
         if len(records) < BATCH:
             break
     if orphans:
-        for kind, issuer in kinds.items():
-            for target in getattr(issuer, "targets", lambda: [])():
-                _remove_orphans(ctx, issuer, target, report, now=now, grace=orphan_grace)
+        for kind in kinds_that(ctx, _removes_orphans).values():
+            for target in kind.targets():
+                _remove_orphans(ctx, kind, target, report, now=now, grace=orphan_grace)
     # Kinds whose resource can end outside the broker (a Vault lease revoked in Vault, or by
     # its token's expiry) reconcile what the ledger thinks alive with the backend.
-    for kind, issuer in kinds.items():
-        reconcile = getattr(issuer, "reconcile", None)
-        if reconcile is None:
-            continue
+    for name, kind in kinds_that(ctx, _reconciles).items():
         try:
-            reconciled = reconcile(ctx.ledger, now=now)
+            reconciled = kind.reconcile(ctx.ledger, now=now)
         except (errors.BrokerError, LedgerUnavailable) as exc:
-            log.warning("reaper: reconciling %s credentials failed: %s", kind, _reason(exc))
+            log.warning("reaper: reconciling %s credentials failed: %s", name, _reason(exc))
             continue
         report.ended.extend(reconciled.ended)
         report.failed.extend(reconciled.failed)
     return report
 
 
-def _end_group(ctx: Any, issuer: Any, target: str, records: list[CredentialRecord],
+def _end_group(ctx: BrokerContext, kind: TargetKind, target: str, records: list[CredentialRecord],
                report: ReapReport, *, now: int) -> None:
     try:
-        results = list(issuer.end_many(target, records))
+        results = list(kind.end_many(target, records))
     except (errors.BrokerError, LedgerUnavailable) as exc:
         for record in records:
             report.failed.append({"credential_id": record.credential_id, "reason": _reason(exc)})
@@ -173,28 +191,41 @@ def _end_group(ctx: Any, issuer: Any, target: str, records: list[CredentialRecor
                      record.credential_id, result.role, result.sessions_terminated)
 
 
-def _remove_orphans(ctx: Any, issuer: Any, target: str, report: ReapReport, *,
-                    now: float | None, grace: float) -> None:
-    from broker.targets.postgres import credential_id_of_role, orphan_candidates
+def orphan_candidates(resources: list[str], credential_id_of: Callable[[str], str | None],
+                      lookup: Callable[[str], CredentialRecord | None], *, now: float,
+                      grace: float) -> list[tuple[str, str]]:
+    """Which minted resources to remove: ``(resource, why)`` for those the ledger does not know
+    (and that are older than ``grace``: a mint may be in flight) or whose credential has ended or
+    been revoked."""
+    out = []
+    for resource in resources:
+        cid = credential_id_of(resource)
+        if cid is None:
+            continue
+        record = lookup(cid)
+        if record is None:
+            if now - credential_id_time(cid) > grace:
+                out.append((resource, "unknown to the ledger"))
+        elif record.ended_at is not None:
+            out.append((resource, "credential already ended"))
+        elif record.revoked_at is not None:
+            out.append((resource, "credential revoked"))
+    return out
 
+
+def _remove_orphans(ctx: BrokerContext, kind: TargetKind, target: str, report: ReapReport, *,
+                    now: float | None, grace: float) -> None:
     moment = time.time() if now is None else now
     try:
-        roles = issuer.minted_roles(target)
-        lookup = ctx.ledger.credentials_by_id if hasattr(ctx.ledger, "credentials_by_id") else None
-        known: dict[str, CredentialRecord] = {}
-        ids = [cid for cid in (credential_id_of_role(r) for r in roles) if cid]
-        if lookup is not None:
-            known = lookup(ids)
-        else:
-            for cid in ids:
-                record = ctx.ledger.get_credential(cid)
-                if record is not None:
-                    known[cid] = record
-        candidates = orphan_candidates(roles, known.get, now=moment, grace=grace)
+        roles = kind.minted_resources(target)
+        ids = [cid for cid in (kind.credential_id_of_resource(r) for r in roles) if cid]
+        known = ctx.ledger.credentials_by_id(ids)
+        candidates = orphan_candidates(roles, kind.credential_id_of_resource, known.get,
+                                       now=moment, grace=grace)
         if not candidates:
             return
         why = dict(candidates)
-        results = issuer.end_orphans(target, [role for role, _ in candidates])
+        results: list[tuple[str, Ended | Exception]] = kind.end_orphans(target, [r for r, _ in candidates])
     except (errors.BrokerError, LedgerUnavailable) as exc:
         _warn_once(target, "the orphan sweep", _reason(exc))
         return
@@ -208,7 +239,7 @@ def _remove_orphans(ctx: Any, issuer: Any, target: str, report: ReapReport, *,
         report.orphans_removed.append({"role": role, "target": target, "why": why[role]})
         log.warning("reaper: removed orphan role %s of target %s (%s)", role, target, why[role])
         if why[role] == "unknown to the ledger":
-            cid = credential_id_of_role(role)
+            cid = kind.credential_id_of_resource(role)
             ctx.ledger.append(EventDraft(
                 type="expire", credential_id=cid, target=target,
                 details={"cause": "orphan", "by": "reaper", "role": role,

@@ -1,8 +1,10 @@
 """Trust policies: strict YAML parse -> compile (anchored patterns, strict keys) -> evaluate().
 
 See :mod:`broker.policy.load` for the file format and the choices it makes,
-:mod:`broker.policy.patterns` for pattern semantics and :mod:`broker.policy.evaluate` for the
-decision order.
+:mod:`broker.policy.documents` for each document kind's schema (as data, read by the one walker
+of :mod:`broker.policy.walk`), :mod:`broker.policy.patterns` for pattern semantics and
+:mod:`broker.policy.evaluate` for the decision order. Target kinds (and their keys) come from
+:mod:`broker.targets.registry`.
 """
 from __future__ import annotations
 

@@ -1,27 +1,34 @@
-"""Target types: which extra keys each ``kind: target`` ``type`` allows, and how they are checked.
+"""Target types as the policy loader sees them: which extra keys each ``kind: target`` ``type``
+allows, and how they are checked.
 
-Every target has ``kind``, ``name``, ``type``, ``max_ttl`` and optionally ``audience``. A type
-adds its own keys by registering itself::
+Every target has ``kind``, ``name``, ``type``, ``max_ttl`` and optionally ``audience``. The
+other keys come from the target kind: each kind of :data:`broker.targets.registry.KINDS`
+declares them as data (its ``policy_keys``, a :class:`broker.targets.keys.TargetSchema`), and
+:data:`TARGET_TYPES` is built from that one registry — so loading a policy never depends on
+which modules happened to be imported first.
 
-    register_target_type("postgres", {"admin_dsn_env", "connect", "grants", "connection_limit"},
-                         validate_postgres, required_keys={"admin_dsn_env", "grants"})
+A kind's ``validate`` gets a :class:`TargetContext` and returns the problems it finds (an empty
+list when the keys are fine). It may normalise values by assigning to ``ctx.options[key]``;
+what is left in ``ctx.options`` becomes :attr:`broker.policy.model.Target.options`. Only keys
+the document wrote (or that have a declared default) are in ``ctx.options``.
 
-The validator gets a :class:`TargetContext` and returns the problems it finds (an empty list
-when the keys are fine). It may normalise values by assigning to ``ctx.options[key]``; what is
-left in ``ctx.options`` becomes :attr:`broker.policy.model.Target.options`. Only keys the
-document actually wrote are in ``ctx.options``; defaults are the validator's to fill in.
+:func:`register_target_type` adds a type that has only a schema (a test's made-up type, a
+plugin's): the broker's own kinds are never registered that way.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from broker.policy.problems import Problem
 from broker.policy.source import Located
+from broker.targets.keys import COMMON_TARGET_KEYS, TargetSchema, schema_of_keys
+from broker.targets.registry import KINDS
 
-# Keys every target document has, whatever its type.
-COMMON_TARGET_KEYS = frozenset({"kind", "name", "type", "audience", "max_ttl"})
+__all__ = ["COMMON_TARGET_KEYS", "TARGET_TYPES", "TargetContext", "TargetSchema", "TargetValidator",
+           "register_target_type"]
 
 
 @dataclass
@@ -29,7 +36,7 @@ class TargetContext:
     """What a type's validator sees of one target document."""
     name: str
     type: str
-    options: dict[str, Any]            # the type-specific keys as written (plain values)
+    options: dict[str, Any]            # the type-specific keys (as read by their specs)
     file: str
     line: int                          # line of the document
     base_dir: Path                     # the policy file's folder, for relative paths
@@ -46,41 +53,17 @@ class TargetContext:
 
 TargetValidator = Callable[[TargetContext], Iterable[Problem]]
 
-
-@dataclass(frozen=True)
-class TargetSchema:
-    name: str
-    allowed_keys: frozenset[str]       # type-specific keys, besides COMMON_TARGET_KEYS
-    validate: TargetValidator
-    required_keys: frozenset[str] = frozenset()
-
-
-TARGET_TYPES: dict[str, TargetSchema] = {}
-
-
-def _no_checks(ctx: TargetContext) -> list[Problem]:
-    return []
+#: ``type`` -> the keys it takes: the broker's target kinds, from the one registry.
+TARGET_TYPES: dict[str, TargetSchema] = {name: kind.policy_keys for name, kind in KINDS.items()}
 
 
 def register_target_type(name: str, allowed_keys: Iterable[str] = (),
                          validate: TargetValidator | None = None, *,
                          required_keys: Iterable[str] = (), replace: bool = False) -> TargetSchema:
-    """Make ``type: <name>`` valid in target documents, with its own extra keys."""
-    allowed = frozenset(allowed_keys)
-    required = frozenset(required_keys)
-    if not name or not isinstance(name, str):
-        raise ValueError("a target type needs a non-empty name")
+    """Make ``type: <name>`` valid in target documents, with its own extra keys (any value;
+    ``validate`` judges them)."""
     if name in TARGET_TYPES and not replace:
         raise ValueError(f"target type {name!r} is already registered")
-    if allowed & COMMON_TARGET_KEYS:
-        raise ValueError(f"target type {name!r} redefines common keys: {sorted(allowed & COMMON_TARGET_KEYS)}")
-    if not required <= allowed:
-        raise ValueError(f"target type {name!r}: required keys {sorted(required - allowed)} are not allowed keys")
-    schema = TargetSchema(name=name, allowed_keys=allowed, validate=validate or _no_checks,
-                          required_keys=required)
+    schema = schema_of_keys(name, allowed_keys, validate, required_keys=required_keys)
     TARGET_TYPES[name] = schema
     return schema
-
-
-# A broker-signed JWT: nothing beyond the common keys.
-register_target_type("jwt", (), _no_checks)

@@ -52,15 +52,19 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from urllib.parse import quote
 
 from broker import errors
-from broker.common.ids import credential_id_time, is_credential_id
-from broker.targets.base import IssuedCredential, IssueRequest
-from broker.ledger.events import CredentialRecord
-from broker.policy.problems import Problem
-from broker.policy.targets import TargetContext, register_target_type
+from broker.common.ids import is_credential_id
+from broker.targets.base import Capabilities, IssuedCredential, IssueRequest, TargetKind
+from broker.targets.keys import (
+    Anything, Block, Choice, FilePath, Integer, Key, ListOf, MapOf, TargetSchema, Text, Value,
+)
+from broker.vault.client import validate_kv_secret
+
+if TYPE_CHECKING:
+    from broker.ledger.events import CredentialRecord
 
 log = logging.getLogger("broker.targets.postgres")
 
@@ -75,15 +79,8 @@ DEFAULT_SCRAM_ITERATIONS = 64
 MAX_SCRAM_ITERATIONS = 1_000_000
 PASSWORD_BYTES = 32                   # 256 bits, URL-safe base64: 43 characters
 TERMINATE_WAIT_MS = 5000              # pg_terminate_backend(pid, timeout): wait for each session
-ORPHAN_GRACE_SECONDS = 300            # an unknown nhb_ role younger than this may be a mint in flight
-
-POSTGRES_TARGET_KEYS = frozenset({
-    "admin_dsn_env", "admin_dsn_file", "connect", "grants", "scope_grants", "connection_limit",
-    "admin_dsn_vault", "vault",          # the admin DSN from Vault KV (broker.vault.client)
-    "reassign_owned_to", "scram_iterations",
-})
-CONNECT_KEYS = frozenset({"host", "port", "dbname", "sslmode"})
-SSLMODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+DEFAULT_PORT = 5432
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
@@ -102,104 +99,60 @@ def _role_name_problem(value: Any) -> str | None:
     return None
 
 
-def _role_list(ctx: TargetContext, key: str, value: Any, line_key: str) -> Iterator[Problem]:
-    if not isinstance(value, list):
-        yield ctx.problem(line_key, f"{key} must be a list of role names")
-        return
-    for item in value:
-        problem = _role_name_problem(item)
-        if problem is not None:
-            yield ctx.problem(line_key, f"{key}: {item!r} {problem}")
-    if len(set(value)) != len(value):
-        yield ctx.problem(line_key, f"{key} lists a role twice")
+def _scope_problem(value: str) -> str | None:
+    return None if _SCOPE.fullmatch(value) else "is not a scope token"
 
 
-def validate_postgres_target(ctx: TargetContext) -> Iterator[Problem]:
-    """Check a ``type: postgres`` target's keys at load; fill in defaults."""
+def connect_block(*, required: tuple[str, ...] = (), port_default: Any = None,
+                  not_mapping: str) -> Block:
+    """``connect``: what clients are told (``host``, ``port``, ``dbname``, ``sslmode``); the
+    ``postgres`` and ``vault-database`` kinds share it."""
+    def text(key: str) -> Key:
+        return Key(Text(message="{label} must be a non-empty string"), required=key in required,
+                   missing=f"connect.{key} must be a non-empty string")
+    port = Key(Integer(1, 65535, "{label} must be an integer from 1 to 65535"))
+    if port_default is not None:
+        port = Key(port.spec, default=port_default)
+    return Block({"host": text("host"), "port": port, "dbname": text("dbname"),
+                  "sslmode": Key(Choice(SSLMODES, "{label} must be one of {choices}"))},
+                 name="connect", join=".", not_mapping=not_mapping)
+
+
+CONNECT_KEYS = frozenset(connect_block(not_mapping="").keys)
+ROLE_LIST = ListOf(Value(_role_name_problem, "{label}: {value!r} {problem}"), unique=True,
+                   not_list="{label} must be a list of role names", twice="{label} lists a role twice")
+
+
+def _check_postgres_target(ctx: Any) -> Iterator[Any]:
+    """Rules across keys of a ``type: postgres`` target (``ctx``: a policy TargetContext)."""
     options = ctx.options
-    has_env, has_file = "admin_dsn_env" in options, "admin_dsn_file" in options
-    has_vault = "admin_dsn_vault" in options
-    if has_env + has_file + has_vault != 1:
+    has_file, has_vault = "admin_dsn_file" in options, "admin_dsn_vault" in options
+    if ("admin_dsn_env" in options) + has_file + has_vault != 1:
         yield ctx.problem("admin_dsn_file" if has_file else "admin_dsn_vault" if has_vault else None,
                           "exactly one of admin_dsn_env, admin_dsn_file or admin_dsn_vault is required")
     if has_vault or "vault" in options:
-        from broker.vault.client import validate_kv_secret
-
         yield from validate_kv_secret(ctx, "admin_dsn_vault")
-    if has_env:
-        env = options["admin_dsn_env"]
-        if not isinstance(env, str) or not _ENV_NAME.fullmatch(env):
-            yield ctx.problem("admin_dsn_env", "admin_dsn_env must be an environment variable name")
-    if has_file:
-        path = options["admin_dsn_file"]
-        if not isinstance(path, str) or not path:
-            yield ctx.problem("admin_dsn_file", "admin_dsn_file must be a file path")
-        else:
-            # Read when the target is first used (a mounted secret may appear after a check).
-            options["admin_dsn_file"] = str((ctx.base_dir / path).resolve())
-
-    connect = options.get("connect", {})
-    if not isinstance(connect, dict):
-        yield ctx.problem("connect", "connect must be a mapping with host, port, dbname (sslmode)")
-        connect = {}
-    else:
-        node = ctx.nodes.get("connect")
-        lines = {k: v[0] for k, v in (node.items or {}).items()} if node is not None else {}
-
-        def at(key: str, message: str) -> Problem:
-            return Problem(ctx.file, lines.get(key, ctx.line_of("connect")),
-                           f"target {ctx.name!r}: {message}")
-
-        for key in connect:
-            if key not in CONNECT_KEYS:
-                yield at(key, f"connect: unknown key {key!r} (allowed: {', '.join(sorted(CONNECT_KEYS))})")
-        for key in ("host", "dbname"):
-            if key in connect and (not isinstance(connect[key], str) or not connect[key]):
-                yield at(key, f"connect.{key} must be a non-empty string")
-        if "port" in connect:
-            port = connect["port"]
-            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-                yield at("port", "connect.port must be an integer from 1 to 65535")
-        if "sslmode" in connect and connect["sslmode"] not in SSLMODES:
-            yield at("sslmode", f"connect.sslmode must be one of {', '.join(sorted(SSLMODES))}")
-
-    if "grants" not in options:
-        yield ctx.problem(None, "missing required key 'grants' (a list of roles, [] for none)")
-    else:
-        yield from _role_list(ctx, "grants", options["grants"], "grants")
-
-    scope_grants = options.get("scope_grants", {})
-    if not isinstance(scope_grants, dict):
-        yield ctx.problem("scope_grants", "scope_grants must map a scope to a list of roles")
-    else:
-        for scope, roles in scope_grants.items():
-            if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
-                yield ctx.problem("scope_grants", f"scope_grants: {scope!r} is not a scope token")
-            yield from _role_list(ctx, f"scope_grants[{scope}]", roles, "scope_grants")
-
-    limit = options.get("connection_limit", DEFAULT_CONNECTION_LIMIT)
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CONNECTION_LIMIT:
-        yield ctx.problem("connection_limit",
-                          f"connection_limit must be an integer from 1 to {MAX_CONNECTION_LIMIT}")
-    else:
-        options["connection_limit"] = limit
-
-    if "reassign_owned_to" in options:
-        problem = _role_name_problem(options["reassign_owned_to"])
-        if problem is not None:
-            yield ctx.problem("reassign_owned_to", f"reassign_owned_to {problem}")
-
-    iterations = options.get("scram_iterations", DEFAULT_SCRAM_ITERATIONS)
-    if (isinstance(iterations, bool) or not isinstance(iterations, int)
-            or not 1 <= iterations <= MAX_SCRAM_ITERATIONS):
-        yield ctx.problem("scram_iterations",
-                          f"scram_iterations must be an integer from 1 to {MAX_SCRAM_ITERATIONS}")
-    else:
-        options["scram_iterations"] = iterations
 
 
-register_target_type(KIND, POSTGRES_TARGET_KEYS, validate_postgres_target,
-                     required_keys={"grants"})
+POLICY_KEYS = TargetSchema(KIND, validate=_check_postgres_target, keys={
+    "admin_dsn_env": Key(Text(pattern=_ENV_NAME, message="{label} must be an environment variable name")),
+    "admin_dsn_file": Key(FilePath()),      # read when the target is first used
+    "admin_dsn_vault": Key(Anything()),      # the admin DSN from Vault KV (broker.vault.client)
+    "vault": Key(Anything()),
+    "connect": Key(connect_block(not_mapping="connect must be a mapping with host, port, dbname (sslmode)")),
+    "grants": Key(ROLE_LIST, required=True,
+                  missing="missing required key 'grants' (a list of roles, [] for none)"),
+    "scope_grants": Key(MapOf(ROLE_LIST, key=_scope_problem, value_label="{label}[{key}]",
+                              not_mapping="{label} must map a scope to a list of roles")),
+    "connection_limit": Key(Integer(1, MAX_CONNECTION_LIMIT, f"{{label}} must be an integer from 1 to "
+                                                             f"{MAX_CONNECTION_LIMIT}"),
+                            default=DEFAULT_CONNECTION_LIMIT),
+    "reassign_owned_to": Key(Value(_role_name_problem)),
+    "scram_iterations": Key(Integer(1, MAX_SCRAM_ITERATIONS, f"{{label}} must be an integer from 1 to "
+                                                             f"{MAX_SCRAM_ITERATIONS}"),
+                            default=DEFAULT_SCRAM_ITERATIONS),
+})
+POSTGRES_TARGET_KEYS = POLICY_KEYS.allowed_keys
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -451,28 +404,29 @@ class _TargetDB:
 
 # ---------------------------------------------------------------------------- the issuer
 
-class PostgresIssuer:
+class PostgresKind(TargetKind):
     """Mints, revokes and reaps ``nhb_…`` roles. Built once per process by ``create_app``;
-    :meth:`attach_policy_set` tells it the targets (for revocation and reaping)."""
+    :meth:`attach` tells it the targets (for revocation and reaping)."""
 
-    kind = KIND
-    #: Credentials of this kind hold a resource that must be removed at expiry: the reaper
-    #: (broker.lifecycle.reaper) calls :meth:`end` for them.
-    needs_reaper = True
+    name = KIND
+    policy_keys = POLICY_KEYS
+    #: A role outlives ``VALID UNTIL`` (open sessions go on): the reaper ends expired and revoked
+    #: credentials' roles, and removes ``nhb_`` roles the ledger does not know.
+    capabilities = Capabilities(reap=True, remove_orphans=True)
 
     def __init__(self, *, pool_size: int = 4, timeout: float = 5.0) -> None:
+        super().__init__()
         self.pool_size = pool_size
         self.timeout = timeout
-        self._targets: dict[str, Any] = {}           # name -> policy Target
         self._dbs: dict[str, _TargetDB] = {}
         self._lock = threading.Lock()
 
-    # -- wiring ----------------------------------------------------------------------------
-    def attach_policy_set(self, policy_set: Any) -> None:
-        self._targets = {name: t for name, t in policy_set.targets.items() if t.type == KIND}
+    @classmethod
+    def from_config(cls, config: Any) -> PostgresKind:
+        from broker import config as cfg
 
-    def targets(self) -> list[str]:
-        return sorted(self._targets)
+        return cls(pool_size=int(cfg.number(config, "POSTGRES_POOL_SIZE")),
+                   timeout=cfg.number(config, "POSTGRES_TIMEOUT"))
 
     def _db(self, target: Any) -> _TargetDB:
         with self._lock:
@@ -601,10 +555,8 @@ class PostgresIssuer:
         db.run(work, action="reap")
         yield from results
 
-    def minted_roles(self, target_name: str) -> list[str]:
+    def minted_resources(self, target_name: str) -> list[str]:
         """Names of every ``nhb_<credential id>`` role in the target's cluster."""
-        from psycopg import sql  # noqa: F401 - the query below has no identifiers
-
         target = self._targets[target_name]
         db = self._db(target)
 
@@ -614,6 +566,9 @@ class PostgresIssuer:
             return [r[0] for r in rows if credential_id_of_role(r[0])]
 
         return db.run(work, action="list roles")
+
+    def credential_id_of_resource(self, resource: str) -> str | None:
+        return credential_id_of_role(resource)
 
     def end_orphans(self, target_name: str, roles: Iterable[str]) -> list[tuple[str, EndResult | Exception]]:
         target = self._targets[target_name]
@@ -746,29 +701,8 @@ def end_role(conn: Any, role: str, *, reassign_to: str | None, try_lock: bool) -
         return EndResult(role=role, existed=True, dropped=True, sessions_terminated=terminated)
 
 
-def orphan_candidates(roles: Iterable[str], lookup, *, now: float,
-                      grace: float = ORPHAN_GRACE_SECONDS) -> list[tuple[str, str]]:
-    """Which minted roles to remove: ``(role, why)`` for roles the ledger does not know (and
-    that are older than ``grace``: a mint may be in flight) or whose credential has ended,
-    been revoked or expired. ``lookup(cid)`` returns the CredentialRecord or None."""
-    out = []
-    for role in roles:
-        cid = credential_id_of_role(role)
-        if cid is None:
-            continue
-        record = lookup(cid)
-        if record is None:
-            if now - credential_id_time(cid) > grace:
-                out.append((role, "unknown to the ledger"))
-        elif record.ended_at is not None:
-            out.append((role, "credential already ended"))
-        elif record.revoked_at is not None:
-            out.append((role, "credential revoked"))
-    return out
+PostgresIssuer = PostgresKind          # the old name
 
 
-def build_postgres_issuer(config: Any) -> PostgresIssuer:
-    from broker import config as cfg
-
-    return PostgresIssuer(pool_size=int(cfg.number(config, "POSTGRES_POOL_SIZE")),
-                          timeout=cfg.number(config, "POSTGRES_TIMEOUT"))
+def build_postgres_issuer(config: Any) -> PostgresKind:
+    return PostgresKind.from_config(config)

@@ -47,77 +47,69 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from broker import errors
-from broker.targets.base import IssuedCredential, IssueRequest
-from broker.targets.postgres import CONNECT_KEYS, SSLMODES, database_credential
-from broker.ledger.events import CredentialRecord, EventDraft, utc_timestamp
-from broker.policy.problems import Problem
-from broker.policy.targets import TargetContext, register_target_type
+from broker.ledger.events import EventDraft, utc_timestamp
+from broker.targets.base import (
+    Capabilities, IssuedCredential, IssueRequest, ReconcileReport, TargetKind,
+)
+from broker.targets.keys import Anything, Key, TargetSchema, Text
+from broker.targets.postgres import DEFAULT_PORT, connect_block, database_credential
 from broker.vault.client import (
     VaultClient, VaultNotFound, VaultRefused, VaultSettings, is_vault_path, settings_from_block,
     settings_from_config, validate_vault_block, vault_client,
 )
 
+if TYPE_CHECKING:
+    from broker.ledger.events import CredentialRecord
+
 log = logging.getLogger("broker.targets.vault_database")
 
 KIND = "vault-database"
 DEFAULT_MOUNT = "database"
-DEFAULT_PORT = 5432
 #: A lease Vault could not shorten may outlive the policy by this much before the broker
 #: counts it as "not shortened" (Vault rounds to whole seconds).
 SHORTEN_SLACK = 2
 #: At most one reconciliation per target per process this often (the reaper runs more often).
 RECONCILE_INTERVAL = 60.0
 RECONCILE_LIMIT = 5000
-
-VAULT_DATABASE_KEYS = frozenset({"vault", "mount", "role", "connect"})
+#: How long what Vault says of a role's database connection is kept (targets without connect).
+CONNECTION_INFO_TTL = 300.0
+#: What a credential says when neither the target nor Vault says where the database is.
+NO_CONNECT_NOTE = ("the target has no 'connect' and the broker may not read Vault's connection "
+                   "configuration of the role's database: only a username and a password are "
+                   "returned; connect with your own host, port and database name")
 _ROLE = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 # ---------------------------------------------------------------------------- YAML keys
 
-def validate_vault_database_target(ctx: TargetContext) -> Iterator[Problem]:
-    """Check a ``type: vault-database`` target's keys at load; fill in defaults."""
-    options = ctx.options
-    if "vault" in options:
+def _mount_problem(value: str) -> str | None:
+    return None if is_vault_path(value) else "is not a mount path"
+
+
+def _check_vault_database_target(ctx: Any) -> Iterator[Any]:
+    """Rules across keys of a ``type: vault-database`` target (``ctx``: a policy TargetContext)."""
+    if "vault" in ctx.options:
         yield from validate_vault_block(ctx, "vault")
-    mount = options.get("mount", DEFAULT_MOUNT)
-    if not isinstance(mount, str) or not is_vault_path(mount):
-        yield ctx.problem("mount", "mount must be a Vault mount path like 'database'")
-    else:
-        options["mount"] = mount
-    role = options.get("role")
-    if not isinstance(role, str) or not _ROLE.fullmatch(role):
-        yield ctx.problem("role", "role must be the database secrets engine's role name "
-                                  "(letters, digits, _ . -)")
-    connect = options.get("connect")
-    if not isinstance(connect, dict):
-        yield ctx.problem("connect", "connect must be a mapping with host, dbname (port, sslmode): "
-                                     "what clients are told, since Vault returns only a username "
-                                     "and a password")
-        return
-    for key in connect:
-        if key not in CONNECT_KEYS:
-            yield ctx.problem("connect", f"connect: unknown key {key!r} "
-                                         f"(allowed: {', '.join(sorted(CONNECT_KEYS))})")
-    for key in ("host", "dbname"):
-        if not isinstance(connect.get(key), str) or not connect.get(key):
-            yield ctx.problem("connect", f"connect.{key} must be a non-empty string")
-    port = connect.get("port", DEFAULT_PORT)
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        yield ctx.problem("connect", "connect.port must be an integer from 1 to 65535")
-    else:
-        connect["port"] = port
-    if "sslmode" in connect and connect["sslmode"] not in SSLMODES:
-        yield ctx.problem("connect", f"connect.sslmode must be one of {', '.join(sorted(SSLMODES))}")
 
 
-register_target_type(KIND, VAULT_DATABASE_KEYS, validate_vault_database_target,
-                     required_keys={"role", "connect"})
+POLICY_KEYS = TargetSchema(KIND, validate=_check_vault_database_target, keys={
+    "vault": Key(Anything()),
+    "mount": Key(Text(check=_mount_problem, message="{label} must be a Vault mount path like 'database'"),
+                 default=DEFAULT_MOUNT),
+    "role": Key(Text(pattern=_ROLE, message="{label} must be the database secrets engine's role name "
+                                            "(letters, digits, _ . -)"), required=True),
+    # Optional: without it, what Vault's connection configuration says (see connection_info).
+    "connect": Key(connect_block(required=("host", "dbname"), port_default=DEFAULT_PORT, not_mapping=(
+        "connect must be a mapping with host, dbname (port, sslmode): what clients are told "
+        "(without it, what Vault's connection configuration of the role's database says)"))),
+})
+VAULT_DATABASE_KEYS = POLICY_KEYS.allowed_keys
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -138,34 +130,30 @@ class LeaseEnd:
     busy: bool = False
 
 
-@dataclass
-class ReconcileReport:
-    ended: list[str] = field(default_factory=list)     # credential ids whose end was recorded
-    unknown_leases: int = 0                            # leases Vault holds the ledger does not know
-    failed: list[dict[str, str]] = field(default_factory=list)
-
-
 # ---------------------------------------------------------------------------- the issuer
 
-class VaultDatabaseIssuer:
+class VaultDatabaseKind(TargetKind):
     """Reads database credentials from Vault, revokes and reconciles their leases. Built once
-    per process by ``create_app``; :meth:`attach_policy_set` tells it the targets."""
+    per process by ``create_app``; :meth:`attach` tells it the targets."""
 
-    kind = KIND
-    needs_reaper = True
+    name = KIND
+    policy_keys = POLICY_KEYS
+    #: Leases are ended at expiry by the reaper (one Vault could not shorten outlives the
+    #: policy) and can end in Vault on their own (reconciled). Leases the ledger does not know
+    #: are Vault's to expire: no orphan removal. `broker policy check` asks Vault whether the
+    #: role's revocation statements end sessions.
+    capabilities = Capabilities(reap=True, reconcile=True, check_backend=True)
 
     def __init__(self, *, default_settings: VaultSettings | None = None) -> None:
+        super().__init__()
         self.default_settings = default_settings
-        self._targets: dict[str, Any] = {}
         self._reconciled_at: dict[str, float] = {}
+        self._connections: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._lock = threading.Lock()
 
-    # -- wiring ----------------------------------------------------------------------------
-    def attach_policy_set(self, policy_set: Any) -> None:
-        self._targets = {name: t for name, t in policy_set.targets.items() if t.type == KIND}
-
-    def targets(self) -> list[str]:
-        return sorted(self._targets)
+    @classmethod
+    def from_config(cls, config: Any) -> VaultDatabaseKind:
+        return cls(default_settings=settings_from_config(config))
 
     def client_for(self, target: Any) -> VaultClient:
         block = target.options.get("vault")
@@ -198,6 +186,9 @@ class VaultDatabaseIssuer:
         client = self.client_for(target)
         mount, role = options.get("mount", DEFAULT_MOUNT), options["role"]
         path = f"{mount}/creds/{role}"
+        # Where clients connect: the target's `connect`, else Vault's configuration (read
+        # before the lease, so that a failure here leaves nothing to revoke).
+        connect = dict(options["connect"]) if "connect" in options else self.connection_info(target, client)
         wanted = max(1, request.expires_at - request.issued_at)
         response = client.call(f"read {path}", lambda c: c.read(path), need_ttl=wanted)
         response = response or {}
@@ -237,18 +228,70 @@ class VaultDatabaseIssuer:
             _best_effort(revoke_lease, lease_id)
             raise
         now = time.time()
-        connect = dict(options["connect"])
-        connect.setdefault("port", DEFAULT_PORT)
-        secret = database_credential(username, password, connect, expires_at=request.expires_at)
         details = {
             "role": username, "username": username,
             "lease_id": lease_id, "lease_duration": duration,
             "lease_expires_at": _rfc3339(now + duration),
             "lease_shortened": shortened,
             "vault_mount": mount, "vault_role": role,
-            "database": connect["dbname"], "host": connect["host"], "port": int(connect["port"]),
         }
+        if connect is None:
+            secret = {"type": "postgres", "username": username, "password": password,
+                      "expires_at": _rfc3339(request.expires_at), "note": NO_CONNECT_NOTE}
+            details["connect"] = "unknown"
+        else:
+            secret = database_credential(username, password, connect, expires_at=request.expires_at)
+            details.update({"database": connect["dbname"], "host": connect["host"],
+                            "port": int(connect["port"]),
+                            "connect": "policy" if "connect" in options else "vault"})
         return IssuedCredential(secret=secret, details=details, undo=revoke_lease)
+
+    # -- where the database is -----------------------------------------------------------
+    def connection_info(self, target: Any, client: VaultClient | None = None) -> dict[str, Any] | None:
+        """Host, port, database (and sslmode) of the role's database as Vault's connection
+        configuration says (``<mount>/roles/<role>`` → ``db_name``, then
+        ``<mount>/config/<db_name>`` → ``connection_details.connection_url``); None when the
+        broker may not read it or it is not a PostgreSQL URL. Never the password. Kept for
+        :data:`CONNECTION_INFO_TTL` seconds."""
+        with self._lock:
+            cached = self._connections.get(target.name)
+        if cached is not None and time.monotonic() - cached[0] < CONNECTION_INFO_TTL:
+            return cached[1]
+        client = client or self.client_for(target)
+        mount, role = target.options.get("mount", DEFAULT_MOUNT), target.options["role"]
+        info = None
+        try:
+            role_config = _read_data(client, f"{mount}/roles/{role}")
+            db_name = role_config.get("db_name")
+            if isinstance(db_name, str) and db_name:
+                connection = _read_data(client, f"{mount}/config/{db_name}").get("connection_details") or {}
+                info = parse_connection_url(connection.get("connection_url"))
+        except VaultRefused as exc:         # no permission (or no such role/config): say so
+            log.info("vault-database target %s: cannot read Vault's connection configuration (%s); "
+                     "credentials carry a username and a password only", target.name, exc.detail)
+        with self._lock:
+            self._connections[target.name] = (time.monotonic(), info)
+        return info
+
+    def backend_warnings(self, target: Any) -> list[str]:
+        """What ``broker policy check`` says of the target's Vault role, when the broker may read
+        it: revocation statements that do not end the user's sessions (no
+        ``pg_terminate_backend``) leave a revoked credential's open connections working."""
+        mount, role = target.options.get("mount", DEFAULT_MOUNT), target.options["role"]
+        try:
+            role_config = _read_data(self.client_for(target), f"{mount}/roles/{role}")
+        except errors.BrokerError:
+            return []
+        statements = role_config.get("revocation_statements") or []
+        if isinstance(statements, str):
+            statements = [statements]
+        if any("pg_terminate_backend" in str(statement).lower() for statement in statements):
+            return []
+        what = ("has no revocation statements, and Vault's default does" if not statements
+                else "has revocation statements that do")
+        return [f"vault-database target {target.name!r}: Vault role {mount}/roles/{role} {what} not "
+                f"end the user's sessions (no pg_terminate_backend): a revoked credential's open "
+                f"connections keep working until they close"]
 
     # -- revoke / end ----------------------------------------------------------------------
     def revoke(self, record: CredentialRecord) -> None:
@@ -277,13 +320,6 @@ class VaultDatabaseIssuer:
             except VaultRefused as exc:
                 results.append((record, exc))
         yield from results
-
-    # The reaper's orphan pass is about nhb_ roles; leases are Vault's to expire.
-    def minted_roles(self, target_name: str) -> list[str]:
-        return []
-
-    def end_orphans(self, target_name: str, roles: Any) -> list[Any]:
-        return []
 
     # -- reconciliation --------------------------------------------------------------------
     def reconcile(self, ledger: Any, *, now: float | None = None, force: bool = False) -> ReconcileReport:
@@ -354,6 +390,37 @@ def list_leases(client: VaultClient, prefix: str) -> set[str] | None:
     return {f"{prefix}/{key}" for key in keys if not key.endswith("/")}
 
 
+def _read_data(client: VaultClient, path: str) -> dict[str, Any]:
+    """The ``data`` of a Vault read; VaultNotFound when there is nothing at ``path``."""
+    response = client.call(f"read {path}", lambda c: c.read(path))
+    if not response:
+        raise VaultNotFound("target is not usable", detail=f"vault: nothing at {path}")
+    data = response.get("data") if isinstance(response, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def parse_connection_url(url: Any) -> dict[str, Any] | None:
+    """``host``, ``port``, ``dbname`` (and ``sslmode``) of a PostgreSQL connection URL as Vault's
+    database secrets engine stores it (``postgresql://{{username}}:{{password}}@host:5432/db``);
+    None when it is not one. The user and password parts are ignored."""
+    if not isinstance(url, str):
+        return None
+    url = url.replace("{{username}}", "user").replace("{{password}}", "password")
+    try:
+        parts = urlsplit(url)
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        return None
+    if parts.scheme not in ("postgres", "postgresql") or not parts.hostname:
+        return None
+    dbname = unquote(parts.path.lstrip("/")) or "postgres"
+    info: dict[str, Any] = {"host": parts.hostname, "port": port, "dbname": dbname}
+    sslmode = parse_qs(parts.query).get("sslmode")
+    if sslmode:
+        info["sslmode"] = sslmode[0]
+    return info
+
+
 def _best_effort(revoke: Any, lease_id: str) -> None:
     try:
         revoke()
@@ -375,5 +442,8 @@ def credential_id_for_username(ledger: Any, username: str, *, at: float | None =
     return record.credential_id
 
 
-def build_vault_database_issuer(config: Any) -> VaultDatabaseIssuer:
-    return VaultDatabaseIssuer(default_settings=settings_from_config(config))
+VaultDatabaseIssuer = VaultDatabaseKind          # the old name
+
+
+def build_vault_database_issuer(config: Any) -> VaultDatabaseKind:
+    return VaultDatabaseKind.from_config(config)

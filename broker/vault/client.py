@@ -209,7 +209,7 @@ def validate_vault_block(ctx: Any, key: str = "vault") -> Iterator[Any]:
         yield ctx.problem(key, f"{key}.auth must be a mapping with a method")
         return
     method = auth.get("method")
-    if method not in AUTH_KEYS:
+    if not isinstance(method, str) or method not in AUTH_KEYS:
         yield ctx.problem(key, f"{key}.auth.method must be one of {', '.join(AUTH_METHODS)}")
         return
     for name in auth:

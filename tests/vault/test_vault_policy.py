@@ -28,7 +28,6 @@ def test_the_issue_example_loads(tmp_path):
 
 @pytest.mark.parametrize("keys, line, message", [
     (GOOD_CONNECT, 1, "missing required key 'role'"),
-    ("role: r\n", 1, "missing required key 'connect'"),
     ("role: 'a b'\n" + GOOD_CONNECT, 5, "role must be the database secrets engine's role name"),
     ("role: r\nmount: /database/\n" + GOOD_CONNECT, 6, "mount must be a Vault mount path"),
     ("role: r\nconnect: {host: h}\n", 6, "connect.dbname must be a non-empty string"),
@@ -45,7 +44,7 @@ def test_the_issue_example_loads(tmp_path):
      "kubernetes needs role"),
     ("role: r\n" + GOOD_CONNECT + "vault: {addr_env: A, token_env: T, auth: {method: jwt, role: r, jwt_env: J}}\n",
      7, "give auth or token_env/token_file, not both"),
-], ids=["role missing", "connect missing", "bad role", "bad mount", "connect without dbname",
+], ids=["role missing", "bad role", "bad mount", "connect without dbname",
         "bad port", "a literal token is not a key", "no address", "unknown auth method",
         "approle without secret id", "kubernetes without role", "two auth sources"])
 def test_problems_name_file_and_line(keys, line, message):
