@@ -51,8 +51,8 @@ def running_broker(env: dict[str, str], *, workers: int = 2, timeout: float = 30
                 try:
                     if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
                         break
-                except requests.ConnectionError:
-                    pass
+                except (requests.ConnectionError, requests.Timeout):
+                    pass            # not listening yet, or too busy starting to answer in time
                 if time.monotonic() > deadline:
                     raise RuntimeError("broker did not become healthy")
                 time.sleep(0.1)
