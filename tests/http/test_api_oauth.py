@@ -24,7 +24,7 @@ def minted(client, dev_issuer):
 ])
 def test_client_authentication_is_required(client, minted, path, case, headers, status, error):
     data = {"token": minted["access_token"]}
-    if path == "/revoke" and not headers:   # token= alone is its holder revoking it (tests/fanout)
+    if path == "/revoke" and not headers:   # token= alone is its holder revoking it (tests/lifecycle)
         data = {"credential_id": minted["credential_id"]}
     response = client.post(path, data=data, headers=headers)
     assert response.status_code == status
