@@ -36,15 +36,15 @@ test: $(VENV)/.installed-test services browser
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-test services
-	$(BIN)/python bench/exchange.py
+	$(BIN)/python -m bench.exchange
 
 # Audit query latency on a 1,000,000-event ledger (SQLite and PostgreSQL); a few minutes.
 bench-lineage: $(VENV)/.installed-test services
-	$(BIN)/python bench/lineage.py
+	$(BIN)/python -m bench.lineage
 
 # PostgreSQL credentials: mints/s and p50/p99 vs bare CREATE/DROP ROLE, usage-ingest lines/s.
 bench-postgres: $(VENV)/.installed-test services
-	$(BIN)/python bench/postgres.py
+	$(BIN)/python -m bench.postgres
 
 clean:
 	rm -rf $(VENV) .broker .pytest_cache build *.egg-info

@@ -15,8 +15,8 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"

@@ -1,6 +1,6 @@
 """Mints per second and p50/p99 latency of POST /token through the real gunicorn server.
 
-    .venv/bin/python bench/exchange.py [--requests N] [--workers W] [--threads T]
+    .venv/bin/python -m bench.exchange [--requests N] [--workers W] [--threads T]
 
 Scenarios: embedded defaults (SQLite ledger, embedded replay store) and PostgreSQL + Redis,
 each with 1 and 4 concurrent clients (separate processes, keep-alive connections). Attestations
@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import broker_process, exchange_body, fresh_pg_database, run_load  # noqa: E402
+from bench.common import broker_process, exchange_body, fresh_pg_database, run_load
 
 os.environ.setdefault("BROKER_INSECURE_DEV_ISSUER", "1")   # the bench's own local issuer
 

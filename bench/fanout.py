@@ -1,6 +1,6 @@
 """Fan-out through the real gunicorn server: deriving 1,000 children, revoking a tree of 1,000.
 
-    .venv/bin/python bench/fanout.py [--children N] [--workers W] [--threads T] [--backend sqlite|postgres|both]
+    .venv/bin/python -m bench.fanout [--children N] [--workers W] [--threads T] [--backend sqlite|postgres|both]
 
 For each ledger backend (embedded SQLite; PostgreSQL + Redis):
 
@@ -22,16 +22,12 @@ import base64
 import http.client
 import json
 import os
-import sys
 import tempfile
 import time
 import urllib.parse
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import GRANT, JWT_TYPE, broker_process, fresh_pg_database, run_load  # noqa: E402
+from bench.common import GRANT, JWT_TYPE, broker_process, fresh_pg_database, run_load
 
 os.environ.setdefault("BROKER_INSECURE_DEV_ISSUER", "1")   # the bench's own local issuer
 
@@ -129,8 +125,8 @@ def main() -> None:
     import hashlib
 
     from broker.devtools.dev_issuer import DevIssuer
-    from broker.ledger import open_ledger
     from broker.http.server import default_workers
+    from broker.ledger import open_ledger
 
     workers = args.workers or default_workers()
     auth = {"Authorization": "Basic " + base64.b64encode(f"{AUDITOR[0]}:{AUDITOR[1]}".encode()).decode()}

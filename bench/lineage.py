@@ -1,6 +1,6 @@
 """Latency of the audit queries on a large ledger, SQLite and PostgreSQL.
 
-    .venv/bin/python bench/lineage.py [--events 1000000] [--iterations 300] [--backend both]
+    .venv/bin/python -m bench.lineage [--events 1000000] [--iterations 300] [--backend both]
                                       [--verify]
 
 Builds the ledger itself: ``--events`` events with a valid hash chain, computed in Python and
@@ -28,19 +28,15 @@ import hashlib
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from broker.common.ids import new_credential_id  # noqa: E402
-from broker.ledger import GENESIS_HASH, CredentialRecord, Event, EventDraft, utc_timestamp  # noqa: E402
-from broker.ledger.chain import Sealer  # noqa: E402
-from broker.ledger.rows import SQL_INSERT_CREDENTIAL, SQL_INSERT_EVENT, credential_params, event_params  # noqa: E402
+from broker.common.ids import new_credential_id
+from broker.ledger import GENESIS_HASH, CredentialRecord, Event, EventDraft, utc_timestamp
+from broker.ledger.chain import Sealer
+from broker.ledger.rows import SQL_INSERT_CREDENTIAL, SQL_INSERT_EVENT, credential_params
 
 AUDITOR = ("bench-auditor", "bench-auditor-secret-0123456789")
 POLICY = f"""
@@ -298,7 +294,7 @@ def main() -> None:
     parser.add_argument("--verify", action="store_true", help="also recompute the whole chain (slow)")
     parser.add_argument("--pg-admin-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
-    from common import fresh_pg_database
+    from bench.common import fresh_pg_database
 
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     report: list[str] = []

@@ -1,7 +1,7 @@
 """Merkle tree micro-benchmark: build a large ledger, compute the tree, time proofs.
 
-    .venv/bin/python bench/merkle.py                      # 1,000,000 events, SQLite in a temp dir
-    .venv/bin/python bench/merkle.py --events 200000 --database-url postgresql://postgres@127.0.0.1/bench
+    .venv/bin/python -m bench.merkle                      # 1,000,000 events, SQLite in a temp dir
+    .venv/bin/python -m bench.merkle --events 200000 --database-url postgresql://postgres@127.0.0.1/bench
 
 Events are bulk-inserted straight into the ``events`` table (a correct hash chain, sealed
 by the broker's own code, but without the per-append transaction), then ``LedgerTree.sync``
@@ -19,19 +19,16 @@ import os
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from broker.ledger import EventDraft, open_ledger                          # noqa: E402
-from broker.ledger.events import GENESIS_HASH, Event, utc_timestamp        # noqa: E402
-from broker.transparency.merkle import verify_consistency, verify_inclusion     # noqa: E402
-from broker.ledger.chain import Sealer  # noqa: E402
-from broker.ledger.rows import SQL_INSERT_EVENT, event_params             # noqa: E402
-from broker.transparency.tree import LedgerTree, verify_tree                     # noqa: E402
+from broker.ledger import EventDraft, open_ledger
+from broker.ledger.chain import Sealer
+from broker.ledger.events import GENESIS_HASH, Event, utc_timestamp
+from broker.ledger.rows import SQL_INSERT_EVENT
+from broker.transparency.merkle import verify_consistency, verify_inclusion
+from broker.transparency.tree import LedgerTree, verify_tree
 
 BATCH = 20_000
 AUDITOR_SECRET = "bench-auditor-secret"

@@ -2,7 +2,7 @@
 bare cost of ``CREATE ROLE … VALID UNTIL`` + ``DROP ROLE`` on the same server, and the rate of
 usage ingestion from the database's log.
 
-    .venv/bin/python bench/postgres.py [--requests N] [--workers W] [--threads T]
+    .venv/bin/python -m bench.postgres [--requests N] [--workers W] [--threads T]
                                        [--ledger sqlite|postgres|both] [--ingest-lines N]
 
 The target is the machine's PostgreSQL (127.0.0.1:5432, a fresh database per run). Each mint
@@ -28,16 +28,12 @@ import json
 import os
 import secrets
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import broker_process, exchange_body, fresh_pg_database, run_load  # noqa: E402
+from bench.common import broker_process, exchange_body, fresh_pg_database, run_load
 
 os.environ.setdefault("BROKER_INSECURE_DEV_ISSUER", "1")   # the bench's own local issuer
 

@@ -1,7 +1,7 @@
 """Database credentials through the broker (``vault-database`` target) against asking
 OpenBao directly, in the same run, on the same OpenBao and PostgreSQL.
 
-    .venv/bin/python bench/vault.py [--requests N] [--workers W] [--threads T]
+    .venv/bin/python -m bench.vault [--requests N] [--workers W] [--threads T]
 
 * **broker**: ``POST /token`` on the real gunicorn server: verify the attestation (RS256,
   JWKS), replay check, policy, ``GET database/creds/<role>`` with the broker's Vault token,
@@ -25,15 +25,11 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import broker_process, exchange_body, free_port, fresh_pg_database, run_clients, run_load  # noqa: E402
+from bench.common import broker_process, exchange_body, free_port, fresh_pg_database, run_clients, run_load
 
 os.environ.setdefault("BROKER_INSECURE_DEV_ISSUER", "1")   # the bench's own local issuer
 AUDIENCE = "nhi-broker-bench"

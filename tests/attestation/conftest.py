@@ -1,5 +1,6 @@
-"""Fixtures for attestation tests: a real dev OIDC issuer over HTTP, issuer configs built
-directly from the policy dataclasses, and fresh key caches and replay stores."""
+"""Fixtures for attestation tests: fresh key caches and replay stores (the dev issuers, a real
+OIDC issuer over HTTP, come from the root conftest; issuer configs are built directly from the
+policy dataclasses by tests.support.attestation)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -7,20 +8,6 @@ from collections.abc import Iterator
 import pytest
 
 from broker.attestation import JWKSCache, SQLiteReplayGuard
-from broker.devtools.dev_issuer import DevIssuer
-
-
-@pytest.fixture(scope="module")
-def dev_issuer() -> Iterator[DevIssuer]:
-    """One issuer for a whole module: tests that rotate or reconfigure it use fresh_issuer."""
-    with DevIssuer() as dev:
-        yield dev
-
-
-@pytest.fixture
-def fresh_issuer() -> Iterator[DevIssuer]:
-    with DevIssuer() as dev:
-        yield dev
 
 
 @pytest.fixture

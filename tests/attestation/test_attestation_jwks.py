@@ -10,13 +10,13 @@ import time
 from typing import Any
 
 import pytest
-from attestation_support import AUDIENCE, issuer_config, policy_set
 
 from broker.attestation import AttestationError, JWKSCache, verify_subject_token
 from broker.attestation.jwks import is_allowed_fetch_url, key_fits_alg
 from broker.devtools.dev_issuer import DevIssuer, DevKey
 from broker.errors import BackendUnavailable
 from broker.http.errors import body_of, status_of
+from tests.support.attestation import AUDIENCE, issuer_config, policy_set
 
 
 def verify(dev: DevIssuer, token: str, cache: JWKSCache, replay, **config: Any):

@@ -15,7 +15,18 @@ from functools import cache
 from typing import Any
 
 import pytest
-from attestation_support import (
+
+from broker.attestation import (
+    AttestationError,
+    JWKSCache,
+    RedisReplayGuard,
+    verify_subject_token,
+)
+from broker.attestation.errors import EXPIRED, NOT_ACCEPTABLE, REPLAYED, UNTRUSTED_ISSUER
+from broker.devtools.dev_issuer import DevIssuer, DevKey
+from broker.http.errors import body_of, status_of
+from broker.policy.presets import BASE_REQUIRED_CLAIMS, PRESETS
+from tests.support.attestation import (
     AUDIENCE,
     b64url,
     b64url_json,
@@ -25,17 +36,6 @@ from attestation_support import (
     with_claims,
     with_header,
 )
-
-from broker.attestation import (
-    AttestationError,
-    JWKSCache,
-    RedisReplayGuard,
-    verify_subject_token,
-)
-from broker.attestation.errors import EXPIRED, NOT_ACCEPTABLE, REPLAYED, UNTRUSTED_ISSUER
-from broker.policy.presets import BASE_REQUIRED_CLAIMS, PRESETS
-from broker.devtools.dev_issuer import DevIssuer, DevKey
-from broker.http.errors import body_of, status_of
 
 GITHUB_PRINCIPAL = "github:acme/payments:acme/payments/.github/workflows/deploy.yml@refs/heads/main"
 

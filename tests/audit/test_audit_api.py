@@ -5,9 +5,8 @@ from urllib.parse import quote
 
 import pytest
 
-from audit_support import (
-    AUDITOR, EVIL_PRINCIPAL, EVIL_STATEMENT, INTROSPECTOR, PRINCIPAL, basic, deny, mint,
-)
+from tests.support.audit import EVIL_PRINCIPAL, EVIL_STATEMENT, PRINCIPAL, deny, mint
+from tests.support.oauth import AUDITOR, INTROSPECTOR, basic
 
 
 def get(client, auth, path, status=200):

@@ -11,11 +11,11 @@ import base64
 
 import pytest
 
-from shared import headless_chromium
-
-from audit_support import AUDITOR, REPO, build_story, write_audit_policies
-from api_support import running_broker
 from broker.ledger import open_ledger
+from tests.support.audit import build_story, write_audit_policies
+from tests.support.browser import headless_chromium
+from tests.support.oauth import AUDITOR
+from tests.support.server import REPO, running_broker
 
 ARTIFACTS = REPO / "tests" / "artifacts"
 

@@ -3,35 +3,27 @@ PostgreSQL, and against a remote broker (real gunicorn) with client credentials.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
-from audit_support import (
-    AUDITOR, EVIL_PRINCIPAL, EVIL_STATEMENT, INTROSPECTOR, PRINCIPAL, REPO, build_story,
-)
-from api_support import running_broker
 from broker.ledger import open_ledger
+from tests.support.audit import EVIL_PRINCIPAL, EVIL_STATEMENT, PRINCIPAL, build_story
+from tests.support.oauth import AUDITOR, INTROSPECTOR
+from tests.support.server import broker_cli, running_broker
 
 
 def broker(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("BROKER_CLIENT_ID", "BROKER_CLIENT_SECRET", "BROKER_DATABASE_URL")}
-    return subprocess.run([sys.executable, "-m", "broker.cli", "audit", *args], capture_output=True,
-                          text=True, cwd=REPO, env={**base, "COLUMNS": "200", **(env or {})},
-                          timeout=120)
+    return broker_cli("audit", *args, env={"COLUMNS": "200", **(env or {})},
+                      without=("BROKER_CLIENT_ID", "BROKER_CLIENT_SECRET", "BROKER_DATABASE_URL"))
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def local(request, tmp_path):
+@pytest.fixture
+def local(database_url):
     """A populated ledger and the environment that points the CLI at it."""
-    url = (f"sqlite:///{tmp_path / 'ledger.db'}" if request.param == "sqlite"
-           else request.getfixturevalue("pg_database"))
-    with open_ledger(url) as ledger:
+    with open_ledger(database_url) as ledger:
         story = build_story(ledger)
-    return story, {"BROKER_DATABASE_URL": url}
+    return story, {"BROKER_DATABASE_URL": database_url}
 
 
 def test_lineage_tree_and_json(local):
@@ -122,7 +114,7 @@ def test_export_jsonl_and_ocsf(local):
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory):
     """A real broker (gunicorn) over a populated SQLite ledger."""
-    from audit_support import write_audit_policies
+    from tests.support.audit import write_audit_policies
 
     tmp = tmp_path_factory.mktemp("remote")
     url = f"sqlite:///{tmp / 'ledger.db'}"

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from audit_support import PRINCIPAL, build_story, deny, mint, usage
 from broker.audit.client import LocalSource, iter_events
 from broker.audit.ocsf import to_ocsf
 from broker.audit.params import decode_cursor, encode_cursor, parse_instant
+from broker.audit.queries import AuditQueries
 from broker.ledger import Event
 from broker.ledger.schema import LATEST_VERSION
-from broker.audit.queries import AuditQueries
+from tests.support.audit import PRINCIPAL, build_story, deny, mint, usage
 
 
 def test_schema_version_5_indexes_exist(ledger, database_url):

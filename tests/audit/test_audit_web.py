@@ -6,9 +6,8 @@ from urllib.parse import quote
 
 import pytest
 
-from audit_support import (
-    AUDITOR, EVIL_PRINCIPAL, EVIL_STATEMENT, INTROSPECTOR, PRINCIPAL, basic,
-)
+from tests.support.audit import EVIL_PRINCIPAL, EVIL_STATEMENT, PRINCIPAL
+from tests.support.oauth import AUDITOR, INTROSPECTOR, basic
 
 
 def page(client, auth, path, status=200):
@@ -155,7 +154,8 @@ def tamper(url: str, sql: str) -> None:
 
 
 def test_ledger_page_shows_the_latest_signed_checkpoint(client, auth, story, app, ledger):
-    checkpoints = pytest.importorskip("broker.transparency.checkpoints")
+    from broker.transparency import checkpoints
+
     ctx = app.extensions["broker"]
     checkpoints.checkpoint_now(ledger, ctx.signer, issuer=ctx.issuer)
     checkpoint = checkpoints.latest_checkpoint(ledger)

@@ -1,40 +1,25 @@
 """Fixtures for the ledger tests: every test runs against both backends, for real.
 
-``ledger_url`` is a fresh SQLite file or a fresh PostgreSQL database (from ``pg_database``);
-``raw_sql`` runs statements on it behind the ledger's back, the way a tamperer would.
+``database_url`` (the root's) is a fresh SQLite file or a fresh PostgreSQL database;
+``ledger`` is a store of its own on it; ``raw_sql`` runs statements on it behind the ledger's
+back, the way a tamperer would.
 """
 from __future__ import annotations
 
 import sqlite3
 from typing import Any, Callable, Iterator
 
+import psycopg
 import pytest
 
 from broker.ledger import Ledger, open_ledger
 
-BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-]
-
 RawSQL = Callable[..., list[tuple[Any, ...]]]
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
 @pytest.fixture
-def ledger_url(backend: str, request: pytest.FixtureRequest, tmp_path) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path}/state/ledger.db"
-    return request.getfixturevalue("pg_database")
-
-
-@pytest.fixture
-def ledger(ledger_url: str) -> Iterator[Ledger]:
-    store = open_ledger(ledger_url)
+def ledger(database_url: str) -> Iterator[Ledger]:
+    store = open_ledger(database_url)
     try:
         yield store
     finally:
@@ -50,15 +35,13 @@ def run_raw_sql(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[
             return cur.fetchall()
         finally:
             conn.close()
-    import psycopg
-
     with psycopg.connect(url, autocommit=True) as conn:
         cur = conn.execute(sql, params or None)
         return cur.fetchall() if cur.description else []
 
 
 @pytest.fixture
-def raw_sql(ledger_url: str) -> RawSQL:
+def raw_sql(database_url: str) -> RawSQL:
     def run(sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        return run_raw_sql(ledger_url, sql, tuple(params))
+        return run_raw_sql(database_url, sql, tuple(params))
     return run

@@ -49,21 +49,21 @@ def _run_children(target, args_for) -> None:
     assert [child.exitcode for child in children] == [0] * PROCESSES
 
 
-def test_schema_creation_races_safely_on_an_empty_database(ledger_url: str, raw_sql) -> None:
-    _run_children(_open_then_append, lambda worker: (ledger_url, worker))
+def test_schema_creation_races_safely_on_an_empty_database(database_url: str, raw_sql) -> None:
+    _run_children(_open_then_append, lambda worker: (database_url, worker))
 
     assert raw_sql("SELECT version FROM schema_version ORDER BY version") == \
         [(m.version,) for m in sorted(MIGRATIONS, key=lambda m: m.version)]
-    with open_ledger(ledger_url) as ledger:
+    with open_ledger(database_url) as ledger:
         assert ledger.count() == PROCESSES
         report = ledger.verify()
         assert report.ok and report.count == PROCESSES
         assert sorted(e.details["worker"] for e in ledger.iter_events()) == list(range(PROCESSES))
 
 
-def test_concurrent_appends_from_processes_keep_one_chain(ledger: Ledger, ledger_url: str,
+def test_concurrent_appends_from_processes_keep_one_chain(ledger: Ledger, database_url: str,
                                                           raw_sql) -> None:
-    _run_children(_append_many, lambda worker: (ledger_url, worker, APPENDS_PER_PROCESS))
+    _run_children(_append_many, lambda worker: (database_url, worker, APPENDS_PER_PROCESS))
 
     total = PROCESSES * APPENDS_PER_PROCESS
     assert ledger.count() == total

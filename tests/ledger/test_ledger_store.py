@@ -8,7 +8,12 @@ import pytest
 
 from broker.common.ids import new_credential_id
 from broker.ledger import (
-    GENESIS_HASH, CredentialRecord, EventDraft, Ledger, LedgerUnavailable, open_ledger,
+    GENESIS_HASH,
+    CredentialRecord,
+    EventDraft,
+    Ledger,
+    LedgerUnavailable,
+    open_ledger,
 )
 from broker.ledger.schema import LATEST_VERSION, MIGRATIONS
 
@@ -271,10 +276,10 @@ def test_iter_events_streams_in_batches(ledger: Ledger) -> None:
 
 # -- lifecycle -------------------------------------------------------------------------------
 
-def test_reopening_continues_the_chain(ledger_url: str, raw_sql) -> None:
-    with open_ledger(ledger_url) as first:
+def test_reopening_continues_the_chain(database_url: str, raw_sql) -> None:
+    with open_ledger(database_url) as first:
         first.append(EventDraft(type="deny"))
-    with open_ledger(ledger_url) as second:
+    with open_ledger(database_url) as second:
         event = second.append(EventDraft(type="deny"))
         assert event.seq == 2
         assert second.verify().ok
@@ -282,16 +287,16 @@ def test_reopening_continues_the_chain(ledger_url: str, raw_sql) -> None:
         [(m.version,) for m in sorted(MIGRATIONS, key=lambda m: m.version)]
 
 
-def test_a_schema_newer_than_the_code_is_refused(ledger: Ledger, ledger_url: str,
+def test_a_schema_newer_than_the_code_is_refused(ledger: Ledger, database_url: str,
                                                 raw_sql) -> None:
     raw_sql("INSERT INTO schema_version (version, description, applied_at) VALUES (%s, %s, %s)",
             LATEST_VERSION + 1, "from the future", "2030-01-01T00:00:00.000000Z")
     with pytest.raises(LedgerUnavailable, match="newer"):
-        open_ledger(ledger_url)
+        open_ledger(database_url)
 
 
-def test_a_closed_ledger_is_unavailable(ledger_url: str) -> None:
-    store = open_ledger(ledger_url)
+def test_a_closed_ledger_is_unavailable(database_url: str) -> None:
+    store = open_ledger(database_url)
     store.close()
     with pytest.raises(LedgerUnavailable):
         store.append(EventDraft(type="deny"))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from policy_support import PolicyFiles
+from tests.policy.policy_support import PolicyFiles
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Helpers shared by the policy tests (imported by name; pytest puts this folder on sys.path)."""
+"""Helpers shared by the policy tests (imported as ``tests.policy.policy_support``)."""
 from __future__ import annotations
 
 import textwrap

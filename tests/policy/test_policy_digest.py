@@ -5,7 +5,7 @@ import pytest
 
 from broker.common.canonical import canonical_json, sha256_hex
 from broker.policy import load_policy_text
-from policy_support import dedent
+from tests.policy.policy_support import dedent
 
 HEAD = """
 kind: issuer

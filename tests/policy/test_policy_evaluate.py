@@ -5,7 +5,7 @@ import pytest
 
 from broker import errors
 from broker.policy import PolicySet, evaluate, load_policy_text
-from policy_support import dedent
+from tests.policy.policy_support import dedent
 
 POLICIES = """
 kind: issuer

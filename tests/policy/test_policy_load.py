@@ -5,11 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from broker.policy.presets import PRESETS
 from broker.policy import (
-    PolicyError, Problem, check_policy_dir, load_policy_dir, load_policy_text,
+    PolicyError,
+    Problem,
+    check_policy_dir,
+    load_policy_dir,
+    load_policy_text,
 )
-from policy_support import CLIENT_SECRET_SHA256, dedent
+from broker.policy.presets import PRESETS
+from tests.policy.policy_support import CLIENT_SECRET_SHA256, dedent
 
 EXAMPLE = f"""
 kind: issuer                 # a trusted attestation issuer

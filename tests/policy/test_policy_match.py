@@ -5,7 +5,7 @@ import pytest
 
 from broker.policy import ClaimMatcher, claim_value, load_policy_text
 from broker.policy.patterns import glob_to_regex
-from policy_support import dedent
+from tests.policy.policy_support import dedent
 
 
 def matcher(spec: str, claim: str = "claim") -> ClaimMatcher:

@@ -5,7 +5,7 @@ import pytest
 
 from broker.policy import TARGET_TYPES, PolicyError, register_target_type
 from broker.policy.targets import TargetContext
-from policy_support import dedent
+from tests.policy.policy_support import dedent
 
 
 @pytest.fixture

@@ -1,40 +1,35 @@
 """Fixtures of the Vault tests: one real OpenBao dev server per session, configured against a
-throwaway PostgreSQL cluster with SCRAM authentication (tests/postgres/pg_cluster.py) and
+throwaway PostgreSQL cluster with SCRAM authentication (tests/support/pg_cluster.py) and
 the machine's PostgreSQL; a policy set with vault-database targets; apps on it.
 
 No part of Vault is mocked. A missing ``bao`` binary or PostgreSQL is a failure, never a skip.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from shared import app_factory
-
-from vault_support import BaoServer, closed_port, configure_vault, policy_yaml  # noqa: I001 (sets sys.path)
-import pg_cluster  # tests/postgres/pg_cluster.py: the throwaway SCRAM cluster
+from broker.vault.client import close_clients
+from tests.support.apps import app_factory
+from tests.support.pg_cluster import throwaway_cluster
+from tests.support.vault import BaoServer, closed_port, configure_vault, policy_yaml
 
 
 @pytest.fixture(scope="session")
 def vault_cluster():
-    """A throwaway PostgreSQL cluster (SCRAM for every login but the superuser's)."""
-    pytest.importorskip("psycopg")
-    try:
-        started = pg_cluster.start_cluster()
-    except Exception as exc:  # noqa: BLE001 - a failure, never a skip
-        pytest.fail(f"could not start a throwaway PostgreSQL cluster: {exc}")
-    yield started
-    started.stop()
+    """A throwaway PostgreSQL cluster (SCRAM for every login but the superuser's) of Vault's
+    own: the users Vault creates there never meet the postgres-target tests' reapers and log
+    ingestion, which share the root's ``cluster``."""
+    with throwaway_cluster() as started:
+        yield started
 
 
 @pytest.fixture(scope="session")
 def bao(vault_cluster, pg_admin_dsn):
-    """A configured OpenBao dev server (see vault_support.configure_vault)."""
-    pytest.importorskip("hvac")
+    """A configured OpenBao dev server (see tests.support.vault.configure_vault)."""
     server = BaoServer()
     try:
         server.start()
@@ -56,15 +51,6 @@ def vault_env(bao, monkeypatch):
     return bao.vault_env
 
 
-@pytest.fixture(scope="module")
-def dev_issuer():
-    os.environ["BROKER_INSECURE_DEV_ISSUER"] = "1"
-    from broker.devtools.dev_issuer import DevIssuer
-
-    with DevIssuer() as issuer:
-        yield issuer
-
-
 @pytest.fixture
 def policy_extra() -> str:
     """More YAML documents for the policy file (overridden by tests that need them)."""
@@ -82,8 +68,6 @@ def policy_dir(tmp_path: Path, dev_issuer, vault_env, policy_extra) -> Path:
 
 @pytest.fixture
 def make_app(tmp_path: Path, policy_dir: Path):
-    from broker.vault.client import close_clients
-
     with app_factory(POLICY_DIR=str(policy_dir), STATE_DIR=str(tmp_path / "state"),
                      ISSUER="http://broker.test", DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}",
                      REAPER_INTERVAL=0) as factory:
@@ -94,16 +78,6 @@ def make_app(tmp_path: Path, policy_dir: Path):
 @pytest.fixture
 def app(make_app):
     return make_app()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
-def ledger(app):
-    return app.extensions["broker"].ledger
 
 
 @pytest.fixture

@@ -11,7 +11,9 @@ import sys
 import psycopg
 import pytest
 
-from vault_support import AUDIENCE, REPO, token_form
+from tests.support.oauth import AUDIENCE
+from tests.support.server import REPO
+from tests.support.vault import token_form
 
 TOKEN_VAULT = "{addr_env: NHB_TEST_VAULT_ADDR, token_env: NHB_TEST_VAULT_TOKEN}"
 
@@ -84,7 +86,7 @@ def _check(path, vault_env) -> subprocess.CompletedProcess:
 
 
 def test_policy_check_warns_when_revocation_does_not_end_sessions(bao, vault_env, tmp_path):
-    from vault_support import CREATION
+    from tests.support.vault import CREATION
 
     bao.client().secrets.database.create_role(
         name="weak-revocation", db_name="scram", creation_statements=CREATION,

@@ -2,50 +2,15 @@
 the broker's HTTP API, a real OpenBao, a real PostgreSQL with SCRAM authentication."""
 from __future__ import annotations
 
-import json
 import time
 
 import psycopg
 import pytest
 
-from vault_support import AUDITOR, AUDIENCE, basic, token_form
+from tests.support.oauth import AUDITOR, basic
+from tests.support.vault import all_ledger_text, cluster_roles, lease_ttl, leases, mint
 
 CREDENTIAL_KEYS = {"type", "username", "password", "host", "port", "dbname", "dsn", "expires_at"}
-
-
-def mint(client, dev_issuer, audience="payments-db-vault", **extra):
-    return client.post("/token", data=token_form(dev_issuer.mint_github(audience=AUDIENCE),
-                                                 audience, **extra))
-
-
-def lease_ttl(bao, lease_id: str) -> int | None:
-    import hvac
-
-    try:
-        return int(bao.client().sys.read_lease(lease_id=lease_id)["data"]["ttl"])
-    except hvac.exceptions.InvalidRequest:
-        return None
-
-
-def leases(bao, prefix="database/creds/app-readonly") -> set[str]:
-    import hvac
-
-    try:
-        keys = bao.client().sys.list_leases(prefix=prefix + "/")["data"]["keys"]
-    except hvac.exceptions.InvalidPath:
-        return set()
-    return {f"{prefix}/{k}" for k in keys}
-
-
-def cluster_roles(vault_env) -> set[str]:
-    with psycopg.connect(vault_env.cluster.admin_dsn, autocommit=True) as conn:
-        return {r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-%'")}
-
-
-def all_ledger_text(ledger) -> str:
-    events = [e.to_dict() for e in ledger.iter_events()]
-    credentials = [c.to_dict() for c in ledger.find_credentials(limit=1000)]
-    return json.dumps(events) + json.dumps(credentials)
 
 
 def test_mint_via_vault_returns_a_postgres_credential_that_connects(client, dev_issuer, vault_env, ledger, bao):

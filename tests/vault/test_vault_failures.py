@@ -7,8 +7,7 @@ import logging
 
 import pytest
 
-from test_vault_database import all_ledger_text, cluster_roles, leases, mint
-from vault_support import sealed
+from tests.support.vault import all_ledger_text, cluster_roles, leases, mint, sealed
 
 LIMITED_TARGET = """
 ---
@@ -121,7 +120,7 @@ def test_a_short_lease_with_a_short_token_is_fine(client, dev_issuer, vault_env)
 
 def test_revoke_while_vault_is_sealed_changes_nothing_until_it_succeeds(
         client, dev_issuer, vault_env, bao, ledger):
-    from vault_support import AUDITOR, basic
+    from tests.support.oauth import AUDITOR, basic
 
     body = mint(client, dev_issuer).get_json()
     cid = body["credential_id"]

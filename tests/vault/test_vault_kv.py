@@ -8,7 +8,7 @@ import pytest
 
 import broker.targets  # noqa: F401 - registers the target kinds (postgres, vault-database)
 from broker.policy import PolicyError, load_policy_text
-from test_vault_database import all_ledger_text, mint
+from tests.support.vault import all_ledger_text, mint
 
 KV_TARGETS = """
 ---

@@ -13,7 +13,9 @@ import jwt
 import pytest
 import requests
 
-from vault_support import AUDIENCE, AUDITOR, REPO, basic, running_broker, token_form
+from tests.support.oauth import AUDIENCE, AUDITOR, basic
+from tests.support.server import REPO, running_broker
+from tests.support.vault import token_form
 
 
 @pytest.fixture
@@ -134,7 +136,7 @@ def test_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_version
 
 def test_a_sealed_transit_refuses_cleanly_and_keeps_serving_the_jwks(make_app, bao, vault_env, dev_issuer,
                                                                      transit_key):
-    from vault_support import sealed
+    from tests.support.vault import sealed
 
     key = transit_key()
     app = transit_app(make_app, bao, key)

@@ -6,7 +6,7 @@ import time
 import psycopg
 
 from broker.usage import ingest_postgres_log
-from test_vault_database import mint
+from tests.support.vault import mint
 
 
 def wait_logged(cluster, needle: str, timeout: float = 10.0) -> None:

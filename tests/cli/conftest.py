@@ -1,0 +1,5 @@
+"""Fixtures of the CLI tests: the root's app on the standard policy set, and a real server with
+the fan-out policies for `broker exchange`."""
+from __future__ import annotations
+
+from tests.support.fanout import http_broker  # noqa: F401  (a fixture)

@@ -1,0 +1,4 @@
+"""Fixtures of the SDK tests: a real server with the fan-out policies."""
+from __future__ import annotations
+
+from tests.support.fanout import http_broker  # noqa: F401  (a fixture)
