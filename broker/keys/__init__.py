@@ -7,13 +7,21 @@ import hashlib
 import json
 from typing import Any, Protocol
 
+#: RFC 9068 §2.1: the ``typ`` header of JWT access tokens.
+ACCESS_TOKEN_TYP = "at+jwt"
+
+#: Seconds a relying party may cache the broker's JWKS (its ``Cache-Control: max-age``).
+JWKS_MAX_AGE = 60
+
 
 class Signer(Protocol):
     """What the exchange and the API need from a key custodian."""
 
     issuer: str
 
-    def sign(self, claims: dict[str, Any]) -> str: ...
+    def sign(self, claims: dict[str, Any], *, typ: str = ...) -> str:
+        """A compact JWS of ``claims``; ``typ`` defaults to :data:`ACCESS_TOKEN_TYP`."""
+        ...
     def sign_bytes(self, payload: bytes, *, typ: str) -> str: ...
     def jwks(self) -> dict[str, Any]: ...
     def verify(self, token: str, *, verify_exp: bool = True) -> dict[str, Any]: ...

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from broker.keys import Signer, TokenNotOurs, jwk_thumbprint  # noqa: F401 (re-exported)
+from broker.keys import ACCESS_TOKEN_TYP, Signer, TokenNotOurs, jwk_thumbprint  # noqa: F401 (re-exported)
 
 ALGORITHM = "ES256"
 
@@ -156,10 +156,10 @@ class FileSigner:
             raise RuntimeError("no active signing key in the keyring")
         return max(live, key=lambda k: k.created_at)
 
-    def sign(self, claims: dict[str, Any]) -> str:
+    def sign(self, claims: dict[str, Any], *, typ: str = ACCESS_TOKEN_TYP) -> str:
         key = self._active()
         return jwt.encode(claims, key.private, algorithm=ALGORITHM,
-                          headers={"kid": key.kid, "typ": "JWT"})
+                          headers={"kid": key.kid, "typ": typ})
 
     def sign_bytes(self, payload: bytes, *, typ: str) -> str:
         """A compact JWS (ES256, ``kid`` and ``typ`` in the header) over exactly ``payload``:

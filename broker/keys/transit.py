@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 from broker import errors
-from broker.keys import TokenNotOurs
+from broker.keys import ACCESS_TOKEN_TYP, TokenNotOurs
 from broker.vault.client import VaultClient, VaultUnavailable
 
 log = logging.getLogger("broker.keys.transit")
@@ -192,9 +192,9 @@ class TransitSigner:
                          + _b64url(payload)).encode("ascii")
         return signing_input.decode("ascii") + "." + self._sign_input(signing_input, version)
 
-    def sign(self, claims: dict[str, Any]) -> str:
+    def sign(self, claims: dict[str, Any], *, typ: str = ACCESS_TOKEN_TYP) -> str:
         payload = json.dumps(claims, separators=(",", ":")).encode("utf-8")
-        return self._compact(payload, typ="JWT")
+        return self._compact(payload, typ=typ)
 
     def sign_bytes(self, payload: bytes, *, typ: str) -> str:
         """A compact JWS over exactly ``payload`` (ledger checkpoints and other statements)."""

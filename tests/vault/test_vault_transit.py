@@ -52,7 +52,7 @@ def test_tokens_are_signed_by_transit_and_verify_against_the_jwks(make_app, bao,
     client = app.test_client()
     body = exchange(client, dev_issuer)
     header = jwt.get_unverified_header(body["access_token"])
-    assert header == {"alg": alg, "kid": f"{key}-v1", "typ": "JWT"}
+    assert header == {"alg": alg, "kid": f"{key}-v1", "typ": "at+jwt"}
     jwks = client.get("/.well-known/jwks.json").get_json()
     assert [(k["kid"], k["kty"], k["alg"]) for k in jwks["keys"]] == [(f"{key}-v1", kty, alg)]
     assert all("d" not in k for k in jwks["keys"])
