@@ -28,7 +28,9 @@ Choices made here (the format is a user-facing contract; keep this list in step 
     exist and hold a JSON key set (``{"keys": [...]}``); it is stored as an absolute path.
     ``principal`` is a template of literal text and ``{claim.path}`` placeholders (at least
     one; no stray braces). ``leeway`` is whole seconds 0..300 (default 60); ``max_token_age``
-    a duration.
+    a duration. ``allow_extra_audiences`` (boolean, default false): whether an attestation whose
+    ``aud`` lists audiences besides the issuer's ``audience`` is accepted (OpenID Connect Core
+    §3.1.3.7: by default it is refused).
 ``kind: target``
     ``type`` must be registered in :data:`broker.policy.targets.TARGET_TYPES`, which also
     says which extra keys the type allows. ``audience`` defaults to the name and must be unique
@@ -107,7 +109,7 @@ MAX_LEEWAY = 300
 ISSUER_REQUIRED = frozenset({"kind", "name", "audience"})
 ISSUER_KEYS = ISSUER_REQUIRED | {
     "preset", "issuer", "jwks_uri", "jwks_file", "algorithms", "principal", "run",
-    "required_claims", "max_token_age", "leeway",
+    "required_claims", "max_token_age", "leeway", "allow_extra_audiences",
 }
 TARGET_REQUIRED = frozenset({"kind", "name", "type", "max_ttl"})
 
@@ -524,6 +526,14 @@ def _compile_issuer(doc: _Doc) -> None:
     required_claims = _required_claims(doc, preset)
     max_token_age = doc.duration("max_token_age")
     leeway = _leeway(doc)
+    allow_extra_audiences = False
+    extra_node = node.get("allow_extra_audiences")
+    if extra_node is not None and not doc.quiet(extra_node):
+        if isinstance(extra_node.data, bool):
+            allow_extra_audiences = extra_node.data
+        else:
+            doc.error(extra_node.line, f"allow_extra_audiences must be true or false, got "
+                                       f"{type_name(extra_node.data)}")
 
     if not doc.ok or doc.name is None or preset is None:
         return
@@ -543,6 +553,7 @@ def _compile_issuer(doc: _Doc) -> None:
         jwks_file=jwks_file,
         max_token_age=max_token_age,
         leeway=leeway,
+        allow_extra_audiences=allow_extra_audiences,
         source=doc.source,
     )
 
