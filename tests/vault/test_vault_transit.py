@@ -89,7 +89,8 @@ def test_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_version
            "BROKER_SIGNER": f"vault-transit:{key}", "BROKER_VAULT_ADDR": bao.addr,
            "BROKER_VAULT_ROLE_ID": vault_env.role_id,              # AppRole from the environment
            "BROKER_VAULT_SECRET_ID_FILE": str(vault_env.secret_id_file),
-           "BROKER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}", "BROKER_REAPER_INTERVAL": "0"}
+           "BROKER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}", "BROKER_REAPER_INTERVAL": "0",
+           "BROKER_KEY_ACTIVATION_DELAY": "0"}    # the delay itself: test_vault_transit_activation.py
     with running_broker(env) as base:
         def token() -> str:
             response = requests.post(f"{base}/token", data=token_form(
