@@ -226,7 +226,8 @@ class FileSigner:
             ring = self._read_ring()
             moment = time.time()
             now = int(moment)
-            activates_at = math.ceil(moment + self.activation_delay)   # never sooner
+            activates_at = (math.ceil(moment + self.activation_delay)   # never sooner
+                            if self.activation_delay else now)
             for entry in ring["keys"]:
                 if entry.get("retired_at") is None or entry["retired_at"] > now:
                     entry["retired_at"] = activates_at

@@ -274,3 +274,26 @@ def test_broker_ledger_cosign_imports_a_cosigned_note(app, tmp_path):
     key_id = hashlib.sha256(b"witness.test/offline\n\x04" + public).digest()[:4]
     vkey = f"witness.test/offline+{key_id.hex()}+" + base64.b64encode(b"\x04" + public).decode()
     assert spec_open(again, vkey)[1] is not None
+
+
+@pytest.mark.postgres
+def test_cosignatures_on_postgresql(make_app, pg_database):
+    """The cosignature table is made on first use on PostgreSQL too, and a ledger that never
+    stored one verifies (the missing table is not an error)."""
+    from broker.transparency.integrity import verify_ledger
+    from broker.transparency.note import CheckpointText, cosign, parse_vkey, verifier_for
+    from broker.transparency.signed_notes import store_cosignatures
+    from broker.transparency.tree import LedgerTree
+
+    app = make_app(DATABASE_URL=pg_database)
+    ledger = app.extensions["broker"].ledger
+    _fill(ledger, 3)
+    assert verify_ledger(ledger, keys=None).ok
+    root = LedgerTree(ledger).root(LedgerTree(ledger).sync())
+    key = ed25519.Ed25519PrivateKey.generate()
+    text = CheckpointText("broker.test/ledger", 3, root)
+    store_cosignatures(ledger, text, [cosign(text.render(), "witness.test/pg", key,
+                                             timestamp=1_700_000_000)])
+    vkey = verifier_for("witness.test/pg", key.public_key(), signature_type=0x04).vkey
+    report = verify_ledger(ledger, keys=None, witnesses=[parse_vkey(vkey)])
+    assert report.ok and report.cosignatures_verified == 1, report.checkpoint_problems
