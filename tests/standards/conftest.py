@@ -14,8 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 from api_support import write_policies  # noqa: E402
 from broker.devtools.dev_issuer import DevIssuer  # noqa: E402
 from shared import app_factory  # noqa: E402
-
-BROKER_ISSUER = "https://broker.test"
+from standards_support import BROKER_ISSUER  # noqa: E402
 
 
 @pytest.fixture(scope="module")

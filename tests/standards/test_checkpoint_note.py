@@ -20,7 +20,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from api_support import AUDITOR, REPO, basic
-from conftest import BROKER_ISSUER
+from standards_support import BROKER_ISSUER
 
 # -- an independent signed-note verifier, from the specifications ----------------------------
 

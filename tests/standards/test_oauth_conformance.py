@@ -14,7 +14,7 @@ from authlib.oauth2.rfc9068 import JWTBearerTokenValidator
 from authlib.oidc.discovery import OpenIDProviderMetadata
 
 from api_support import AUDIENCE, GRANT, JWT_TYPE, exchange_form, sha
-from conftest import BROKER_ISSUER
+from standards_support import BROKER_ISSUER
 
 SPACED = ("spaced-client", "a secret with spaces+and+plus signs")
 
