@@ -105,6 +105,12 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     _s("SECRET_KEY", "secret", None,
        "signs people's session cookies (≥ 32 characters); unset: a key generated in the state dir"),
     _s("APPROVAL_POLL_INTERVAL", "int", 5, "seconds between approval polls (RFC 8628 interval)", 1),
+    _s("CLIENT_AUTH_FAILURE_LIMIT", "text", None,
+       "N/period: refused client authentications per address; off disables; unset: 10/60s"),
+    _s("KEY_ACTIVATION_DELAY", "int", None,
+       "seconds between a rotated key's publication in the JWKS and its first signature; unset: 90", 0),
+    _s("CHECKPOINT_WITNESS_KEYS", "text", None,
+       "comma-separated vkeys of trusted witnesses (C2SP cosignatures)"),
     # The broker's own Vault/OpenBao (Transit signer; targets without a `vault:` block).
     _s("VAULT_ADDR", "text", None, "Vault/OpenBao address for the Transit signer and KV"),
     _s("VAULT_TOKEN", "text", None, "a Vault token (prefer VAULT_TOKEN_FILE)"),

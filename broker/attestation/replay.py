@@ -1,8 +1,9 @@
 """Replay guard: an attestation is accepted once, however many broker processes see it.
 
 One operation, :meth:`ReplayGuard.first_use`: True the first time a key is seen within its
-ttl, False afterwards. The verifier calls it last, with ``{issuer}:jti:{jti}`` (or the token's
-SHA-256 when it has no ``jti``) and a ttl that outlives the window in which the token could
+ttl, False afterwards. The verifier calls it last, with ``{issuer}:jti:{jti}`` (or, without a
+``jti``, ``{issuer}:claims:<SHA-256 of the signed claims in canonical JSON>``: see
+:func:`broker.attestation.verify.single_use_key`) and a ttl that outlives the window in which the token could
 still be accepted.
 
 - :class:`RedisReplayGuard` (production, shared by every broker host): one atomic

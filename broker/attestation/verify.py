@@ -10,9 +10,11 @@ The steps, in order; the first that fails refuses the token with :class:`Attesta
 5. the issuer's algorithm allowlist, its key from :class:`~broker.attestation.jwks.JWKSCache`,
    then :func:`verify_jwt_signature` -- the signature and the registered claims;
 6. :func:`check_claims` -- declarative checks of time claims and required claims, run with the
-   caller's clock;
+   caller's clock, and the audience rule (:func:`check_audiences`: no audience besides the
+   broker's unless the issuer allows extra audiences);
 7. the principal and run rendered from the claims;
-8. the replay guard, last, so only a token that would otherwise be accepted is recorded.
+8. the replay guard, last, so only a token that would otherwise be accepted is recorded; keyed
+   on what the signature covers (:func:`single_use_key`), not on the token's text.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from broker.attestation.errors import (
 from broker.attestation.jwks import JWKSCache
 from broker.policy.presets import ASYMMETRIC_ALGORITHMS, BASE_REQUIRED_CLAIMS
 from broker.attestation.replay import ReplayGuard
-from broker.common.canonical import sha256_hex
+from broker.common.canonical import canonical_json, sha256_hex
 from broker.policy.model import IssuerConfig, PolicySet, claim_text, claim_value
 
 MAX_TOKEN_BYTES = 16 * 1024
@@ -132,11 +134,7 @@ def _verify(unverified_token: str, presented: _Presented, *, policy_set: PolicyS
         raise first_refusal
 
     exp = claims["exp"]
-    jti = claims.get("jti")
-    if isinstance(jti, str) and jti:
-        replay_key = f"{issuer.name}:jti:{jti}"
-    else:
-        replay_key = f"{issuer.name}:sha256:{token_sha256}"
+    replay_key = single_use_key(issuer, claims)
     # Remember the token for as long as it could still be accepted.
     ttl = max(1, math.ceil(exp - now + issuer.leeway))
     if not replay.first_use(replay_key, ttl):
@@ -144,6 +142,18 @@ def _verify(unverified_token: str, presented: _Presented, *, policy_set: PolicyS
 
     return Attestation(issuer=issuer, claims=claims, principal=principal, run=run,
                        token_sha256=token_sha256, expires_at=int(exp))
+
+
+def single_use_key(issuer: IssuerConfig, claims: dict[str, Any]) -> str:
+    """What the replay guard remembers of an accepted attestation: what its signature vouches
+    for, never the token's text. A ``jti`` names the attestation; without one, the SHA-256 of
+    the signed claims in canonical JSON does. So a copy with another signature (ECDSA's
+    ``(r, n-s)``, a fresh signature over the same claims, another key of the issuer) or another
+    encoding of the same claims is the same attestation, and used once."""
+    jti = claims.get("jti")
+    if isinstance(jti, str) and jti:
+        return f"{issuer.name}:jti:{jti}"
+    return f"{issuer.name}:claims:{sha256_hex(canonical_json(claims))}"
 
 
 # -- before the signature: shape, header, issuer selection ------------------------------------
@@ -413,6 +423,23 @@ def check_claims(issuer: IssuerConfig, claims: dict[str, Any], now: float) -> No
         if refusal is not None:
             description, detail = refusal
             raise _refuse(detail, description)
+    refusal = check_audiences(issuer, claims.get("aud"))
+    if refusal is not None:
+        raise _refuse(refusal[1], refusal[0])
+
+
+def check_audiences(issuer: IssuerConfig, aud: Any) -> Refusal | None:
+    """OpenID Connect Core §3.1.3.7: the token must list the broker (the issuer config's
+    ``audience``) and, unless the issuer document says ``allow_extra_audiences: true``, no
+    audience besides it."""
+    audiences = [aud] if isinstance(aud, str) else aud
+    if not isinstance(audiences, list) or issuer.audience not in audiences:
+        return NOT_ACCEPTABLE, "audience mismatch"
+    others = {a for a in audiences if a != issuer.audience}
+    if others and not issuer.allow_extra_audiences:
+        return NOT_ACCEPTABLE, (f"aud lists {len(others)} other audience(s) and issuer "
+                                f"{issuer.name} does not allow_extra_audiences")
+    return None
 
 
 def render_principal(template: str, claims: dict[str, Any]) -> str:

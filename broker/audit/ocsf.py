@@ -15,6 +15,13 @@ ledger event                  OCSF class                          activity
 ``approval_requested`` …      6003 API Activity                   99 Other
 ============================  ==================================  ==========================
 
+Every record validates against the official OCSF 1.1.0 schema (the tests check each kind of
+event with an offline validator): ``type_name`` is always the caption of ``type_uid`` (a
+source-specific name, such as a command tag, goes to ``activity_name`` only, with
+``activity_id`` 99); every ``actor`` names a ``user`` (the workload, or the API client); a
+statement's ``query_info`` has ``name`` (its command tag) and ``uid`` (the event's hash); the
+database is ``Relational`` (``type_id`` 1), PostgreSQL being named in ``unmapped``.
+
 Every record carries the whole ledger event under ``unmapped.ledger`` (with ``seq``,
 ``prev_hash`` and ``hash``), so a SIEM can still recompute the hash chain from the export;
 ``metadata.uid`` is the event's hash and ``metadata.sequence`` its ``seq``.
@@ -56,7 +63,9 @@ def epoch_ms(ts: str) -> int:
 def _base(event: Event, class_uid: int, activity_id: int, *, status_id: int,
           severity_id: int = 1, activity_name: str | None = None) -> dict[str, Any]:
     class_name, category_uid = _CLASS[class_uid]
-    name = activity_name or _ACTIVITY[class_uid].get(activity_id, "Other")
+    caption = _ACTIVITY[class_uid].get(activity_id, "Other")
+    # A source-specific name only where the activity is "Other" (99); type_name is the caption.
+    name = activity_name if activity_id == 99 and activity_name else caption
     metadata: dict[str, Any] = {
         "version": OCSF_VERSION,
         "product": dict(PRODUCT),
@@ -77,7 +86,7 @@ def _base(event: Event, class_uid: int, activity_id: int, *, status_id: int,
         "activity_id": activity_id,
         "activity_name": name,
         "type_uid": class_uid * 100 + activity_id,
-        "type_name": f"{class_name}: {name}",
+        "type_name": f"{class_name}: {caption}",
         "time": epoch_ms(event.ts),
         "severity_id": severity_id,
         "severity": _SEVERITY.get(severity_id, "Other"),
@@ -115,10 +124,18 @@ def _resources(event: Event) -> list[dict[str, Any]]:
     return resources
 
 
-def _client_actor(details: dict[str, Any]) -> dict[str, Any]:
+def _client_actor(event: Event, details: dict[str, Any]) -> dict[str, Any]:
+    """Who called the API: the client (its presented name when it was refused), a person who
+    decided an approval or a delegation, the holder of a credential revoking it, else unknown."""
     client = details.get("client")
-    return {"user": {"name": str(client) if client else "unknown", "type_id": 99,
-                     "type": "client"}, "app_name": "nhi-broker"}
+    if client:
+        return {"user": {"name": str(client), "type_id": 99, "type": "client"}}
+    person = details.get("approver") or details.get("person") or details.get("granted_by")
+    if person:
+        return {"user": {"name": str(person), "type_id": 1, "type": "User"}}
+    if details.get("holder") and event.principal:
+        return {"user": _workload_user(event)}
+    return {"user": {"name": "unknown", "type_id": 0, "type": "Unknown"}}
 
 
 def _src_endpoint(details: dict[str, Any]) -> dict[str, Any]:
@@ -150,9 +167,11 @@ def to_ocsf(event: Event) -> dict[str, Any]:
         target = event.target or details.get("requested_target")
         out["service"] = {"name": str(target or "nhi-broker")}
         out["is_remote"] = True
+        actor: dict[str, Any] = {"user": _workload_user(event)}
         issuer = details.get("issuer") or details.get("unverified_issuer")
         if issuer:
-            out["actor"] = {"idp": {"name": str(issuer)}, "app_name": "nhi-broker"}
+            actor["idp"] = {"name": str(issuer)}
+        out["actor"] = actor
         session = _session(event)
         if session and event.type != "deny":
             out["session"] = session
@@ -165,17 +184,21 @@ def to_ocsf(event: Event) -> dict[str, Any]:
         out = _base(event, 6005, activity, status_id=1,
                     activity_name=None if activity != 99 else (tag.title() or "Other"))
         out["type_id"], out["type"] = 1, "Database"
-        out["database"] = {"name": str(details.get("database") or ""), "type": "PostgreSQL",
-                           "type_id": 1}
+        out["database"] = {"name": str(details.get("database") or "unknown"),
+                           "type": "Relational", "type_id": 1}
         if details.get("statement"):
-            out["query_info"] = {"query_string": str(details["statement"])}
+            out["query_info"] = {"query_string": str(details["statement"]),
+                                 "name": tag or "statement", "uid": event.hash}
         out["actor"] = {"user": _workload_user(event), "session": _session(event) or {}}
         out["src_endpoint"] = _src_endpoint(details)
         if isinstance(details.get("duration_ms"), (int, float)):
             out["duration"] = int(details["duration_ms"])
     else:
+        refused = details.get("result") == "refused"
         if event.type == "introspect":
-            activity, status = 2, 1
+            activity, status = 2, 2 if refused else 1
+        elif event.type == "revoke" and refused:
+            activity, status = 4, 2
         elif event.type == "revoke":
             activity = 4
             status = 1 if details.get("result") == "revoked" else 99
@@ -185,8 +208,11 @@ def to_ocsf(event: Event) -> dict[str, Any]:
             activity, status = 99, 2
         else:                              # usage without a statement, approval_requested
             activity, status = 99, 1 if event.type == "usage" else 0
-        out = _base(event, 6003, activity, status_id=status,
+        out = _base(event, 6003, activity, status_id=status, severity_id=2 if refused else 1,
                     activity_name=None if activity != 99 else event.type)
+        if refused:
+            out["status_code"] = str(details.get("error", ""))
+            out["status_detail"] = str(details.get("reason", ""))
         operation = (details.get("operation") or details.get("source")
                      if event.type == "usage" else None)
         out["api"] = {"operation": str(operation or event.type),
@@ -194,8 +220,10 @@ def to_ocsf(event: Event) -> dict[str, Any]:
         if event.type == "usage":
             out["actor"] = {"user": _workload_user(event), "session": _session(event) or {}}
         else:
-            out["actor"] = _client_actor(details)
+            out["actor"] = _client_actor(event, details)
         out["src_endpoint"] = _src_endpoint(details)
         out["resources"] = _resources(event)
     out["unmapped"] = {"ledger": event.to_dict()}
+    if out["class_uid"] == 6005:
+        out["unmapped"]["database_product"] = "PostgreSQL"
     return out

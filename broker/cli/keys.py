@@ -30,9 +30,13 @@ def keys() -> None:
 
 @keys.command("rotate")
 def keys_rotate() -> None:
-    """Make a new signing key; old public keys stay published until their tokens expire."""
-    kid = _signer().rotate()
-    console.print(f"new signing key: {kid}")
+    """Make a new signing key: published at once, signing after BROKER_KEY_ACTIVATION_DELAY
+    (default 90 s, longer than the JWKS cache lifetime); old public keys stay published until
+    their tokens expire."""
+    signer = _signer()
+    kid = signer.rotate()
+    console.print(f"new signing key: {kid} (published now; signs in "
+                  f"{getattr(signer, 'activation_delay', 0)} s)")
 
 
 @keys.command("list")

@@ -17,12 +17,34 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from broker import errors
+from broker.common.untrusted import RECORD_VALUE_LIMIT, clip, install_log_sanitizer
 from broker.ledger.events import Event, EventDraft
 
 if TYPE_CHECKING:
     from broker.ledger import Ledger
 
 log = logging.getLogger("broker.exchange")
+install_log_sanitizer()
+
+#: What a ``deny`` keeps of the request's own text: every client-provided value is bounded, so
+#: one refused request adds at most a small, fixed number of bytes to the ledger.
+MAX_SCOPE_RECORDED = 1024
+MAX_DETAIL_RECORDED = 512
+
+
+def bounded(value: Any, *, limit: int = MAX_DETAIL_RECORDED, depth: int = 0) -> Any:
+    """``value`` with every string clipped and containers cut to 32 members (a ``deny``'s
+    details are built from what a refused, possibly unauthenticated request said)."""
+    if isinstance(value, str):
+        return clip(value, limit)
+    if depth >= 4:
+        return None if isinstance(value, (dict, list, tuple)) else value
+    if isinstance(value, dict):
+        return {clip(str(k), 64): bounded(v, limit=limit, depth=depth + 1)
+                for k, v in list(value.items())[:32]}
+    if isinstance(value, (list, tuple)):
+        return [bounded(v, limit=limit, depth=depth + 1) for v in list(value)[:32]]
+    return value
 
 
 @dataclass
@@ -44,14 +66,16 @@ class Attempt:
         self.event = event
 
     def deny_draft(self, refusal: errors.BrokerError) -> EventDraft:
+        target = clip(self.target, RECORD_VALUE_LIMIT)
         details = {**self.details, "error": refusal.error, "reason": refusal.detail,
-                   "attestation_sha256": self.token_sha256, "requested_target": self.target}
+                   "attestation_sha256": self.token_sha256, "requested_target": target}
         if refusal.reason is not None:
             details["reason_code"] = refusal.reason
+        details = bounded(details)
         if self.requested_scope is not None:
-            details["requested_scope"] = self.requested_scope
-        return EventDraft(type="deny", principal=self.principal, run=self.run,
-                          authorizer=self.authorizer, target=self.target,
+            details["requested_scope"] = clip(self.requested_scope, MAX_SCOPE_RECORDED)
+        return EventDraft(type="deny", principal=bounded(self.principal), run=bounded(self.run),
+                          authorizer=self.authorizer, target=target,
                           parent_id=self.parent_id, details=details)
 
     # -- the context manager: one deny for a refused attempt not yet recorded ----------------

@@ -20,6 +20,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("broker.exchange")
 
 
+def token_client_id(principal: str, act: dict[str, Any] | None) -> str:
+    """RFC 9068 ``client_id`` of a minted access token: the workload that made the exchange.
+    That is the attested workload itself (so it equals ``sub``), or, when an agent acts for a
+    person (``act``), the agent's principal (``act.sub``)."""
+    if isinstance(act, dict) and isinstance(act.get("sub"), str) and act["sub"]:
+        return str(act["sub"])
+    return principal
+
+
 def mint(ctx: BrokerContext, grant: Grant, attempt: Attempt, *, now: float) -> ExchangeResult:
     """Issue at the target kind, sign the broker JWT, record the ``mint`` (the attempt's one
     event) — in that order, undoing the kind's resource if the record cannot be made."""
@@ -43,6 +52,7 @@ def mint(ctx: BrokerContext, grant: Grant, attempt: Attempt, *, now: float) -> E
             "iss": ctx.issuer,
             "sub": grant.principal,
             "aud": target.audience,
+            "client_id": token_client_id(grant.principal, grant.act),
             "iat": issued_at,
             "nbf": issued_at,
             "exp": expires_at,
@@ -57,7 +67,8 @@ def mint(ctx: BrokerContext, grant: Grant, attempt: Attempt, *, now: float) -> E
             claims["parent_id"] = grant.parent_id
         if grant.act is not None:
             claims["act"] = grant.act
-        access_token = ctx.signer.sign(claims)   # SigningUnavailable when the custodian fails
+        # RFC 9068 §2.1: typ "at+jwt" (SigningUnavailable when the custodian fails)
+        access_token = ctx.signer.sign(claims)
         record = CredentialRecord(
             credential_id=credential_id, principal=grant.principal, run=grant.run,
             authorizer=grant.authorizer, target=target.name, target_type=target.type, scope=scope,

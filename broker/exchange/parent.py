@@ -25,10 +25,9 @@ def authorize_parent(ctx: BrokerContext, request: ExchangeRequest, attempt: Atte
                      now: float) -> tuple[Grant, Parent]:
     """The grant a live parent credential's derive rules allow, and the verified parent."""
     attempt.details["derive"] = True
-    if request.approval_id is not None:
-        raise errors.RequestMalformed("approval_id is not accepted when deriving",
-                                      detail="approval_id sent with a parent credential")
-    # 1. verify the parent: our signature, then the ledger (exists, live by the one rule)
+    # 1. verify the parent: our signature, then the ledger (exists, live by the one rule).
+    # First, so that every derive attempt, also one refused for its other parameters, names
+    # the parent it presented.
     try:
         parent = verify_parent(request.subject_token, signer=ctx.signer, ledger=ctx.ledger,
                                now=now)
@@ -43,6 +42,9 @@ def authorize_parent(ctx: BrokerContext, request: ExchangeRequest, attempt: Atte
     attempt.principal, attempt.run = record.principal, record.run
     attempt.details.update({"parent_verified": True, "parent_target": record.target,
                             "depth": parent.depth + 1})
+    if request.approval_id is not None:
+        raise errors.RequestMalformed("approval_id is not accepted when deriving",
+                                      detail="approval_id sent with a parent credential")
 
     # 2. the derive rules of the policy that authorized the chain
     plan = derive.plan_child(ctx.policy_set, parent, target_name=request.target,

@@ -53,6 +53,10 @@ class Counter(Protocol):
         """Count one request in ``(key, window)``; return the count so far."""
         ...
 
+    def peek(self, key: str, window: int) -> int:
+        """The count in ``(key, window)`` without adding to it."""
+        ...
+
 
 class RedisCounter:
     def __init__(self, url: str, *, prefix: str = "nhb:rl:", socket_timeout: float = 0.5) -> None:
@@ -74,6 +78,14 @@ class RedisCounter:
             raise BackendUnavailable("rate-limit store unavailable",
                                          detail=f"rate-limit store (redis) failed: {type(exc).__name__}") from exc
         return int(count)
+
+    def peek(self, key: str, window: int) -> int:
+        try:
+            value = self._client.get(f"{self._prefix}{key}:{window}")
+        except self._errors as exc:
+            raise BackendUnavailable("rate-limit store unavailable",
+                                     detail=f"rate-limit store (redis) failed: {type(exc).__name__}") from exc
+        return int(value or 0)
 
 
 class SQLiteCounter:
@@ -110,6 +122,15 @@ class SQLiteCounter:
                                          detail=f"rate-limit store (sqlite) failed: {type(exc).__name__}") from exc
         return int(row[0])
 
+    def peek(self, key: str, window: int) -> int:
+        try:
+            row = self._conn().execute("SELECT count FROM hits WHERE key = ? AND window = ?",
+                                       (key, window)).fetchone()
+        except sqlite3.Error as exc:
+            raise BackendUnavailable("rate-limit store unavailable",
+                                     detail=f"rate-limit store (sqlite) failed: {type(exc).__name__}") from exc
+        return int(row[0]) if row else 0
+
 
 class RateLimiter:
     def __init__(self, limit: Limit, counter: Counter) -> None:
@@ -130,6 +151,56 @@ class RateLimiter:
             retry_after = max(1, int((window + 1) * self.limit.period - now) + 1)
             raise RateLimited("too many requests; retry later", retry_after=retry_after,
                               detail=f"rate limit {self.limit.requests}/{self.limit.period}s exceeded")
+
+
+class FailureLimiter:
+    """Refused client authentication, counted per client address: after ``limit.requests``
+    failures in a window, every authentication attempt from that address (a right secret too)
+    is refused ``429`` until the window ends. Guessing a client secret is slow, and each guess
+    before that is a ledger event (:mod:`broker.http.api.oauth`)."""
+
+    def __init__(self, limit: Limit, counter: Counter) -> None:
+        self.limit = limit
+        self.counter = counter
+        self._refused = 0
+
+    def check(self, address: str, *, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        window = int(now // self.limit.period)
+        if self.counter.peek(address, window) >= self.limit.requests:
+            self._refused += 1
+            if self._refused % 100 == 1:
+                log.warning("client authentication locked for %s: %d failures in %ds "
+                            "(%d refused by this process)", address, self.limit.requests,
+                            self.limit.period, self._refused)
+            retry_after = max(1, int((window + 1) * self.limit.period - now) + 1)
+            raise RateLimited("too many failed client authentications; retry later",
+                              retry_after=retry_after,
+                              detail=f"client authentication failures over "
+                                     f"{self.limit.requests}/{self.limit.period}s")
+
+    def failed(self, address: str, *, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        window = int(now // self.limit.period)
+        self.counter.hit(address, window, self.limit.period + 1)
+
+
+#: ``BROKER_CLIENT_AUTH_FAILURE_LIMIT`` when unset: 10 refused authentications a minute per
+#: client address.
+DEFAULT_CLIENT_AUTH_FAILURE_LIMIT = "10/60s"
+
+
+def open_failure_limiter(spec: str | None, *, redis_url: str | None,
+                         state_dir: str) -> FailureLimiter | None:
+    """``spec`` like ``BROKER_RATE_LIMIT`` (``off`` or ``0`` disables it); counted in Redis
+    (``nhb:authfail:``) when configured, else in the state directory's SQLite file."""
+    spec = DEFAULT_CLIENT_AUTH_FAILURE_LIMIT if spec is None else str(spec)
+    if spec.strip().lower() in ("", "0", "off", "none"):
+        return None
+    limit = Limit.parse(spec)
+    counter: Counter = (RedisCounter(redis_url, prefix="nhb:authfail:") if redis_url
+                        else SQLiteCounter(os.path.join(state_dir, "authfail.sqlite3")))
+    return FailureLimiter(limit, counter)
 
 
 def open_rate_limiter(spec: str | None, *, redis_url: str | None, state_dir: str) -> RateLimiter | None:

@@ -2,13 +2,17 @@
 
 The default :class:`FileSigner` keeps ES256 (P-256) keys in ``$BROKER_STATE_DIR/keys``:
 
-    keys/keyring.json      {"keys": [{"kid", "alg", "created_at", "retired_at", "file"}]}
+    keys/keyring.json      {"keys": [{"kid", "alg", "created_at", "activates_at",
+                                       "retired_at", "file"}]}
     keys/<kid>.pem         PKCS#8 private key, mode 0600
 
-The newest key without ``retired_at`` signs. ``broker keys rotate`` retires it and creates a new
-one; a retired key's public half stays in the JWKS for ``retention`` seconds (the longest
-credential lifetime the policies allow, plus leeway) so tokens it signed verify until they
-expire. Replicas sharing the state directory (or mounted key files) share the keyring; each
+The key that activated last signs. ``broker keys rotate`` creates a new key that is published
+at once and activates ``activation_delay`` seconds later (:data:`broker.keys.KEY_ACTIVATION_DELAY`,
+so relying parties with a cached JWKS already have it); the current key goes on signing until
+then and is retired at that moment. A retired key's public half stays in the JWKS for
+``retention`` seconds after it (the longest credential lifetime the policies allow, plus
+leeway) so tokens it signed verify until they expire. The first key of a keyring signs at
+once (an entry without ``activates_at`` activated when it was created). Replicas sharing the state directory (or mounted key files) share the keyring; each
 process re-reads ``keyring.json`` when it changes.
 """
 from __future__ import annotations
@@ -17,6 +21,7 @@ import base64
 import fcntl
 import hashlib
 import json
+import math
 import os
 import threading
 import time
@@ -30,7 +35,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from broker.keys import Signer, TokenNotOurs, jwk_thumbprint  # noqa: F401 (re-exported)
+from broker.keys import (  # noqa: F401 (re-exported)
+    ACCESS_TOKEN_TYP, KEY_ACTIVATION_DELAY, Signer, TokenNotOurs, jwk_thumbprint,
+)
 
 ALGORITHM = "ES256"
 
@@ -39,6 +46,7 @@ ALGORITHM = "ES256"
 class _Key:
     kid: str
     created_at: int
+    activates_at: int
     retired_at: int | None
     file: str
     private: ec.EllipticCurvePrivateKey | None
@@ -50,10 +58,11 @@ class FileSigner:
     """ES256 keys on disk; see the module docstring."""
 
     def __init__(self, state_dir: str, *, issuer: str, retention: int = 3600 + 60,
-                 leeway: int = 30) -> None:
+                 leeway: int = 30, activation_delay: int = KEY_ACTIVATION_DELAY) -> None:
         self.issuer = issuer.rstrip("/")
         self.retention = retention
         self.leeway = leeway
+        self.activation_delay = max(0, int(activation_delay))
         self.dir = os.path.join(os.path.abspath(state_dir), "keys")
         self._ring_path = os.path.join(self.dir, "keyring.json")
         self._lock = threading.Lock()
@@ -65,7 +74,7 @@ class FileSigner:
         with self._file_lock():
             ring = self._read_ring()
             if not any(k.get("retired_at") is None for k in ring["keys"]):
-                self._add_key(ring)
+                self._add_key(ring, activates_at=int(time.time()))   # nothing to wait for
                 self._write_ring(ring)
         self._reload(force=True)
 
@@ -94,7 +103,7 @@ class FileSigner:
             os.fsync(fh.fileno())
         os.replace(tmp, self._ring_path)
 
-    def _add_key(self, ring: dict[str, Any]) -> str:
+    def _add_key(self, ring: dict[str, Any], *, activates_at: int) -> str:
         private = ec.generate_private_key(ec.SECP256R1())
         public_jwk = ECAlgorithm.to_jwk(private.public_key(), as_dict=True)
         kid = jwk_thumbprint(public_jwk)
@@ -105,7 +114,8 @@ class FileSigner:
         with os.fdopen(fd, "wb") as fh:
             fh.write(pem)
         ring["keys"].append({"kid": kid, "alg": ALGORITHM, "created_at": int(time.time()),
-                             "retired_at": None, "file": f"{kid}.pem"})
+                             "activates_at": activates_at, "retired_at": None,
+                             "file": f"{kid}.pem"})
         return kid
 
     def _reload(self, *, force: bool = False) -> None:
@@ -132,6 +142,7 @@ class FileSigner:
             assert isinstance(private, ec.EllipticCurvePrivateKey)
             public = private.public_key()
             keys.append(_Key(kid=entry["kid"], created_at=entry["created_at"],
+                             activates_at=int(entry.get("activates_at", entry["created_at"])),
                              retired_at=entry.get("retired_at"), file=entry["file"],
                              private=private, public=public,
                              public_jwk=ECAlgorithm.to_jwk(public, as_dict=True)))
@@ -149,17 +160,19 @@ class FileSigner:
         return self._active().kid
 
     def _active(self) -> _Key:
+        """The key that activated last (a newer one is only published until it activates)."""
+        now = time.time()
         with self._lock:
             self._reload()
-            live = [k for k in self._keys if k.retired_at is None and k.private is not None]
-        if not live:
+            ready = [k for k in self._keys if k.private is not None and k.activates_at <= now]
+        if not ready:
             raise RuntimeError("no active signing key in the keyring")
-        return max(live, key=lambda k: k.created_at)
+        return max(ready, key=lambda k: (k.activates_at, k.created_at))
 
-    def sign(self, claims: dict[str, Any]) -> str:
+    def sign(self, claims: dict[str, Any], *, typ: str = ACCESS_TOKEN_TYP) -> str:
         key = self._active()
         return jwt.encode(claims, key.private, algorithm=ALGORITHM,
-                          headers={"kid": key.kid, "typ": "JWT"})
+                          headers={"kid": key.kid, "typ": typ})
 
     def sign_bytes(self, payload: bytes, *, typ: str) -> str:
         """A compact JWS (ES256, ``kid`` and ``typ`` in the header) over exactly ``payload``:
@@ -206,13 +219,18 @@ class FileSigner:
             raise TokenNotOurs(type(exc).__name__) from exc
 
     def rotate(self) -> str:
-        """Retire the signing key, make a new one, drop keys past retention. Returns the new kid."""
+        """Make a new key, published now and signing ``activation_delay`` seconds from now;
+        the keys that sign until then retire at that moment. Drops keys past retention.
+        Returns the new kid."""
         with self._file_lock():
             ring = self._read_ring()
-            now = int(time.time())
+            moment = time.time()
+            now = int(moment)
+            activates_at = (math.ceil(moment + self.activation_delay)   # never sooner
+                            if self.activation_delay else now)
             for entry in ring["keys"]:
-                if entry.get("retired_at") is None:
-                    entry["retired_at"] = now
+                if entry.get("retired_at") is None or entry["retired_at"] > now:
+                    entry["retired_at"] = activates_at
             kept = []
             for entry in ring["keys"]:
                 if entry["retired_at"] + self.retention <= now:
@@ -223,7 +241,7 @@ class FileSigner:
                 else:
                     kept.append(entry)
             ring["keys"] = kept
-            kid = self._add_key(ring)
+            kid = self._add_key(ring, activates_at=activates_at)
             self._write_ring(ring)
         self._reload(force=True)
         return kid
@@ -233,5 +251,6 @@ class FileSigner:
             self._reload(force=True)
             now = time.time()
             published = {k.kid for k in self._published(now)}
-            return [{"kid": k.kid, "created_at": k.created_at, "retired_at": k.retired_at,
-                     "published": k.kid in published} for k in self._keys]
+            return [{"kid": k.kid, "created_at": k.created_at, "activates_at": k.activates_at,
+                     "retired_at": k.retired_at, "published": k.kid in published}
+                    for k in self._keys]

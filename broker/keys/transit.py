@@ -12,10 +12,13 @@ explicit ``key_version``, and appends the signature:
 Each signature is checked against the version's public key before the token leaves (a
 misconfigured key fails closed, never hands out a token nobody can verify).
 
-``kid`` is ``<key>-v<version>``. The JWKS holds every live version (``>=
-min_decryption_version``) that is the latest or was superseded less than ``retention``
-seconds ago (the longest credential lifetime plus leeway, as for the file signer), built from
-Transit's public keys. The key's metadata is re-read at most every :data:`KEY_REFRESH`
+``kid`` is ``<key>-v<version>``. A version is published as soon as the broker reads it and
+signs only ``activation_delay`` seconds after Transit created it
+(:data:`broker.keys.KEY_ACTIVATION_DELAY`; the lowest live version signs at once): until then
+the previous version goes on signing, so relying parties with a cached JWKS already have the
+new key. The JWKS holds every live version (``>= min_decryption_version``) that is the latest
+or was superseded (its successor activated) less than ``retention`` seconds ago (the longest
+credential lifetime plus leeway, as for the file signer), built from Transit's public keys. The key's metadata is re-read at most every :data:`KEY_REFRESH`
 seconds, so a rotation by ``broker keys rotate`` (``transit/keys/<key>/rotate``) anywhere
 reaches every broker within that time; when Vault cannot be reached, the last keys read keep
 being served and verification goes on locally (only signing needs Vault).
@@ -31,6 +34,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -45,7 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 from broker import errors
-from broker.keys import TokenNotOurs
+from broker.keys import ACCESS_TOKEN_TYP, KEY_ACTIVATION_DELAY, TokenNotOurs
 from broker.vault.client import VaultClient, VaultUnavailable
 
 log = logging.getLogger("broker.keys.transit")
@@ -63,14 +67,15 @@ def _b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _epoch(rfc3339: str | None) -> int:
+def _epoch(rfc3339: str | None, *, round_up: bool = False) -> int:
     if not rfc3339:
         return 0
     text = rfc3339.rstrip("Z")
     if "." in text:                           # Vault writes nanoseconds; Python parses micro
         head, frac = text.split(".", 1)
         text = f"{head}.{frac[:6]}"
-    return int(datetime.fromisoformat(text + "+00:00").timestamp())
+    moment = datetime.fromisoformat(text + "+00:00").timestamp()
+    return math.ceil(moment) if round_up else int(moment)
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,8 @@ class _Version:
     kid: str
     alg: str
     created_at: int
-    retired_at: int | None            # creation of the next version
+    activates_at: int                 # when it starts signing
+    retired_at: int | None            # activation of the next version
     public: Any
     public_jwk: dict[str, Any]
 
@@ -88,8 +94,10 @@ class TransitSigner:
     """A :class:`broker.keys.file.Signer` whose private keys stay in Vault Transit."""
 
     def __init__(self, client: VaultClient, key_name: str, *, issuer: str, retention: int,
-                 mount: str = "transit", leeway: int = 30) -> None:
+                 mount: str = "transit", leeway: int = 30,
+                 activation_delay: int = KEY_ACTIVATION_DELAY) -> None:
         self.client = client
+        self.activation_delay = max(0, int(activation_delay))
         self.key_name = key_name
         self.mount = mount
         self.issuer = issuer.rstrip("/")
@@ -129,14 +137,19 @@ class TransitSigner:
         min_version = max(1, int(data.get("min_decryption_version") or 1))
         entries = sorted((int(v), info) for v, info in (data.get("keys") or {}).items())
         created = {v: _epoch(info.get("creation_time")) for v, info in entries}
+        created_up = {v: _epoch(info.get("creation_time"), round_up=True) for v, info in entries}
+        live = [v for v, _ in entries if v >= min_version]
+        activates = {v: created[v] if v == min(live, default=v)
+                     else created_up[v] + self.activation_delay for v in live}
         versions = []
         for v, info in entries:
             if v < min_version:
                 continue
             public, jwk = _public_key(alg, info["public_key"])
-            later = [created[w] for w, _ in entries if w > v]
+            later = [activates[w] for w in live if w > v]
             versions.append(_Version(version=v, kid=f"{self.key_name}-v{v}", alg=alg,
-                                     created_at=created[v], retired_at=min(later) if later else None,
+                                     created_at=created[v], activates_at=activates[v],
+                                     retired_at=min(later) if later else None,
                                      public=public, public_jwk=jwk))
         if not versions:
             raise ValueError(f"transit key {self.key_name!r} has no live version")
@@ -150,9 +163,14 @@ class TransitSigner:
                 if v.retired_at is None or v.retired_at + self.retention > now]
 
     def _active(self) -> _Version:
+        """The latest version that has activated (the lowest live one always has)."""
         self._refresh()
+        now = time.time()
         with self._lock:
-            return max(self._versions, key=lambda v: v.version)
+            ready = [v for v in self._versions if v.activates_at <= now]
+            if not ready:
+                return min(self._versions, key=lambda v: v.version)
+            return max(ready, key=lambda v: v.version)
 
     # -- Signer ------------------------------------------------------------------------
     @property
@@ -192,9 +210,9 @@ class TransitSigner:
                          + _b64url(payload)).encode("ascii")
         return signing_input.decode("ascii") + "." + self._sign_input(signing_input, version)
 
-    def sign(self, claims: dict[str, Any]) -> str:
+    def sign(self, claims: dict[str, Any], *, typ: str = ACCESS_TOKEN_TYP) -> str:
         payload = json.dumps(claims, separators=(",", ":")).encode("utf-8")
-        return self._compact(payload, typ="JWT")
+        return self._compact(payload, typ=typ)
 
     def sign_bytes(self, payload: bytes, *, typ: str) -> str:
         """A compact JWS over exactly ``payload`` (ledger checkpoints and other statements)."""
@@ -235,19 +253,22 @@ class TransitSigner:
             raise TokenNotOurs(type(exc).__name__) from exc
 
     def rotate(self) -> str:
-        """Rotate the Transit key (a new version signs from now on); returns the new kid."""
+        """Rotate the Transit key: the new version is published now and signs
+        ``activation_delay`` seconds after Transit created it; returns the new kid."""
         self.client.call(f"rotate transit key {self.key_name}",
                          lambda c: c.secrets.transit.rotate_key(name=self.key_name,
                                                                 mount_point=self.mount))
         self._refresh(force=True)
-        return self.active_kid
+        with self._lock:
+            return max(self._versions, key=lambda v: v.version).kid
 
     def describe(self) -> list[dict[str, Any]]:
         self._refresh(force=True)
         with self._lock:
             published = {v.kid for v in self._published()}
-            return [{"kid": v.kid, "created_at": v.created_at, "retired_at": v.retired_at,
-                     "published": v.kid in published} for v in self._versions]
+            return [{"kid": v.kid, "created_at": v.created_at, "activates_at": v.activates_at,
+                     "retired_at": v.retired_at, "published": v.kid in published}
+                    for v in self._versions]
 
 
 def _public_key(alg: str, text: str) -> tuple[Any, dict[str, Any]]:
@@ -270,7 +291,8 @@ def _verify_raw(version: _Version, signing_input: bytes, raw: bytes) -> None:
         version.public.verify(raw, signing_input)
 
 
-def open_transit_signer(key_spec: str, *, config: Any, issuer: str, retention: int) -> TransitSigner:
+def open_transit_signer(key_spec: str, *, config: Any, issuer: str, retention: int,
+                        activation_delay: int = KEY_ACTIVATION_DELAY) -> TransitSigner:
     """The signer for ``BROKER_SIGNER=vault-transit:<key>`` (Vault from ``BROKER_VAULT_*``)."""
     from broker.vault.client import settings_from_config, vault_client
 
@@ -284,6 +306,6 @@ def open_transit_signer(key_spec: str, *, config: Any, issuer: str, retention: i
     mount = str(config.get("VAULT_TRANSIT_MOUNT") or "transit").strip("/")
     try:
         return TransitSigner(vault_client(settings), key_spec, issuer=issuer, retention=retention,
-                             mount=mount)
+                             mount=mount, activation_delay=activation_delay)
     except errors.BrokerError as exc:
         raise ValueError(f"cannot use transit key {key_spec!r}: {exc.detail}") from None

@@ -459,6 +459,8 @@ ISSUER = Block({
         check=_claim_path_problem, mismatch="required_claims: {value!r} {problem}"))),
     "max_token_age": Key(Duration()),
     "leeway": LEEWAY,
+    # OIDC Core §3.1.3.7: an `aud` listing other audiences is refused unless this says true.
+    "allow_extra_audiences": Key(Boolean(), default=False),
 }, check=_issuer_check)
 
 

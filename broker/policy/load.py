@@ -28,7 +28,9 @@ Choices made here (the format is a user-facing contract; keep this list in step 
     exist and hold a JSON key set (``{"keys": [...]}``); it is stored as an absolute path.
     ``principal`` is a template of literal text and ``{claim.path}`` placeholders (at least
     one; no stray braces). ``leeway`` is whole seconds 0..300 (default 60); ``max_token_age``
-    a duration.
+    a duration. ``allow_extra_audiences`` (boolean, default false): whether an attestation whose
+    ``aud`` lists audiences besides the issuer's ``audience`` is accepted (OpenID Connect Core
+    §3.1.3.7: by default it is refused).
 ``kind: target``
     ``type`` is a target kind of :data:`broker.targets.registry.KINDS` (through
     :data:`broker.policy.targets.TARGET_TYPES`), which also says which extra keys the kind
@@ -279,7 +281,8 @@ class _Loader:
             algorithms=v["algorithms"], principal=v["principal"], run=v["run"],
             required_claims=v["required_claims"], jwks_uri=v.get("jwks_uri"),
             jwks_file=v.get("jwks_file"), max_token_age=v.get("max_token_age"),
-            leeway=v["leeway"], source=doc.source)
+            leeway=v["leeway"], allow_extra_audiences=v["allow_extra_audiences"],
+            source=doc.source)
 
     def _target(self, doc: _Doc, as_parsed: Any) -> None:
         node = doc.node

@@ -31,6 +31,7 @@ class IssuerConfig:
     jwks_file: str | None = None     # a local JWKS file (absolute path after loading)
     max_token_age: int | None = None  # seconds since `iat`
     leeway: int = 60                 # seconds of clock skew tolerated
+    allow_extra_audiences: bool = False  # `aud` may list others besides `audience` (OIDC Core)
     source: SourceRef | None = field(default=None, compare=False)
 
 

@@ -1,5 +1,8 @@
 """Signed checkpoints of the ledger's Merkle tree, their storage, witnesses and verification.
 
+Each checkpoint has two forms: the JWS document below, and a C2SP tlog-checkpoint signed note
+with an Ed25519 signature that standard witnesses cosign (:mod:`broker.transparency.signed_notes`).
+
 A checkpoint says "the first ``tree_size`` events of this broker's ledger have the RFC 6962
 root ``root_hash``", signed with the broker's ES256 key. Format (see docs/ledger.md)::
 
@@ -377,9 +380,15 @@ def publish(checkpoint: Checkpoint, witness: str, *, timeout: float = 5.0) -> No
 
 
 def publish_all(checkpoint: Checkpoint, witnesses: Iterable[str]) -> list[str]:
-    """Publish to every witness; returns the failures (already logged)."""
+    """Publish to every JSON witness (URL or file); returns the failures (already logged).
+    ``tlog-witness+…`` witnesses cosign the signed note instead
+    (:func:`broker.transparency.signed_notes.cosign_with`)."""
+    from broker.transparency.signed_notes import is_tlog_witness
+
     failures = []
     for witness in witnesses:
+        if is_tlog_witness(witness):
+            continue
         try:
             publish(checkpoint, witness)
         except WitnessError as exc:
@@ -404,11 +413,13 @@ class Checkpointer:
     store keeps one checkpoint per size). ``close()`` stops it."""
 
     def __init__(self, ledger: Ledger, signer: Any, *, issuer: str, interval: float,
-                 state_dir: str | None = None, witnesses: Sequence[str] = ()) -> None:
+                 state_dir: str | None = None, witnesses: Sequence[str] = (),
+                 witness_keys: Sequence[Any] = ()) -> None:
         self.ledger, self.signer, self.issuer = ledger, signer, issuer
         self.interval = float(interval)
         self.state_dir = state_dir
         self.witnesses = list(witnesses)
+        self.witness_keys = list(witness_keys)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nhi-checkpointer", daemon=True)
 
@@ -425,6 +436,9 @@ class Checkpointer:
             return None
         if new:
             publish_all(checkpoint, self.witnesses)
+            if self.state_dir is not None:
+                cosign_all(self.ledger, checkpoint, self.witnesses, state_dir=self.state_dir,
+                           witness_keys=self.witness_keys)
         return checkpoint
 
     def _run(self) -> None:
@@ -445,6 +459,20 @@ class Checkpointer:
 DEFAULT_INTERVAL = 300.0
 
 
+def cosign_all(ledger: Ledger, checkpoint: Checkpoint, witnesses: Iterable[str], *,
+               state_dir: str, witness_keys: Sequence[Any] = ()) -> list[str]:
+    """Have every ``tlog-witness+…`` witness cosign the checkpoint's signed note; the
+    cosignatures are stored. Returns the failures (already logged)."""
+    from broker.transparency.signed_notes import cosign_with, is_tlog_witness, proof_source
+
+    witnesses = [w for w in witnesses if is_tlog_witness(w)]
+    if not witnesses:
+        return []
+    return cosign_with(witnesses, ledger, checkpoint, state_dir=state_dir,
+                       proof_for=proof_source(ledger, checkpoint.tree_size),
+                       witness_keys=witness_keys)
+
+
 def start_checkpointer(ctx: Any, config: Any) -> Checkpointer | None:
     """Start the periodic checkpointer of one broker process when configured; None otherwise.
 
@@ -460,9 +488,12 @@ def start_checkpointer(ctx: Any, config: Any) -> Checkpointer | None:
         interval = float(raw)
     if interval <= 0:
         return None
+    from broker.transparency.signed_notes import witness_keys
+
     return Checkpointer(ctx.ledger, ctx.signer, issuer=ctx.issuer, interval=interval,
                         state_dir=cfg.state_dir(config),
-                        witnesses=witness_list(config.get("CHECKPOINT_WITNESS"))).start()
+                        witnesses=witness_list(config.get("CHECKPOINT_WITNESS")),
+                        witness_keys=witness_keys(config.get("CHECKPOINT_WITNESS_KEYS"))).start()
 
 
 __all__ = [

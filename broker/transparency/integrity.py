@@ -11,9 +11,14 @@ append-only proof against a checkpoint kept outside the broker.
    recomputation alone, is checked against its signed root. Whoever kept only that checkpoint
    thus detects any edit, removal or reordering of an event it covers, even one done with raw
    SQL by someone who then recomputed the whole hash chain and the stored tree.
+5. **Witness cosignatures** (``--witness-key VKEY``) — every stored cosignature by a known
+   witness must verify over the checkpoint note of the *recomputed* root at its size (a witness
+   that saw another root is evidence of a split view), and each known witness must have
+   cosigned at least one checkpoint. Cosignatures by other keys are counted, not judged.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +26,8 @@ from broker.transparency import merkle
 from broker.transparency.checkpoints import CheckpointError, stored_checkpoints, verify_checkpoint
 from broker.ledger.events import VerifyReport
 from broker.ledger.store import Ledger
+from broker.transparency.note import Verifier, matching
+from broker.transparency.signed_notes import StoredCosignature, check_cosignature, stored_cosignatures
 from broker.transparency.tree import TreeReport, verify_tree
 
 
@@ -47,6 +54,8 @@ class IntegrityReport:
     signatures_checked: bool = False
     checkpoint_problems: list[str] = field(default_factory=list)
     extension: ExtensionReport | None = None
+    cosignatures_verified: int = 0
+    cosignatures_unknown: int = 0
 
     @property
     def ok(self) -> bool:
@@ -75,6 +84,8 @@ class IntegrityReport:
                             "signatures_checked": self.signatures_checked,
                             "problems": list(self.checkpoint_problems)},
             "checkpoint": self.extension.to_dict() if self.extension is not None else None,
+            "cosignatures": {"verified": self.cosignatures_verified,
+                             "unknown_keys": self.cosignatures_unknown},
         }
 
 
@@ -84,7 +95,8 @@ def _root_hex(tree: TreeReport, size: int) -> str | None:
 
 
 def verify_ledger(store: Ledger, *, keys: dict[str, Any] | None,
-                  checkpoint: Any | None = None) -> IntegrityReport:
+                  checkpoint: Any | None = None,
+                  witnesses: Sequence[Verifier] = ()) -> IntegrityReport:
     """Run the four checks of the module docstring. ``keys`` is the JWKS to check signatures
     with (None or empty: stored checkpoints' signatures are not checked, and a ``checkpoint``
     cannot be verified); ``checkpoint`` is an unverified checkpoint document."""
@@ -101,9 +113,10 @@ def verify_ledger(store: Ledger, *, keys: dict[str, Any] | None,
             except CheckpointError as exc:
                 extension = ExtensionReport(False, f"checkpoint rejected: {exc}")
     with store.unavailable_on_error("verify tree"):
+        cosignatures = stored_cosignatures(store.read)     # own read: the table may not exist
         with store.snapshot() as read:
             stored = list(stored_checkpoints(read))
-            sizes = {c.tree_size for c in stored}
+            sizes = {c.tree_size for c in stored} | {c.tree_size for c in cosignatures}
             if trusted is not None:
                 sizes.add(trusted.tree_size)
             tree = verify_tree(read, sizes=sizes,
@@ -126,7 +139,29 @@ def verify_ledger(store: Ledger, *, keys: dict[str, Any] | None,
                 report.checkpoint_problems.append(f"{label}: {exc}")
     if trusted is not None:
         report.extension = _check_extension(trusted, tree)
+    _check_cosignatures(report, cosignatures, list(witnesses), tree)
     return report
+
+
+def _check_cosignatures(report: IntegrityReport, cosignatures: list[StoredCosignature],
+                        witnesses: list[Verifier], tree: TreeReport) -> None:
+    roots = tree.roots or {}
+    cosigned_by: set[tuple[str, bytes]] = set()
+    for cosignature in cosignatures:
+        if matching(cosignature.line, witnesses) is None:
+            report.cosignatures_unknown += 1
+            continue
+        expected = roots.get(cosignature.tree_size) \
+            if cosignature.tree_size <= tree.ledger_size else None
+        problem = check_cosignature(cosignature, expected, witnesses)
+        if problem is not None:
+            report.checkpoint_problems.append(problem)
+        else:
+            report.cosignatures_verified += 1
+            cosigned_by.add((cosignature.line.name, cosignature.line.key_id))
+    for witness in witnesses:
+        if (witness.name, witness.key_id) not in cosigned_by:
+            report.checkpoint_problems.append(f"no valid cosignature by witness {witness.name}")
 
 
 def _check_extension(trusted: Any, tree: TreeReport) -> ExtensionReport:

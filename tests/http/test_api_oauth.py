@@ -119,7 +119,8 @@ def test_key_rotation_keeps_old_tokens_verifiable(app, client, dev_issuer, minte
     kids = {k["kid"] for k in client.get("/.well-known/jwks.json").get_json()["keys"]}
     assert {old_kid, new_kid} <= kids
     fresh = client.post("/token", data=exchange_form(dev_issuer.mint_github(audience="nhi-broker-test"))).get_json()
-    assert jwt.get_unverified_header(fresh["access_token"])["kid"] == new_kid
+    # published now, signing only after KEY_ACTIVATION_DELAY: the old key still signs
+    assert jwt.get_unverified_header(fresh["access_token"])["kid"] == old_kid
     for token in (minted["access_token"], fresh["access_token"]):
         info = client.post("/introspect", data={"token": token}, headers=basic(*AUDITOR)).get_json()
         assert info["active"] is True

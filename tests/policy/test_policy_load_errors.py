@@ -53,7 +53,7 @@ CASES = [
      "audience: t2\n", 7, "duplicate target name 't' (first defined at"),
     # --- kind: issuer ------------------------------------------------------------------------
     ("issuer unknown key", ISSUER + "issuer: https://x.example\njwks: https://x.example/k\n", 5,
-     "unknown key 'jwks' (allowed: algorithms, audience, issuer, jwks_file, jwks_uri"),
+     "unknown key 'jwks' (allowed: algorithms, allow_extra_audiences, audience, issuer, jwks_file, jwks_uri"),
     ("issuer missing audience", "kind: issuer\nname: other\nissuer: https://x.example\n", 1,
      "issuer 'other': missing required key 'audience'"),
     ("issuer required when preset has none", ISSUER + "preset: kubernetes\n", 1,

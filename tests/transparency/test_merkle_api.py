@@ -184,7 +184,7 @@ def test_checkpoints_stay_verifiable_after_key_rotation_and_retention(app, tmp_p
     client = app.test_client()
     old = get(client, "/v1/ledger/checkpoint").json
     state = tmp_path / "state"
-    rotated = FileSigner(str(state), issuer="http://broker.test", retention=0)
+    rotated = FileSigner(str(state), issuer="http://broker.test", retention=0, activation_delay=0)
     rotated.rotate()          # retention 0: the old key leaves the keyring and the JWKS at once
     rotated.rotate()
     jwks = rotated.jwks()

@@ -54,7 +54,7 @@ def test_tokens_are_signed_by_transit_and_verify_against_the_jwks(make_app, bao,
     client = app.test_client()
     body = exchange(client, dev_issuer)
     header = jwt.get_unverified_header(body["access_token"])
-    assert header == {"alg": alg, "kid": f"{key}-v1", "typ": "JWT"}
+    assert header == {"alg": alg, "kid": f"{key}-v1", "typ": "at+jwt"}
     jwks = client.get("/.well-known/jwks.json").get_json()
     assert [(k["kid"], k["kty"], k["alg"]) for k in jwks["keys"]] == [(f"{key}-v1", kty, alg)]
     assert all("d" not in k for k in jwks["keys"])
@@ -91,7 +91,8 @@ def test_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_version
            "BROKER_SIGNER": f"vault-transit:{key}", "BROKER_VAULT_ADDR": bao.addr,
            "BROKER_VAULT_ROLE_ID": vault_env.role_id,              # AppRole from the environment
            "BROKER_VAULT_SECRET_ID_FILE": str(vault_env.secret_id_file),
-           "BROKER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}", "BROKER_REAPER_INTERVAL": "0"}
+           "BROKER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}", "BROKER_REAPER_INTERVAL": "0",
+           "BROKER_KEY_ACTIVATION_DELAY": "0"}    # the delay itself: test_vault_transit_activation.py
     with running_broker(env) as base:
         def token() -> str:
             response = requests.post(f"{base}/token", data=token_form(

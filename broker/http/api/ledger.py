@@ -17,7 +17,12 @@ from broker import config as cfg
 from broker import errors
 from broker.http.api.common import authenticate_client, broker_context
 from broker.ledger import LedgerUnavailable
-from broker.transparency.checkpoints import CheckpointRefused, checkpoint_now, publish_all, witness_list
+from broker.transparency.checkpoints import (
+    CheckpointRefused, checkpoint_now, cosign_all, latest_checkpoint, publish_all, witness_list,
+)
+from broker.transparency.signed_notes import (
+    NOTE_CONTENT_TYPE, checkpoint_text, cosignatures_for, note_verifier, signed_note, witness_keys,
+)
 from broker.transparency.tree import LedgerTree, TreeIntegrityError
 
 log = logging.getLogger("broker.http.api.ledger")
@@ -70,8 +75,37 @@ def checkpoint() -> tuple[dict, int, dict]:
     signed, new = _tree_call(checkpoint_now, ctx.ledger, ctx.signer, issuer=ctx.issuer,
                              state_dir=cfg.state_dir(config))
     if new:
-        publish_all(signed, witness_list(config.get("CHECKPOINT_WITNESS")))
+        witnesses = witness_list(config.get("CHECKPOINT_WITNESS"))
+        publish_all(signed, witnesses)
+        cosign_all(ctx.ledger, signed, witnesses, state_dir=cfg.state_dir(config),
+                   witness_keys=witness_keys(config.get("CHECKPOINT_WITNESS_KEYS")))
     return signed.to_dict(), 200, _NO_STORE
+
+
+@bp.get("/checkpoint/note")
+def checkpoint_note() -> tuple[str, int, dict]:
+    """The latest checkpoint as a C2SP tlog-checkpoint signed note: the broker's Ed25519 note
+    signature and the witnesses' cosignatures (signs a checkpoint first if there is none)."""
+    authenticate_client(permission="audit")
+    _only()
+    ctx = broker_context()
+    state_dir = cfg.state_dir(current_app.config)
+    latest = latest_checkpoint(ctx.ledger)
+    if latest is None:
+        latest, _ = _tree_call(checkpoint_now, ctx.ledger, ctx.signer, issuer=ctx.issuer,
+                               state_dir=state_dir)
+    note = signed_note(latest, state_dir=state_dir,
+                       cosignatures=cosignatures_for(ctx.ledger, checkpoint_text(latest)))
+    return note.render(), 200, {**_NO_STORE, "Content-Type": NOTE_CONTENT_TYPE}
+
+
+@bp.get("/checkpoint/note-key")
+def checkpoint_note_key() -> tuple[str, int, dict]:
+    """The verifier key (vkey) of the broker's checkpoint notes: public, like the JWKS (but,
+    like every /v1/ answer, not to be cached by intermediaries: no-store)."""
+    _only()
+    vkey = note_verifier(cfg.state_dir(current_app.config), broker_context().issuer).vkey
+    return vkey + "\n", 200, {**_NO_STORE, "Content-Type": NOTE_CONTENT_TYPE}
 
 
 @bp.get("/proof/inclusion")

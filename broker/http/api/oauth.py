@@ -10,21 +10,34 @@ to), after the ``introspect`` event. ``/revoke`` without an ``Authorization`` he
 token holder revoking its own credential (RFC 7009 §2.1 lets the holder do so): the token
 authenticates itself, ``credential_id=`` is not accepted, and a token that is not ours is
 ``invalid_client``.
+
+A refused call (400, 401, 403: no credentials, a wrong secret, a missing permission, a
+malformed request) is recorded too: one ``introspect`` or ``revoke`` event with
+``result: refused``, the error, the reason, the client name the caller presented (not
+authenticated, bounded) and its address. Refused authentications count against the address
+(:class:`broker.http.ratelimit.FailureLimiter`): over the limit the caller gets ``429`` and no
+event, so a flood can neither guess a secret quickly nor grow the ledger.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Blueprint, request
 
 from broker import errors
 from broker.http.api.common import (
-    _invalid_client, authenticate_client, broker_context, form_params, single,
+    _invalid_client, authenticate_client, broker_context, client_address, form_params,
+    presented_client_name, single,
 )
+from broker.http.errors import status_of
 from broker.common.canonical import sha256_hex
+from broker.common.untrusted import clip
 from broker.common.ids import is_credential_id
+from broker.exchange.mint import token_client_id
 from broker.ledger import LedgerUnavailable
 from broker.ledger.events import CredentialRecord, EventDraft
 from broker.lifecycle.liveness import credential_liveness
@@ -36,6 +49,40 @@ log = logging.getLogger("broker.http.api")
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+def records_refusals(event_type: str) -> Callable[[View], View]:
+    """Record one ``event_type`` event for every call the view refuses with a 4xx (the view
+    records its own event only for calls it answers)."""
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return view(*args, **kwargs)
+            except errors.BrokerError as refusal:
+                status = status_of(refusal)
+                if status in (400, 401, 403):
+                    _record_refusal(event_type, refusal, status)
+                raise
+        return wrapper  # type: ignore[return-value]
+    return decorate
+
+
+def _record_refusal(event_type: str, refusal: errors.BrokerError, status: int) -> None:
+    details: dict[str, Any] = {
+        "result": "refused", "status": status, "error": refusal.error,
+        "reason_code": refusal.reason, "reason": clip(refusal.detail, 256),
+        "client_addr": client_address(),
+    }
+    name = presented_client_name()
+    if name is not None:
+        details["client"] = name
+        details["client_authenticated"] = not isinstance(refusal, errors.ClientUnauthenticated)
+    try:
+        broker_context().ledger.append(EventDraft(type=event_type, details=details))
+    except LedgerUnavailable:
+        log.error("ledger unavailable: a refused %s could not be recorded", event_type)
 
 
 
@@ -52,6 +99,7 @@ def _event_from(record: CredentialRecord | None, claims: dict[str, Any] | None, 
 
 
 @bp.post("/introspect")
+@records_refusals("introspect")
 def introspect() -> tuple[dict, int, dict]:
     client = authenticate_client(permission="introspect")
     params = form_params()
@@ -82,6 +130,10 @@ def introspect() -> tuple[dict, int, dict]:
     body = {
         "active": True,
         "token_type": "Bearer",
+        # RFC 7662 §2.2 / RFC 9068: the workload that made the exchange (tokens minted before
+        # the claim existed get the same value: act.sub, else sub)
+        "client_id": str(claims.get("client_id") or token_client_id(str(claims.get("sub")),
+                                                                     claims.get("act"))),
         "credential_id": record.credential_id,
         "parent_id": record.parent_id,
         **{k: claims[k] for k in ("iss", "sub", "aud", "exp", "iat", "nbf", "jti", "scope",
@@ -132,6 +184,7 @@ def _self_revoke() -> tuple[str, int, dict]:
 
 
 @bp.post("/revoke")
+@records_refusals("revoke")
 def revoke() -> tuple[str, int, dict]:
     if "Authorization" not in request.headers:
         return _self_revoke()

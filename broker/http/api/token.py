@@ -6,6 +6,9 @@ exchange a delegation: an agent acting for a person.
 """
 from __future__ import annotations
 
+import re
+from urllib.parse import urlsplit
+
 from flask import Blueprint
 
 from broker import errors
@@ -20,6 +23,80 @@ from broker.exchange.request import (
 bp = Blueprint("token", __name__)
 
 MAX_SCOPES = 64
+#: Longest ``scope`` parameter accepted (64 scopes of 15 characters): a request's values are
+#: bounded before anything reaches the ledger or a log.
+MAX_SCOPE_TEXT = 1024
+#: A target name is at most 128 characters (the policy loader's NAME_RE); a longer ``audience``
+#: cannot name one.
+MAX_TARGET_NAME = 128
+MAX_RESOURCE = 2048
+#: RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+_TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def requested_target(audiences: list[str], resources: list[str]) -> str:
+    """The one target an RFC 8693 request names, by ``audience`` (a target's name) and/or
+    ``resource`` (a target's URI: its ``audience``, the ``aud`` of the tokens minted for it).
+
+    ``resource`` alone selects the target whose URI it is; ``audience`` and ``resource``
+    together must name the same target; several ``audience`` values, or values naming several
+    targets, an unknown ``resource`` or one that is not an absolute URI are ``invalid_target``
+    (RFC 8693 §2.2.2, RFC 8707 §2). An ``audience`` that is a well-formed name of no target is
+    refused later, by the policy, with a ``deny`` event.
+    """
+    audiences = [a for a in audiences if a != ""]
+    resources = [r for r in resources if r != ""]
+    if len(audiences) > 1:
+        raise errors.TargetRefused("only one audience (target) per request",
+                                   detail=f"{len(audiences)} audience values")
+    named: set[str] = set()
+    if audiences:
+        audience = audiences[0]
+        if len(audience) > MAX_TARGET_NAME or not _TARGET_NAME.fullmatch(audience):
+            raise errors.TargetRefused(detail="audience is not a target name")
+        named.add(audience)
+    if resources:
+        targets = broker_context().policy_set.targets
+        by_uri = {t.audience: t.name for t in targets.values()}
+        for resource in resources:
+            if len(resource) > MAX_RESOURCE or not _absolute_uri(resource):
+                raise errors.TargetRefused("resource must be an absolute URI without a fragment",
+                                           detail="resource is not an absolute URI")
+            name = by_uri.get(resource)
+            if name is None:
+                raise errors.TargetRefused(detail="resource names no target")
+            named.add(name)
+    if not named:
+        raise errors.RequestMalformed("parameter audience (the target name) or resource "
+                                      "(the target's URI) is required")
+    if len(named) > 1:
+        raise errors.TargetRefused("audience and resource name different targets",
+                                   detail="the request names several targets")
+    return named.pop()
+
+
+def _absolute_uri(value: str) -> bool:
+    if not value.isascii() or any(c.isspace() or ord(c) < 0x21 or c == "\x7f" for c in value):
+        return False
+    parts = urlsplit(value)
+    return bool(parts.scheme) and bool(parts.netloc or parts.path) and "#" not in value
+
+
+def requested_scopes(raw_scope: str | None) -> tuple[str, ...] | None:
+    """The ``scope`` parameter as scope tokens (RFC 6749 §3.3); bounded in size."""
+    if raw_scope is None:
+        return None
+    if len(raw_scope) > MAX_SCOPE_TEXT:
+        raise errors.ScopeRefused("scope parameter too long")
+    scopes = tuple(dict.fromkeys(raw_scope.split(" ")))
+    scopes = tuple(s for s in scopes if s != "")
+    if not scopes or not all(_SCOPE_TOKEN.fullmatch(s) for s in scopes):
+        raise errors.ScopeRefused("scope is malformed", detail="scope is not a list of "
+                                  "RFC 6749 scope tokens")
+    if len(scopes) > MAX_SCOPES:
+        raise errors.ScopeRefused("too many scopes requested")
+    return scopes
 
 
 def parse_exchange_request() -> ExchangeRequest:
@@ -47,18 +124,8 @@ def parse_exchange_request() -> ExchangeRequest:
     if approval_id is not None and (len(approval_id) > 64 or not approval_id.isascii()
                                     or not approval_id.replace("_", "").isalnum()):
         raise errors.RequestMalformed("approval_id is malformed")
-    audience = single(params, "audience", required=False)
-    resource = single(params, "resource", required=False)
-    if audience is None:
-        raise errors.RequestMalformed("parameter audience (the target name) is required")
-    if resource is not None and resource != audience:
-        raise errors.TargetRefused("resource and audience name different targets")
-    raw_scope = single(params, "scope", required=False)
-    scopes: tuple[str, ...] | None = None
-    if raw_scope is not None:
-        scopes = tuple(dict.fromkeys(raw_scope.split()))
-        if len(scopes) > MAX_SCOPES:
-            raise errors.ScopeRefused("too many scopes requested")
+    target = requested_target(params.getlist("audience"), params.getlist("resource"))
+    scopes = requested_scopes(single(params, "scope", required=False))
     raw_ttl = single(params, "ttl", required=False)
     ttl = None
     if raw_ttl is not None:
@@ -68,7 +135,7 @@ def parse_exchange_request() -> ExchangeRequest:
             raise errors.RequestMalformed("ttl must be a duration such as 300, 90s, 5m or 1h") from None
     assert subject_token is not None and subject_token_type is not None
     return ExchangeRequest(subject_token=subject_token, subject_token_type=subject_token_type,
-                           target=audience, scopes=scopes, ttl=ttl, approval_id=approval_id,
+                           target=target, scopes=scopes, ttl=ttl, approval_id=approval_id,
                            actor_token=actor_token, actor_token_type=actor_token_type)
 
 
