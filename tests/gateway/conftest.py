@@ -1,0 +1,53 @@
+"""Fixtures: one throwaway SCRAM cluster per session, a role for each test credential, and the
+real gateway process (``python -m broker.gateway.devserver``) in front of it."""
+from __future__ import annotations
+
+import secrets
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.gateway.gw_cluster import Cluster, free_port, start_cluster  # noqa: E402
+from tests.gateway.gw_support import GatewayProcess, write_config  # noqa: E402
+
+ROLE = "gw_app"
+ROLE_PASSWORD = "app-" + secrets.token_urlsafe(12)
+TOKEN = "tok-" + secrets.token_urlsafe(24)
+CREDENTIAL = "cred-" + secrets.token_hex(6)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Cluster:
+    pytest.importorskip("psycopg")
+    c = start_cluster()
+    import psycopg
+
+    with psycopg.connect(c.admin_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}'")
+        conn.execute(f"CREATE DATABASE gwdb OWNER {ROLE}")
+    yield c
+    c.stop()
+
+
+def tokens(**overrides) -> dict:
+    entry = {"credential_id": CREDENTIAL, "username": CREDENTIAL, "upstream_user": ROLE,
+             "upstream_password": ROLE_PASSWORD, "dbname": "gwdb", "expires_in": 3600,
+             "record": {"principal": "repo:acme/app", "run": {"run_id": "42"}}}
+    entry.update(overrides)
+    return {TOKEN: entry}
+
+
+@pytest.fixture
+def gateway(cluster: Cluster, tmp_path: Path) -> GatewayProcess:
+    gw = write_config(tmp_path, port=free_port(), upstream_port=cluster.port, tokens=tokens())
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def gw_dsn(gateway: GatewayProcess) -> str:
+    return f"postgresql://{CREDENTIAL}:{TOKEN}@127.0.0.1:{gateway.port}/gwdb"
