@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
 from json import encoder as _json_encoder
 from typing import Any, Protocol
 
@@ -43,7 +42,6 @@ class RecordSink(Protocol):
 
 # ---------------------------------------------------------------- hot half
 
-@dataclass(frozen=True, slots=True)
 class StatementInfo:
     """One statement as it goes into the spool.
 
@@ -52,9 +50,12 @@ class StatementInfo:
     ``redacted`` says a secret was removed (server error messages are then not kept: they may echo
     the statement).
     """
-    spool_text: str
-    extra: str
-    redacted: bool
+    __slots__ = ("spool_text", "extra", "redacted")
+
+    def __init__(self, spool_text: str, extra: str, redacted: bool) -> None:
+        self.spool_text = spool_text
+        self.extra = extra
+        self.redacted = redacted
 
 
 def _statement_info(text: str, max_bytes: int, redacted_already: bool = False) -> StatementInfo:

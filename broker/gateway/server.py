@@ -132,6 +132,7 @@ class Worker:
     dropped: int = 0
     _counter: int = 0
     _flush_handle: asyncio.TimerHandle | None = None
+    _held: list[Session] = field(default_factory=list)
     _prefix: str = field(default_factory=lambda: secrets.token_hex(3))
 
     def __post_init__(self) -> None:
@@ -198,6 +199,25 @@ class Worker:
             self.spool.flush()
         except SpoolError:
             self.count_drop()
+
+    def hold(self, session: Session) -> None:
+        """``session`` has a packet that may go upstream only after the spool write; all such
+        packets of one event-loop iteration share one write(2)."""
+        if not self._held:
+            self.loop.call_soon(self._release_held)
+        self._held.append(session)
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, []
+        try:
+            self.spool.flush()
+            ok = True
+        except SpoolError:
+            ok = False
+            self.count_drop()
+        for session in held:
+            if session._held:
+                session.release(ok)
 
     def schedule_flush(self) -> None:
         if self._flush_handle is None:

@@ -177,6 +177,7 @@ class Session:
         self._spool = worker.spool
         self._required = self.config.audit == "required"
         self._param_mode = self.config.parameters
+        self._held: list[bytes] = []           # client packets waiting for the spool write
         self._flags: dict[int, Any] = {}       # seq → _Portal (row-limited Execute) or flag bits
 
     # ------------------------------------------------------------ asyncio plumbing
@@ -538,16 +539,27 @@ class Session:
             data = data[:pos]
             if not data:
                 return
-        if starts or self._spool.pending:
-            try:
-                self._spool.flush()
-            except SpoolError:
-                if self._required:
-                    self._audit_failure()
-                    return
-                self.worker.count_drop()
         self.bytes_up += len(data)
-        self.server.write(data)  # type: ignore[union-attr]
+        if starts or self._held:
+            # group commit: every session's start lines of this loop iteration go out in one
+            # write(2), then each held packet is forwarded (Worker.release_held)
+            self._held.append(data)
+            self.worker.hold(self)
+        else:
+            self.server.write(data)  # type: ignore[union-attr]
+
+    def release(self, spool_ok: bool) -> None:
+        """Forward what was held for the spool write (or refuse, if it failed and audit is
+        required)."""
+        held, self._held = self._held, []
+        if self.closed:
+            return
+        if not spool_ok and self._required:
+            self._audit_failure()
+            return
+        server = self.server
+        for data in held:
+            server.write(data)  # type: ignore[union-attr]
 
     def _start(self, info: StatementInfo, params: str, kind: str = "") -> int:
         self._seq += 1

@@ -29,6 +29,7 @@ Line format (one record per line, tab-separated, JSON only where free text goes)
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -189,7 +190,8 @@ class Drainer:
     per stream. ``run_once`` is one pass; ``start``/``stop`` run passes on a thread."""
 
     def __init__(self, directory: str | os.PathLike[str], sink: RecordSink, *, batch: int = 5000,
-                 interval: float = 0.05, max_read: int = 8 << 20, fsync: bool = False) -> None:
+                 interval: float = 0.05, max_read: int = 8 << 20, fsync: bool = False,
+                 nice: int = 10) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.sink = sink
@@ -197,6 +199,7 @@ class Drainer:
         self.interval = interval
         self.max_read = max_read
         self.fsync = fsync
+        self.nice = nice
         self.delivered = 0
         self.failures = 0
         self._streams: dict[str, _Stream] = {}
@@ -379,6 +382,11 @@ class Drainer:
         self._thread.start()
 
     def _run(self) -> None:
+        if self.nice:
+            # Linux: a thread is a task with its own niceness. The drainer yields the CPU to the
+            # relay; durability does not depend on it (the spool already holds every record).
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
         while not self._stop.is_set():
             try:
                 n = self.run_once()
