@@ -93,6 +93,22 @@ class Statements:
             self._remember(text, (info,))
         return info
 
+    def split_raw(self, raw: bytes, codec: str) -> tuple[StatementInfo, ...]:
+        """:meth:`split` for a Query message's bytes, with the common case decided on the bytes:
+        one statement (no ``;`` before the end) that cannot hold a secret (none of ``password``,
+        ``://``, ``u&`` or a backslash, compared ASCII-case-insensitively as the server's lexer does)
+        and fits the cap is encoded without regular expressions or the parser."""
+        low = raw.lower()
+        if (b"password" in low or b"://" in low or b"u&" in low or b"\\" in raw
+                or len(raw) > self.max_bytes):
+            return self.split(raw.decode(codec, "replace"))
+        semicolon = raw.find(b";")
+        if semicolon >= 0 and raw[semicolon + 1:].strip():
+            return self.split(raw.decode(codec, "replace"))
+        if not raw.strip():
+            return ()
+        return (StatementInfo(encode_json_string(raw.decode(codec, "replace")), "", False),)
+
     def split(self, text: str) -> tuple[StatementInfo, ...]:
         """A simple Query's text → one entry per statement the server will run, in order.
 
@@ -177,30 +193,28 @@ def usage_record(connection_id: str, seq: int, connection: dict[str, Any], start
     later Execute of the same portal is its own record with ``continues_seq``) or ``unknown`` (the
     gateway never saw the answer: it or the connection died first).
     """
-    offset = connection.get("clock_offset_ns", 0)
-    record: dict[str, Any] = dict(connection.get("record") or {})
-    record.update({
-        "type": "usage",
-        "line_key": f"gw:{connection_id}:{seq}",
-        "source": "gateway",
-        "credential_id": connection.get("credential_id"),
-        "connection_id": connection_id,
-        "seq": seq,
-        "ts": (start_ns + offset) / 1e9,
-        "database": connection.get("database"),
-        "client_addr": connection.get("client_addr"),
-        "target": connection.get("target"),
-    })
-    record.update(statement_fields(text, start_extra))
-    for key in ("parameters", "kind", "continues_seq"):
-        if key in start_extra:
-            record[key] = start_extra[key]
-    record["outcome"] = outcome
-    record["command_tag"] = command_tag
-    record["rows"] = protocol.rows_from_tag(command_tag) if command_tag else None
+    stamp = connection.get("record")
+    record: dict[str, Any] = dict(stamp) if stamp else {}
+    if start_extra.get("truncated"):
+        digest, size, truncated = start_extra["statement_sha256"], start_extra["statement_bytes"], True
+    else:
+        raw = text.encode("utf-8", "surrogatepass")
+        digest, size, truncated = hashlib.sha256(raw).hexdigest(), len(raw), False
+    record.update(
+        type="usage", line_key=f"gw:{connection_id}:{seq}", source="gateway",
+        credential_id=connection.get("credential_id"), connection_id=connection_id, seq=seq,
+        ts=(start_ns + connection.get("clock_offset_ns", 0)) / 1e9,
+        database=connection.get("database"), client_addr=connection.get("client_addr"),
+        target=connection.get("target"), statement=text, statement_sha256=digest,
+        statement_bytes=size, truncated=truncated, outcome=outcome, command_tag=command_tag,
+        rows=protocol.rows_from_tag(command_tag) if command_tag else None,
+        duration_ms=round((end_ns - start_ns) / 1e6, 3) if end_ns is not None else None)
+    if start_extra:
+        for key in ("parameters", "kind", "continues_seq"):
+            if key in start_extra:
+                record[key] = start_extra[key]
     if sqlstate:
         record["sqlstate"] = sqlstate
-    record["duration_ms"] = round((end_ns - start_ns) / 1e6, 3) if end_ns is not None else None
     if outcome_extra:
         record.update(outcome_extra)
     return record

@@ -50,10 +50,10 @@ class ScramClient:
     """One SCRAM-SHA-256 exchange: ``first()`` → server-first → ``final(server_first)`` →
     server-final → ``verify(server_final)``."""
 
-    def __init__(self, password: str, *, nonce: str | None = None) -> None:
+    def __init__(self, password: str, *, nonce: str | None = None, username: str = "") -> None:
         self._password = _saslprep(password).encode()
         self._nonce = nonce or base64.b64encode(secrets.token_bytes(18)).decode()
-        self._client_first_bare = f"n=,r={self._nonce}"
+        self._client_first_bare = f"n={username},r={self._nonce}"
         self._server_signature: bytes | None = None
 
     def first(self) -> bytes:

@@ -317,6 +317,7 @@ def _worker_main(config: GatewayConfig, authenticators: AuthenticatorFactory, ca
         with contextlib.suppress(OSError):
             os.close(fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # a spool over its size limit: EFBIG, not death
     try:
         import uvloop
 

@@ -88,7 +88,6 @@ class Refusal(Exception):
 class _Side(asyncio.Protocol):
     """asyncio protocol for one socket; hands everything to the session."""
 
-    __slots__ = ("session", "upstream", "transport")
 
     def __init__(self, session: Session, *, upstream: bool) -> None:
         self.session = session
@@ -175,6 +174,7 @@ class Session:
         self._draining = False
         self._stmt_cache = listener.statements
         self._spool = worker.spool
+        self._add = worker.spool.add_line          # list.append of the spool buffer: no frame
         self._required = self.config.audit == "required"
         self._param_mode = self.config.parameters
         self._held: list[bytes] = []           # client packets waiting for the spool write
@@ -393,6 +393,12 @@ class Session:
                 raise Refusal(IO_ERROR, "the gateway cannot record this session (audit spool "
                                         "unwritable); refusing to connect") from None
         self.relaying = True
+        # from here on the transports call the relay methods directly (no dispatch frame): an
+        # instance attribute shadows _Side.data_received, and set_protocol re-reads it
+        self.client_side.data_received = self._relay_client  # type: ignore[method-assign]
+        self.server_side.data_received = self._relay_server  # type: ignore[method-assign]
+        self.client.set_protocol(self.client_side)  # type: ignore[union-attr]
+        self.server.set_protocol(self.server_side)  # type: ignore[union-attr]
         self.client.write(b"".join(out))  # type: ignore[union-attr]
         delay = auth.expires_at - time.time()
         self._expiry = self.loop.call_later(max(delay, 0), self.end, "credential expired",
@@ -569,7 +575,7 @@ class Session:
             extra = f"{extra},{params}" if extra else params
         if kind:
             extra = f"{extra},{kind}" if extra else kind
-        self._spool.add(f"S\t{self.connection_id}\t{seq}\t{_perf_ns()}\t{info.spool_text}\t{{{extra}}}\n")
+        self._add(f"S\t{self.connection_id}\t{seq}\t{_perf_ns()}\t{info.spool_text}\t{{{extra}}}\n")
         self._pending.append(seq)
         if info.redacted or params:
             self._flags[seq] = _REDACTED if info.redacted else _PARAMS
@@ -579,7 +585,7 @@ class Session:
         return raw.decode(self._codec, "replace")
 
     def _on_query(self, data: bytes, start: int, end: int) -> bool:
-        infos = self._stmt_cache.split(self._decode(data[start:end - 1]))
+        infos = self._stmt_cache.split_raw(data[start:end - 1], self._codec)
         for info in infos:
             self._start(info, "")
         self._pending.append(SYNC)
@@ -698,7 +704,7 @@ class Session:
         seq = self._head_seq()
         if not seq:
             return None
-        self._spool.add(f"O\t{self.connection_id}\t{seq}\t{_perf_ns()}\t{outcome}\t{tag}\t"
+        self._add(f"O\t{self.connection_id}\t{seq}\t{_perf_ns()}\t{outcome}\t{tag}\t"
                         f"{sqlstate}\t{{{extra}}}\n")
         self.worker.schedule_flush()
         return self._flags.pop(seq, None) if self._flags else None

@@ -68,6 +68,7 @@ class SpoolWriter:
         self.segment_bytes = segment_bytes
         self.fsync = fsync
         self._buffer: list[str] = []
+        self.add_line = self._buffer.append      # the hot path's add(), without a Python frame
         self._segment_no = 0
         self._fd = -1
         self._size = 0
@@ -191,7 +192,7 @@ class Drainer:
 
     def __init__(self, directory: str | os.PathLike[str], sink: RecordSink, *, batch: int = 5000,
                  interval: float = 0.05, max_read: int = 8 << 20, fsync: bool = False,
-                 nice: int = 10) -> None:
+                 nice: int = 19) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.sink = sink
@@ -318,7 +319,8 @@ class Drainer:
                outcome_extra: str) -> dict[str, Any]:
         t_ns, text, start_extra = start
         connection = stream.connections.get(conn, {})
-        return usage_record(conn, seq, connection, t_ns, json.loads(text),
+        value = text[1:-1] if "\\" not in text else json.loads(text)
+        return usage_record(conn, seq, connection, t_ns, value,
                             json.loads(start_extra) if len(start_extra) > 2 else {},
                             outcome=outcome, end_ns=end_ns, command_tag=tag, sqlstate=sqlstate,
                             outcome_extra=json.loads(outcome_extra) if len(outcome_extra) > 2 else None)
@@ -387,6 +389,8 @@ class Drainer:
             # relay; durability does not depend on it (the spool already holds every record).
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+            with contextlib.suppress(OSError, AttributeError):
+                os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
         while not self._stop.is_set():
             try:
                 n = self.run_once()
