@@ -192,7 +192,7 @@ class Drainer:
 
     def __init__(self, directory: str | os.PathLike[str], sink: RecordSink, *, batch: int = 5000,
                  interval: float = 0.05, max_read: int = 8 << 20, fsync: bool = False,
-                 nice: int = 19) -> None:
+                 nice: int = 10, idle_priority: bool = False) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.sink = sink
@@ -201,6 +201,7 @@ class Drainer:
         self.max_read = max_read
         self.fsync = fsync
         self.nice = nice
+        self.idle_priority = idle_priority
         self.delivered = 0
         self.failures = 0
         self._streams: dict[str, _Stream] = {}
@@ -389,8 +390,10 @@ class Drainer:
             # relay; durability does not depend on it (the spool already holds every record).
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
-            with contextlib.suppress(OSError, AttributeError):
-                os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+            if self.idle_priority:     # SCHED_IDLE: only on otherwise idle CPU (may starve)
+                with contextlib.suppress(OSError, AttributeError):
+                    os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE,
+                                          os.sched_param(0))
         while not self._stop.is_set():
             try:
                 n = self.run_once()

@@ -2,7 +2,6 @@
 real gateway process (``python -m broker.gateway.devserver``) in front of it."""
 from __future__ import annotations
 
-import secrets
 import sys
 from pathlib import Path
 
@@ -11,12 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.gateway.gw_cluster import Cluster, free_port, start_cluster  # noqa: E402
-from tests.gateway.gw_support import GatewayProcess, write_config  # noqa: E402
-
-ROLE = "gw_app"
-ROLE_PASSWORD = "app-" + secrets.token_urlsafe(12)
-TOKEN = "tok-" + secrets.token_urlsafe(24)
-CREDENTIAL = "cred-" + secrets.token_hex(6)
+from tests.gateway.gw_support import (  # noqa: E402
+    CREDENTIAL, ROLE, ROLE_PASSWORD, TOKEN, GatewayProcess, tokens, write_config)
 
 
 @pytest.fixture(scope="session")
@@ -30,14 +25,6 @@ def cluster() -> Cluster:
         conn.execute(f"CREATE DATABASE gwdb OWNER {ROLE}")
     yield c
     c.stop()
-
-
-def tokens(**overrides) -> dict:
-    entry = {"credential_id": CREDENTIAL, "username": CREDENTIAL, "upstream_user": ROLE,
-             "upstream_password": ROLE_PASSWORD, "dbname": "gwdb", "expires_in": 3600,
-             "record": {"principal": "repo:acme/app", "run": {"run_id": "42"}}}
-    entry.update(overrides)
-    return {TOKEN: entry}
 
 
 @pytest.fixture

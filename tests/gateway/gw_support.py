@@ -10,6 +10,7 @@ import contextlib
 import hmac
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,6 +24,21 @@ from broker.gateway.config import ListenerConfig
 from broker.gateway.login import INVALID_PASSWORD, Authorized, LoginRefused
 
 REPO = Path(__file__).resolve().parents[2]
+
+# One set per test session (this module is imported once, as tests.gateway.gw_support).
+ROLE = "gw_app"
+ROLE_PASSWORD = "app-" + secrets.token_urlsafe(12)
+TOKEN = "tok-" + secrets.token_urlsafe(24)
+CREDENTIAL = "cred-" + secrets.token_hex(6)
+
+
+def tokens(**overrides: Any) -> dict[str, Any]:
+    """The test token map: TOKEN → the SCRAM role gw_app in database gwdb."""
+    entry = {"credential_id": CREDENTIAL, "username": CREDENTIAL, "upstream_user": ROLE,
+             "upstream_password": ROLE_PASSWORD, "dbname": "gwdb", "expires_in": 3600,
+             "record": {"principal": "repo:acme/app", "run": {"run_id": "42"}}}
+    entry.update(overrides)
+    return {TOKEN: entry}
 
 
 class StaticAuthenticator:
