@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import sys
 import threading
 from typing import Any
@@ -58,8 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     def on_started(supervisor: Supervisor) -> None:
         print("ready", flush=True)
 
+        # The control thread reads its own duplicate of stdin: a worker forked later closes
+        # sys.stdin (multiprocessing does), which would block on the lock this thread holds.
+        control_in = os.fdopen(os.dup(0), "r")
+        sys.stdin = open(os.devnull)
+
         def control() -> None:
-            for line in sys.stdin:
+            for line in control_in:
                 if line.strip():
                     command = json.loads(line)
                     if command.get("end_credential"):
