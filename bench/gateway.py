@@ -260,20 +260,23 @@ def main() -> int:
             print(f"  {name:8} in {min(t_in):.3f}s  out {min(t_out):.3f}s")
         d, g = copy_results["direct"], copy_results["gateway"]
         print(f"  gateway/direct: in {g[0] / d[0]:.2f}x  out {g[1] / d[1]:.2f}x")
-        # records
-        time.sleep(2)
-        deadline = time.monotonic() + 120
-        count = 0
-        while time.monotonic() < deadline:
+        # records: how far behind the drainer is, and how fast it catches up (no other load now)
+        def usage_count() -> int:
             with sqlite3.connect(sink) as db:
-                count = db.execute("SELECT count(*) FROM gateway_records WHERE type='usage'").fetchone()[0]
-            spool_left = sum(p.stat().st_size for p in (root / "spool").glob("*.spool"))
-            time.sleep(1)
-            with sqlite3.connect(sink) as db:
-                again = db.execute("SELECT count(*) FROM gateway_records WHERE type='usage'").fetchone()[0]
-            if again == count:
-                break
-        print(f"\nusage records in the SQLite sink: {count} (spool bytes not yet drained: {spool_left})")
+                return db.execute("SELECT count(*) FROM gateway_records WHERE type='usage'").fetchone()[0]
+
+        t0, c0 = time.perf_counter(), usage_count()
+        spool_left = sum(p.stat().st_size for p in (root / "spool").glob("*.spool"))
+        last, still = c0, 0
+        while still < 3 and time.perf_counter() - t0 < 300:
+            time.sleep(0.5)
+            now = usage_count()
+            still = still + 1 if now == last else 0
+            last = now
+        elapsed = time.perf_counter() - t0 - 1.5
+        rate = (last - c0) / elapsed if elapsed > 0 and last > c0 else 0.0
+        print(f"\nusage records in the SQLite sink: {last}; at the end of the load {c0} had arrived "
+              f"({spool_left / 1e6:.1f} MB of spool to drain), caught up at {rate:,.0f} records/s")
         return 0
     finally:
         for proc in procs:

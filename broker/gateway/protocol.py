@@ -325,7 +325,9 @@ def parse_parameter_status(body: bytes | bytearray) -> tuple[str, str]:
 def rows_from_tag(tag: str) -> int | None:
     """Rows affected/returned as the CommandComplete tag says (``INSERT 0 5`` → 5, ``SELECT 3`` → 3,
     ``CREATE TABLE`` → None)."""
-    head, _, tail = tag.rpartition(" ")
-    if head and tail.isdigit():
-        return int(tail)
+    i = tag.rfind(" ")
+    if i > 0:
+        tail = tag[i + 1:]
+        if tail.isdigit():
+            return int(tail)
     return None

@@ -131,7 +131,7 @@ class Worker:
     by_credential: dict[str, set[Session]] = field(default_factory=dict)
     dropped: int = 0
     _counter: int = 0
-    _flush_handle: asyncio.TimerHandle | None = None
+    flush_handle: asyncio.TimerHandle | None = None
     _held: list[Session] = field(default_factory=list)
     _prefix: str = field(default_factory=lambda: secrets.token_hex(3))
 
@@ -220,11 +220,11 @@ class Worker:
                 session.release(ok)
 
     def schedule_flush(self) -> None:
-        if self._flush_handle is None:
-            self._flush_handle = self.loop.call_later(0.02, self._timed_flush)
+        if self.flush_handle is None:
+            self.flush_handle = self.loop.call_later(0.02, self._timed_flush)
 
     def _timed_flush(self) -> None:
-        self._flush_handle = None
+        self.flush_handle = None
         try:
             self.spool.flush()
         except SpoolError:
@@ -282,8 +282,8 @@ class Worker:
             session.end("gateway shut down before the statement finished", "57P01",
                         "the gateway is shutting down")
         await asyncio.sleep(0.05)
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
         self.spool.close()
 
 

@@ -504,6 +504,24 @@ class Session:
 
     # ------------------------------------------------------------ relay: client → server
     def _relay_client(self, data: bytes) -> None:
+        n = len(data)
+        if not self._ctail and data[0] == 81 and n >= 6 and _unpack_u32(data, 1)[0] == n - 1:
+            # fast path: the packet is exactly one simple Query of one plain statement
+            infos = self._stmt_cache.split_raw(data[5:-1], self._codec)
+            if len(infos) == 1 and not infos[0].extra and not infos[0].redacted:
+                self._seq = seq = self._seq + 1
+                self._add(f"S\t{self.connection_id}\t{seq}\t{_perf_ns()}\t{infos[0].spool_text}\t{{}}\n")
+                pending = self._pending
+                pending.append(seq)
+                pending.append(SYNC)
+            else:
+                for info in infos:
+                    self._start(info, "")
+                self._pending.append(SYNC)
+            self.bytes_up += n
+            self._held.append(data)
+            self.worker.hold(self)
+            return
         if self._ctail:
             data = self._ctail + data
             self._ctail = b""
@@ -662,6 +680,7 @@ class Session:
             n = len(data)
         unpack = _unpack_u32
         interesting = _INTERESTING
+        pending = self._pending
         while n - pos >= 5:
             t = data[pos]
             end = pos + 1 + unpack(data, pos + 1)[0]
@@ -673,11 +692,21 @@ class Session:
                 continue
             if end > n:
                 break
-            if t == 67:                                     # CommandComplete
-                self._outcome("ok", data[pos + 5:end - 1].decode("ascii", "replace"), "")
+            if t == 67:                                     # CommandComplete (inlined _outcome)
+                if pending and pending[0] != SYNC:
+                    seq = pending.popleft()
+                    self._add(f"O\t{self.connection_id}\t{seq}\t{_perf_ns()}\tok\t"
+                              f"{data[pos + 5:end - 1].decode('ascii', 'replace')}\t\t{{}}\n")
+                    if self._flags:
+                        self._flags.pop(seq, None)
+                    if self.worker.flush_handle is None:
+                        self.worker.schedule_flush()
             elif t == 90:                                   # ReadyForQuery
                 self._txn = data[pos + 5:pos + 6]
-                self._ready()
+                if pending and pending[0] == SYNC and not self._draining:
+                    pending.popleft()
+                else:
+                    self._ready()
             elif t == 69:                                   # ErrorResponse
                 self._error(data[pos + 5:end])
             elif t == 73:                                   # EmptyQueryResponse
@@ -706,7 +735,8 @@ class Session:
             return None
         self._add(f"O\t{self.connection_id}\t{seq}\t{_perf_ns()}\t{outcome}\t{tag}\t"
                         f"{sqlstate}\t{{{extra}}}\n")
-        self.worker.schedule_flush()
+        if self.worker.flush_handle is None:
+            self.worker.schedule_flush()
         return self._flags.pop(seq, None) if self._flags else None
 
     def _suspended(self) -> None:

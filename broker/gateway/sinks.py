@@ -27,6 +27,11 @@ class JsonlFileSink:
 
 
 class SqliteSink:
+    """One row per record: the fields an auditor queries as columns, the rest as JSON."""
+
+    COLUMNS = ("line_key", "type", "credential_id", "connection_id", "seq", "statement",
+               "statement_sha256", "command_tag", "rows", "sqlstate", "outcome", "duration_ms", "ts")
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
@@ -37,15 +42,22 @@ class SqliteSink:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS gateway_records (line_key TEXT PRIMARY KEY,"
-                             " type TEXT, credential_id TEXT, statement TEXT, command_tag TEXT,"
-                             " body TEXT)")
+                             " type TEXT, credential_id TEXT, connection_id TEXT, seq INTEGER,"
+                             " statement TEXT, statement_sha256 TEXT, command_tag TEXT, rows INTEGER,"
+                             " sqlstate TEXT, outcome TEXT, duration_ms REAL, ts REAL, other TEXT)")
         return self._db
 
     def write_batch(self, records: list[dict[str, Any]]) -> None:
         db = self._conn()
-        rows = [(r["line_key"], r["type"], r.get("credential_id"), r.get("statement"),
-                 r.get("command_tag"), json.dumps(r, separators=(",", ":"), default=str))
-                for r in records]
+        columns = self.COLUMNS
+        known = set(columns) | {"source", "database", "client_addr", "target", "statement_bytes",
+                                "truncated"}
+        rows = []
+        for r in records:
+            other = {k: v for k, v in r.items() if k not in known}
+            rows.append((*(r.get(c) for c in columns),
+                         json.dumps(other, separators=(",", ":"), default=str) if other else None))
         db.execute("BEGIN")
-        db.executemany("INSERT OR IGNORE INTO gateway_records VALUES (?, ?, ?, ?, ?, ?)", rows)
+        db.executemany("INSERT OR IGNORE INTO gateway_records VALUES "
+                       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         db.execute("COMMIT")
