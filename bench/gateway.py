@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.gateway.gw_cluster import Cluster, as_postgres, free_port, start_cluster  # noqa: E402
+from tests.gateway.gw_cluster import Cluster, free_port, start_cluster  # noqa: E402
 
 ROLE, PASSWORD = "bench_app", "bench-app-password-1"
 TOKEN, CREDENTIAL = "bench-token-" + "x" * 40, "cred-bench"
@@ -84,10 +84,12 @@ pidfile = {d / 'pgbouncer.pid'}
     return proc, port
 
 
-def start_gateway(cluster: Cluster, root: Path, workers: int) -> tuple[subprocess.Popen, int, Path]:
+def start_gateway(cluster: Cluster, root: Path, workers: int,
+                  drain_priority: str = "low") -> tuple[subprocess.Popen, int, Path]:
     port = free_port()
     sink = root / "records.sqlite"
     config = {"spool_dir": str(root / "spool"), "workers": workers, "shutdown_grace": 5,
+              "drain_priority": drain_priority,
               "listeners": [{"target": "bench", "gateway": {
                   "listen": f"127.0.0.1:{port}", "audit": "required", "parameters": "hashed",
                   "upstream": {"host": "127.0.0.1", "port": cluster.port, "sslmode": "disable"}}}],
@@ -187,6 +189,8 @@ def main() -> int:
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--copy-rows", type=int, default=500_000)
     ap.add_argument("--only", default="direct,pgbouncer,gateway")
+    ap.add_argument("--drain-priority", choices=["low", "idle"], default="idle",
+                    help="idle: the drainer runs SCHED_IDLE while its backlog is under 256 MB")
     args = ap.parse_args()
     ensure_pgbouncer()
     root = Path(tempfile.mkdtemp(prefix="nhb-gwbench-"))
@@ -204,7 +208,7 @@ def main() -> int:
             "-U", ROLE, "benchdb"], env={**os.environ, "PGPASSWORD": PASSWORD})
         bouncer, bport = start_pgbouncer(cluster, root)
         procs.append(bouncer)
-        gw, gport, sink = start_gateway(cluster, root, args.workers)
+        gw, gport, sink = start_gateway(cluster, root, args.workers, args.drain_priority)
         procs.append(gw)
         targets = {"direct": direct,
                    "pgbouncer": {**direct, "port": bport},
@@ -214,7 +218,7 @@ def main() -> int:
         names = [n for n in ("direct", "pgbouncer", "gateway") if n in args.only.split(",")]
         results: dict[tuple[str, str, int], list[dict]] = {}
         print(f"pgbench -S, {args.seconds}s per run, {args.rounds} alternating rounds, scale {args.scale}, "
-              f"gateway workers {args.workers}", flush=True)
+              f"gateway workers {args.workers}, drain priority {args.drain_priority}", flush=True)
         for rnd in range(args.rounds):
             for mode in ("simple", "prepared"):
                 for clients in (1, 8):

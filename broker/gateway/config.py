@@ -168,5 +168,6 @@ class GatewayConfig:
     health: str | None = None                   # host:port of the health check (HTTP GET /healthz)
     drain_batch: int = 5000
     drain_interval: float = 0.05
+    drain_priority: Literal["low", "idle"] = "low"   # idle: SCHED_IDLE until the backlog is large
     spool_segment_bytes: int = 64 * 1024 * 1024
     shutdown_grace: float = 30.0

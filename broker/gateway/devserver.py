@@ -9,7 +9,7 @@ CONFIG.json::
      "authenticator": "package.module:factory",   # factory(listener_config, options) → Authenticator
      "authenticator_options": {...},
      "sink": {"kind": "jsonl" | "sqlite", "path": "..."},
-     "cancel_secret_hex": "..."}
+     "cancel_secret_hex": "...", "drain_priority": "low" | "idle"}
 
 Prints ``ready`` on stdout once every worker listens. Reads JSON lines on stdin:
 ``{"end_credential": "<id>", "reason": "revoked"}``. SIGTERM shuts down gracefully.
@@ -41,7 +41,8 @@ def load_config(data: dict[str, Any]) -> GatewayConfig:
                       for item in data["listeners"])
     return GatewayConfig(listeners=listeners, spool_dir=data["spool_dir"],
                          workers=int(data.get("workers", 1)), health=data.get("health"),
-                         shutdown_grace=float(data.get("shutdown_grace", 10.0)))
+                         shutdown_grace=float(data.get("shutdown_grace", 10.0)),
+                         drain_priority=data.get("drain_priority", "low"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,7 +75,7 @@ class ScramClient:
         without_proof = f"c=biws,r={nonce}"      # biws = base64("n,,")
         auth_message = f"{self._client_first_bare},{text},{without_proof}".encode()
         client_signature = _hmac(stored_key, auth_message)
-        proof = bytes(a ^ b for a, b in zip(client_key, client_signature))
+        proof = bytes(a ^ b for a, b in zip(client_key, client_signature, strict=True))
         self._server_signature = _hmac(server_key, auth_message)
         return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
 

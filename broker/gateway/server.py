@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import inspect
@@ -31,8 +32,6 @@ import secrets
 import signal
 import socket
 import ssl
-import struct
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -144,8 +143,11 @@ class Worker:
                                       upstream_ssl_context(lc), Statements(lc.max_statement_bytes))
             sock = (sockets or {}).get(lc.listen) or bind_socket(lc, reuse_port=reuse_port)
             runtime.server = await self.loop.create_server(
-                lambda rt=runtime: Session(self, rt).client_side, sock=sock, backlog=1024)
+                functools.partial(self._new_session, runtime), sock=sock, backlog=1024)
             self.listeners.append(runtime)
+
+    def _new_session(self, runtime: ListenerRuntime) -> asyncio.Protocol:
+        return Session(self, runtime).client_side
 
     # -- used by sessions
     def next_connection_id(self) -> str:
@@ -344,7 +346,11 @@ def _worker_main(config: GatewayConfig, authenticators: AuthenticatorFactory, ca
 
     os.set_blocking(control_fd, False)
     loop.add_reader(control_fd, on_control)
-    loop.add_signal_handler(signal.SIGTERM, lambda: stop.done() or stop.set_result("SIGTERM"))
+    def on_sigterm() -> None:
+        if not stop.done():
+            stop.set_result("SIGTERM")
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     loop.run_until_complete(worker.start(reuse_port=True))
     ready.set()
     loop.run_until_complete(stop)
@@ -367,7 +373,8 @@ class Supervisor:
         self.sink = sink
         self.cancel_secret = cancel_secret or secrets.token_bytes(32)
         self.drainer = Drainer(config.spool_dir, sink, batch=config.drain_batch,
-                               interval=config.drain_interval)
+                               interval=config.drain_interval,
+                               idle_priority=config.drain_priority == "idle")
         self._ctx = mp.get_context("fork")
         self._workers: list[tuple[Any, int]] = []
         self._stopping = False

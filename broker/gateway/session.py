@@ -148,6 +148,7 @@ class Session:
         self.closed = False
         self.started = time.time()
         self.tls = False
+        self.upstream_tls = False
         # handshake buffers
         self._cbuf = bytearray()
         self._sbuf = bytearray()
@@ -383,6 +384,7 @@ class Session:
             "client_user": username, "upstream_user": auth.upstream_user,
             "upstream": f"{self.config.upstream.host}:{self.config.upstream.port}",
             "upstream_backend_pid": self.upstream_pid, "login": self.config.login,
+            "upstream_tls": self.upstream_tls,
             "tls": self.tls, "application_name": params.get("application_name"),
             "expires_at": auth.expires_at, "record": auth.record, "ts": self.started,
             "worker_pid": os.getpid(), "clock_offset_ns": CLOCK_OFFSET_NS}) + "\n")
@@ -431,6 +433,7 @@ class Session:
                 self.server = await self.loop.start_tls(  # type: ignore[assignment]
                     transport, self.server_side, self.listener.upstream_ssl_context,
                     server_hostname=up.host)
+                self.upstream_tls = True
             elif up.sslmode in ("require", "verify-ca", "verify-full"):
                 raise Refusal(CANNOT_CONNECT, "the database does not offer TLS (sslmode requires it)")
         self.server.write(p.startup_message(params))  # type: ignore[union-attr]

@@ -192,7 +192,8 @@ class Drainer:
 
     def __init__(self, directory: str | os.PathLike[str], sink: RecordSink, *, batch: int = 5000,
                  interval: float = 0.05, max_read: int = 8 << 20, fsync: bool = False,
-                 nice: int = 10, idle_priority: bool = False) -> None:
+                 nice: int = 10, idle_priority: bool = False,
+                 backlog_limit: int = 256 << 20) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.sink = sink
@@ -202,6 +203,7 @@ class Drainer:
         self.fsync = fsync
         self.nice = nice
         self.idle_priority = idle_priority
+        self.backlog_limit = backlog_limit
         self.delivered = 0
         self.failures = 0
         self._streams: dict[str, _Stream] = {}
@@ -385,16 +387,23 @@ class Drainer:
         self._thread.start()
 
     def _run(self) -> None:
+        """Drain until stopped. With ``idle_priority`` the thread runs SCHED_IDLE (only on CPU
+        nobody else wants: the relay never waits for it, the spool holds the records) and goes
+        back to normal scheduling while the backlog exceeds ``backlog_limit`` bytes, so a busy
+        host cannot grow the spool without bound."""
+        tid = threading.get_native_id()
         if self.nice:
-            # Linux: a thread is a task with its own niceness. The drainer yields the CPU to the
-            # relay; durability does not depend on it (the spool already holds every record).
             with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
-            if self.idle_priority:     # SCHED_IDLE: only on otherwise idle CPU (may starve)
-                with contextlib.suppress(OSError, AttributeError):
-                    os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE,
-                                          os.sched_param(0))
+                os.setpriority(os.PRIO_PROCESS, tid, self.nice)
+        idle = False
         while not self._stop.is_set():
+            if self.idle_priority:
+                want_idle = self.backlog() < self.backlog_limit
+                if want_idle != idle:
+                    with contextlib.suppress(OSError, AttributeError):
+                        os.sched_setscheduler(tid, os.SCHED_IDLE if want_idle else os.SCHED_OTHER,
+                                              os.sched_param(0))
+                        idle = want_idle
             try:
                 n = self.run_once()
             except Exception:  # noqa: BLE001
@@ -404,6 +413,16 @@ class Drainer:
                 n = 0
             if not n:
                 self._stop.wait(self.interval)
+
+    def backlog(self) -> int:
+        """Bytes written to the spool and not yet delivered."""
+        total = 0
+        for stream in self._streams.values():
+            for path in self.directory.glob(f"{stream.name}.*.spool"):
+                with contextlib.suppress(FileNotFoundError):
+                    size = path.stat().st_size
+                    total += size - stream.offset if path.name == stream.segment else size
+        return total
 
     def stop(self, *, final_pass: bool = True) -> None:
         self._stop.set()

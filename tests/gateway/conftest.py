@@ -10,14 +10,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.gateway.gw_cluster import Cluster, free_port, start_cluster  # noqa: E402
-from tests.gateway.gw_support import (  # noqa: E402
-    CREDENTIAL, ROLE, ROLE_PASSWORD, TOKEN, GatewayProcess, tokens, write_config)
+from tests.gateway.gw_support import CREDENTIAL, ROLE, ROLE_PASSWORD, TOKEN, GatewayProcess, tokens, write_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Cluster:
     pytest.importorskip("psycopg")
-    c = start_cluster()
+    c = start_cluster(ssl=True)
     import psycopg
 
     with psycopg.connect(c.admin_dsn, autocommit=True) as conn:

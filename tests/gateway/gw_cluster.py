@@ -55,7 +55,10 @@ def free_port() -> int:
 
 
 def as_postgres(command: str) -> subprocess.CompletedProcess:
-    argv = ["su", "postgres", "-s", "/bin/sh", "-c", command] if os.geteuid() == 0 else ["/bin/sh", "-c", command]
+    if os.geteuid() == 0:
+        argv = ["su", "postgres", "-s", "/bin/sh", "-c", command]
+    else:
+        argv = ["/bin/sh", "-c", command]
     return subprocess.run(argv, capture_output=True, text=True, timeout=120)
 
 
@@ -75,11 +78,35 @@ class Cluster:
         return f"postgresql://{auth}@127.0.0.1:{self.port}/{dbname}"
 
     def stop(self) -> None:
-        as_postgres(f"{shlex.quote(str(self.bin_dir / 'pg_ctl'))} -D {shlex.quote(str(self.data))} -m immediate -w stop")
+        as_postgres(f"{shlex.quote(str(self.bin_dir / 'pg_ctl'))} -D {shlex.quote(str(self.data))}"
+                    " -m immediate -w stop")
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_cluster(extra_conf: str = "") -> Cluster:
+def self_signed(directory: Path, name: str = "localhost") -> tuple[str, str]:
+    """A self-signed certificate and key (PEM files in ``directory``)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert_file, key_file = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+def start_cluster(extra_conf: str = "", *, ssl: bool = False) -> Cluster:
     bdir = bin_dir()
     root = Path(tempfile.mkdtemp(prefix="nhb-gwtest-"))
     os.chmod(root, 0o777)
@@ -92,6 +119,11 @@ def start_cluster(extra_conf: str = "") -> Cluster:
         raise RuntimeError(f"initdb failed: {result.stderr}")
     port = free_port()
     conf = CONF.format(port=port, socket_dir=root) + extra_conf
+    if ssl:                      # the server offers TLS; pg_hba still allows plain "host" logins
+        cert, key = self_signed(root)
+        as_postgres(f"cp {cert} {data / 'server.crt'} && cp {key} {data / 'server.key'}"
+                    f" && chmod 600 {data / 'server.key'}")
+        conf += "ssl = on\n"
     as_postgres(f"cat >> {shlex.quote(str(data / 'postgresql.conf'))} <<'EOF'\n{conf}\nEOF")
     as_postgres(f"cat > {shlex.quote(str(data / 'pg_hba.conf'))} <<'EOF'\n{HBA.format(superuser=SUPERUSER)}\nEOF")
     result = as_postgres(f"{shlex.quote(str(bdir / 'pg_ctl'))} -D {shlex.quote(str(data))}"

@@ -50,10 +50,9 @@ class StaticAuthenticator:
         self.started = time.time()
 
     def authenticate(self, username: str, password: str, database: str, client_addr: str) -> Authorized:
-        for token, entry in self.tokens.items():
-            if hmac.compare_digest(token.encode(), password.encode()):
-                break
-        else:
+        entry = next((e for token, e in self.tokens.items()
+                      if hmac.compare_digest(token.encode(), password.encode())), None)
+        if entry is None:
             raise LoginRefused(INVALID_PASSWORD, "invalid credential")
         if username != entry.get("username", entry["credential_id"]):
             raise LoginRefused("28000", "user name does not match the credential")

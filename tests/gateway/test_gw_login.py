@@ -2,16 +2,14 @@
 expiry ends the session, and the token is no password for the database itself."""
 from __future__ import annotations
 
-import datetime
 import subprocess
 import time
 
 import psycopg
 import pytest
 
-from tests.gateway.gw_support import CREDENTIAL, ROLE, TOKEN, tokens
-from tests.gateway.gw_cluster import free_port
-from tests.gateway.gw_support import running, write_config
+from tests.gateway.gw_cluster import free_port, self_signed
+from tests.gateway.gw_support import CREDENTIAL, ROLE, TOKEN, running, tokens, write_config
 
 
 def test_wrong_token_is_refused_without_echoing_it(gateway):
@@ -60,27 +58,8 @@ def test_expiry_ends_the_session(cluster, tmp_path):
         assert disconnect["reason"] == "credential expired"
 
 
-def _self_signed(tmp_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    cert_file, key_file = tmp_path / "gw.crt", tmp_path / "gw.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_file), str(key_file)
-
-
 def test_tls_is_required_off_loopback(cluster, tmp_path):
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path, "gateway.test")
     port = free_port()
     gw = write_config(tmp_path, port=port, upstream_port=cluster.port, tokens=tokens(),
                       gateway={"listen": f"0.0.0.0:{port}", "tls": {"cert_file": cert, "key_file": key}})
@@ -107,3 +86,62 @@ def test_plaintext_listener_off_loopback_refuses_to_start(cluster, tmp_path):
     with pytest.raises(RuntimeError):
         gw.start()
     assert "tls (cert_file, key_file) is required" in gw.log()
+
+
+@pytest.mark.parametrize("sslmode", ["require", "disable"])
+def test_upstream_tls_per_sslmode(cluster, tmp_path, sslmode):
+    gw = write_config(tmp_path, port=free_port(), upstream_port=cluster.port, tokens=tokens(),
+                      gateway={"upstream": {"host": "127.0.0.1", "port": cluster.port, "sslmode": sslmode}})
+    with running(gw):
+        with psycopg.connect(f"postgresql://{CREDENTIAL}:{TOKEN}@127.0.0.1:{gw.port}/gwdb") as conn:
+            pid = conn.execute("select pg_backend_pid()").fetchone()[0]
+            with psycopg.connect(cluster.dsn("gwdb")) as admin:
+                (ssl,) = admin.execute("select ssl from pg_stat_ssl where pid = %s", (pid,)).fetchone()
+        assert ssl is (sslmode == "require")
+        connect = next(r for r in gw.wait_records(lambda rs: any(r["type"] == "connect" for r in rs))
+                       if r["type"] == "connect")
+        assert connect["upstream_tls"] is (sslmode == "require")
+
+
+def test_service_role_sets_application_name_to_the_credential(cluster, tmp_path):
+    gw = write_config(tmp_path, port=free_port(), upstream_port=cluster.port, tokens=tokens(),
+                      gateway={"login": "service-role", "service_dsn_env": "UNUSED_BY_THE_TEST_AUTHENTICATOR"})
+    with running(gw):
+        with psycopg.connect(f"postgresql://{CREDENTIAL}:{TOKEN}@127.0.0.1:{gw.port}/gwdb"
+                             "?application_name=client-said") as conn:
+            pid = conn.execute("select pg_backend_pid()").fetchone()[0]
+            with psycopg.connect(cluster.dsn("gwdb")) as admin:
+                (name,) = admin.execute("select application_name from pg_stat_activity where pid = %s",
+                                        (pid,)).fetchone()
+    assert name == CREDENTIAL
+
+
+def test_gssenc_is_declined_and_plain_ssl_request_answered_on_loopback(gateway):
+    import socket
+    import struct
+
+    from broker.gateway import protocol as p
+
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as s:
+        s.sendall(struct.pack("!II", 8, p.GSSENC_REQUEST_CODE))
+        assert s.recv(1) == b"N"
+        s.sendall(p.ssl_request())
+        assert s.recv(1) == b"N"                    # loopback listener without TLS files
+        s.sendall(p.startup_message({"user": CREDENTIAL, "database": "gwdb"}))
+        kind, length, code = struct.unpack("!cII", s.recv(9))
+        assert kind == b"R" and code == p.AUTH_CLEARTEXT
+
+
+def test_health_check(cluster, tmp_path):
+    import json
+    import urllib.request
+
+    health = free_port()
+    gw = write_config(tmp_path, port=free_port(), upstream_port=cluster.port, tokens=tokens(), workers=2)
+    config = json.loads(gw.config_path.read_text())
+    config["health"] = f"127.0.0.1:{health}"
+    gw.config_path.write_text(json.dumps(config))
+    with running(gw):
+        with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=5) as answer:
+            body = json.load(answer)
+    assert body["status"] == "ok" and body["workers"] == 2

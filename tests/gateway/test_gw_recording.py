@@ -12,8 +12,7 @@ import psycopg
 import pytest
 
 from tests.gateway.gw_cluster import free_port
-from tests.gateway.gw_support import (CREDENTIAL, ROLE, ROLE_PASSWORD, TOKEN, running, tokens,
-                                      write_config)
+from tests.gateway.gw_support import CREDENTIAL, ROLE, ROLE_PASSWORD, TOKEN, running, tokens, write_config
 
 SECRETS = {
     "ALTER ROLE gw_app PASSWORD 'Sekrit-quoted-1'": "Sekrit-quoted-1",
