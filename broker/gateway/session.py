@@ -157,7 +157,8 @@ class Session:
         self._clost = False
         self._slost = False
         # relay state
-        self._ctail = b""
+        self._ctail = bytearray()              # an incomplete client message
+        self._cneed = 0                         # bytes that message needs in all
         self._stail = b""
         self._sskip = 0
         self._pending: deque[int] = deque()
@@ -526,8 +527,12 @@ class Session:
             self.worker.hold(self)
             return
         if self._ctail:
-            data = self._ctail + data
-            self._ctail = b""
+            tail = self._ctail
+            if len(tail) + len(data) < self._cneed:     # a large message still arriving
+                tail += data
+                return
+            data = bytes(tail) + data
+            self._ctail = bytearray()
         n = len(data)
         pos = 0
         starts = False
@@ -562,7 +567,8 @@ class Session:
                 self._end_reason = self._end_reason or "client terminated the session"
             pos = end
         if pos < n:
-            self._ctail = data[pos:]
+            self._ctail = bytearray(data[pos:])
+            self._cneed = 1 + _unpack_u32(data, pos + 1)[0] if n - pos >= 5 else 5
             data = data[:pos]
             if not data:
                 return
