@@ -47,6 +47,11 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 password_encryption = 'scram-sha-256'
+"""
+
+#: the logging collector writing every statement and connection (log ingestion tests); the
+#: gateway's clusters go without it (they measure the gateway, not the log)
+LOGGING_CONF = """
 logging_collector = on
 log_destination = 'stderr,jsonlog,csvlog'
 log_line_prefix = '{prefix}'
@@ -69,7 +74,7 @@ def _bin_dir() -> Path:
     return Path(candidates[-1]).parent
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -95,8 +100,9 @@ class Cluster:
     def admin_dsn(self) -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/postgres"
 
-    def dsn(self, dbname: str = "postgres") -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
+    def dsn(self, dbname: str = "postgres", user: str = SUPERUSER, password: str | None = None) -> str:
+        auth = f"{user}:{password}" if password else user
+        return f"postgresql://{auth}@127.0.0.1:{self.port}/{dbname}"
 
     def log_files(self, suffix: str) -> list[Path]:
         return sorted(self.log_dir.glob(f"*{suffix}"))
@@ -111,7 +117,34 @@ class Cluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_cluster() -> Cluster:
+def self_signed(directory: Path, name: str = "localhost") -> tuple[str, str]:
+    """A self-signed certificate and key (PEM files in ``directory``)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert_file, key_file = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+def start_cluster(extra_conf: str = "", *, ssl: bool = False, logging: bool = True,
+                  max_connections: int = 60) -> Cluster:
+    """A throwaway cluster. ``logging``: the collector writes every statement (stderr,
+    jsonlog, csvlog); ``ssl``: the server offers TLS (pg_hba still allows plain logins);
+    ``extra_conf`` is appended to postgresql.conf."""
     bin_dir = _bin_dir()
     root = Path(tempfile.mkdtemp(prefix="nhb-pgtest-"))
     os.chmod(root, 0o777)
@@ -125,8 +158,17 @@ def start_cluster() -> Cluster:
                           f" -U {SUPERUSER} --auth=trust --encoding=UTF8 --no-sync --no-instructions")
     if result.returncode != 0:
         raise RuntimeError(f"initdb failed: {result.stderr}")
-    port = _free_port()
-    conf = CONF.format(port=port, socket_dir=root, log_dir=log_dir, prefix=LOG_PREFIX)
+    port = free_port()
+    conf = CONF.format(port=port, socket_dir=root).replace("max_connections = 60",
+                                                            f"max_connections = {max_connections}")
+    if logging:
+        conf += LOGGING_CONF.format(log_dir=log_dir, prefix=LOG_PREFIX)
+    conf += extra_conf
+    if ssl:
+        cert, key = self_signed(root)
+        _as_postgres(f"cp {cert} {data / 'server.crt'} && cp {key} {data / 'server.key'}"
+                     f" && chmod 600 {data / 'server.key'}")
+        conf += "\nssl = on\n"
     _as_postgres(f"cat >> {shlex.quote(str(data / 'postgresql.conf'))} <<'EOF'\n{conf}\nEOF")
     _as_postgres(f"cat > {shlex.quote(str(data / 'pg_hba.conf'))} <<'EOF'\n"
                  f"{HBA.format(superuser=SUPERUSER)}\nEOF")
