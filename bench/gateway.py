@@ -180,6 +180,50 @@ def psql(target: dict, command: str) -> float:
     return time.perf_counter() - t0
 
 
+def ledger_drain(n: int, *, batch: int = 5000) -> float:
+    """What `broker gateway` does with its records: :class:`broker.gateway.service.LedgerSink`
+    into a PostgreSQL ledger (one transaction per batch of 5,000: the head lock, COPY of the
+    sealed events and their dedupe keys, one commit), on the machine's own PostgreSQL. Records
+    are built as the drainer builds them (:func:`broker.gateway.recording.usage_record`)."""
+    import secrets as _secrets
+
+    import psycopg
+    from psycopg import sql as _sql
+
+    from broker.gateway.recording import usage_record
+    from broker.gateway.service import LedgerSink
+    from broker.ledger import open_ledger
+
+    admin = os.environ.get("BROKER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"nhb_bench_drain_{_secrets.token_hex(4)}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(_sql.SQL("CREATE DATABASE {}").format(_sql.Identifier(name)))
+    try:
+        ledger = open_ledger(admin.rpartition("/")[0] + "/" + name)
+        sink = LedgerSink(ledger)
+        connection = {"credential_id": "01jdbenchcred00000000000000", "database": "benchdb",
+                      "client_addr": "127.0.0.1", "target": "bench-db",
+                      "record": {"principal": "github:acme/payments:deploy", "run": {"id": "4242"},
+                                 "authorizer": {"type": "policy", "name": "p", "digest": "sha256:00"}}}
+        start_ns = time.time_ns()
+        records = [usage_record("c1", i + 1, connection, start_ns + i,
+                                f"SELECT abalance FROM pgbench_accounts WHERE aid = {i % 100000}", {},
+                                outcome="ok", end_ns=start_ns + i + 80_000, command_tag="SELECT 1",
+                                sqlstate=None, outcome_extra=None) for i in range(n)]
+        t0 = time.perf_counter()
+        for i in range(0, n, batch):
+            sink.write_batch(records[i:i + batch])
+        took = time.perf_counter() - t0
+        report = ledger.verify()
+        ledger.close()
+        print(f"drain into the PostgreSQL ledger (LedgerSink, batches of {batch}): {n:,} records in "
+              f"{took:.2f}s = {n / took:,.0f} records/s; chain verifies: {report.ok} ({report.count} events)")
+        return n / took
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(_sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(_sql.Identifier(name)))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=8)
@@ -188,6 +232,8 @@ def main() -> int:
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--copy-rows", type=int, default=500_000)
     ap.add_argument("--only", default="direct,pgbouncer,gateway")
+    ap.add_argument("--ledger-records", type=int, default=200_000,
+                    help="records drained into a PostgreSQL ledger by broker gateway's own sink")
     ap.add_argument("--drain-priority", choices=["low", "idle"], default="idle",
                     help="idle: the drainer runs SCHED_IDLE while its backlog is under 256 MB")
     args = ap.parse_args()
@@ -297,6 +343,7 @@ def main() -> int:
         took = time.perf_counter() - t0
         print(f"drain of a 200,000-statement backlog into SQLite: {took:.2f}s = {200_000 / took:,.0f} records/s "
               f"(drainer thread at {args.drain_priority} priority, nothing else running)")
+        ledger_drain(args.ledger_records)
         return 0
     finally:
         for proc in procs:

@@ -109,6 +109,11 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
        "N/period: refused client authentications per address; off disables; unset: 10/60s"),
     _s("KEY_ACTIVATION_DELAY", "int", None,
        "seconds between a rotated key's publication in the JWKS and its first signature; unset: 90", 0),
+    _s("GATEWAY_SECRET", "secret", None,
+       "the secret broker and gateways derive minted roles' gateway passwords from (>= 32 "
+       "characters); unset: a key generated once in the state dir"),
+    _s("GATEWAY_HEALTH", "text", None, "host:port of `broker gateway`'s health check (GET /healthz)"),
+    _s("GATEWAY_WORKERS", "int", 2, "`broker gateway` worker processes per host", 1),
     _s("CHECKPOINT_WITNESS_KEYS", "text", None,
        "comma-separated vkeys of trusted witnesses (C2SP cosignatures)"),
     # The broker's own Vault/OpenBao (Transit signer; targets without a `vault:` block).

@@ -10,6 +10,7 @@ ledger event                  OCSF class                          activity
 ``expire``                    3002 Authentication                 2 Logoff
 ``usage`` with a statement    6005 Datastore Activity (App., 6)   from the command tag
 ``usage`` without one         6003 API Activity (App., 6)         99 Other (``api.operation``)
+``connect`` / ``disconnect``  3002 Authentication (IAM, 3)        1 Logon / 2 Logoff (gateway)
 ``introspect``                6003 API Activity                   2 Read
 ``revoke``                    6003 API Activity                   4 Delete
 ``approval_requested`` …      6003 API Activity                   99 Other
@@ -157,7 +158,21 @@ def _src_endpoint(details: dict[str, Any]) -> dict[str, Any]:
 def to_ocsf(event: Event) -> dict[str, Any]:
     """One ledger event as one OCSF event (a JSON-ready dict)."""
     details = event.details or {}
-    if event.type in ("mint", "deny", "expire"):
+    if event.type in ("connect", "disconnect"):
+        # a login through the gateway (accepted or refused) and its end: Authentication,
+        # Logon (1) / Logoff (2), over the PostgreSQL protocol
+        refused = details.get("result") == "refused"
+        out = _base(event, 3002, 1 if event.type == "connect" else 2,
+                    status_id=2 if refused else 1, severity_id=2 if refused else 1)
+        out["user"] = _workload_user(event)
+        out["service"] = {"name": str(event.target or details.get("target") or "nhi-broker")}
+        out["is_remote"] = True
+        out["actor"] = {"user": _workload_user(event)}
+        out["src_endpoint"] = _src_endpoint(details)
+        if refused:
+            out["status_code"] = str(details.get("sqlstate", ""))
+            out["status_detail"] = str(details.get("reason", ""))
+    elif event.type in ("mint", "deny", "expire"):
         activity = 2 if event.type == "expire" else 1
         status = 2 if event.type == "deny" else 1
         out = _base(event, 3002, activity, status_id=status,

@@ -6,7 +6,9 @@ import os
 
 import click
 
-from broker.cli import approvals, audit, devtools, exchange, ingest, keys, ledger, policy, reap, serve
+from broker.cli import (
+    approvals, audit, devtools, exchange, gateway, ingest, keys, ledger, policy, reap, serve,
+)
 
 
 class _BrokerGroup(click.Group):
@@ -17,6 +19,8 @@ class _BrokerGroup(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise                                   # click's own: --help, usage errors
         except (ValueError, ImportError, RuntimeError) as exc:
             if os.environ.get("BROKER_LOG_LEVEL", "").upper() == "DEBUG":
                 logging.getLogger("broker.cli").exception("configuration error")
@@ -39,6 +43,7 @@ def main() -> None:
 
 
 main.add_command(serve.serve)
+main.add_command(gateway.gateway)
 main.add_command(policy.policy)
 main.add_command(ledger.ledger)
 main.add_command(keys.keys)

@@ -69,6 +69,8 @@ def mint(ctx: BrokerContext, grant: Grant, attempt: Attempt, *, now: float) -> E
             claims["act"] = grant.act
         # RFC 9068 §2.1: typ "at+jwt" (SigningUnavailable when the custodian fails)
         access_token = ctx.signer.sign(claims)
+        secret = (issued.secret_for_token(access_token) if issued.secret_for_token is not None
+                  else issued.secret)
         record = CredentialRecord(
             credential_id=credential_id, principal=grant.principal, run=grant.run,
             authorizer=grant.authorizer, target=target.name, target_type=target.type, scope=scope,
@@ -107,4 +109,4 @@ def mint(ctx: BrokerContext, grant: Grant, attempt: Attempt, *, now: float) -> E
              grant.parent_id)
     return ExchangeResult(access_token=access_token, credential_id=credential_id,
                           expires_in=expires_at - issued_at, expires_at=expires_at, scope=scope,
-                          credential=issued.secret, parent_id=grant.parent_id)
+                          credential=secret, parent_id=grant.parent_id)

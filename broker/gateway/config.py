@@ -73,10 +73,17 @@ class UpstreamConfig:
             raise ConfigError(f"gateway.upstream.sslmode must be one of {', '.join(_SSLMODES)}")
         if sslmode in ("verify-ca", "verify-full") and not data.get("sslrootcert"):
             raise ConfigError(f"gateway.upstream.sslmode {sslmode} needs sslrootcert")
-        return cls(host=str(data["host"]), port=int(data.get("port", 5432)),
-                   dbname=data.get("dbname"), sslmode=sslmode,
-                   sslrootcert=data.get("sslrootcert"),
-                   connect_timeout=float(data.get("connect_timeout", 10.0)))
+        port = data.get("port", 5432)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ConfigError("gateway.upstream.port must be an integer from 1 to 65535")
+        timeout = data.get("connect_timeout", 10.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ConfigError("gateway.upstream.connect_timeout must be a positive number")
+        dbname = data.get("dbname")
+        if dbname is not None and (not isinstance(dbname, str) or not dbname):
+            raise ConfigError("gateway.upstream.dbname must be a non-empty string")
+        return cls(host=str(data["host"]), port=port, dbname=dbname, sslmode=sslmode,
+                   sslrootcert=data.get("sslrootcert"), connect_timeout=float(timeout))
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +123,12 @@ class ListenerConfig:
         return is_loopback(self.address[0])
 
     @classmethod
-    def from_mapping(cls, data: dict[str, Any], *, target: str = "") -> ListenerConfig:
+    def from_mapping(cls, data: dict[str, Any], *, target: str = "",
+                     check_files: bool = True) -> ListenerConfig:
+        """``check_files`` False: judge the block as written (policy load on a host that is not
+        a gateway) without looking for the TLS files, which :meth:`check` does at start."""
+        if not isinstance(data, dict):
+            raise ConfigError("gateway must be a mapping (listen, advertise, upstream, …)")
         _reject_unknown("gateway", data, {"listen", "advertise", "upstream", "login",
                                           "service_dsn_env", "tls", "audit", "parameters",
                                           "max_statement_bytes"})
@@ -135,28 +147,47 @@ class ListenerConfig:
         parameters = data.get("parameters", "hashed")
         if parameters not in _PARAMETERS:
             raise ConfigError(f"gateway.parameters must be one of {', '.join(_PARAMETERS)}")
-        max_bytes = int(data.get("max_statement_bytes", 65536))
+        try:
+            max_bytes = int(data.get("max_statement_bytes", 65536))
+        except (TypeError, ValueError):
+            raise ConfigError("gateway.max_statement_bytes must be an integer") from None
         if max_bytes < 64:
             raise ConfigError("gateway.max_statement_bytes must be at least 64")
         tls = TLSConfig.from_mapping(data["tls"]) if data.get("tls") else None
         config = cls(target=target, listen=str(data["listen"]),
                      upstream=UpstreamConfig.from_mapping(data["upstream"]), login=login, tls=tls,
                      audit=audit, parameters=parameters, max_statement_bytes=max_bytes,
-                     advertise=data.get("advertise"), service_dsn_env=data.get("service_dsn_env"))
-        config.check()
+                     advertise=_advertise(data.get("advertise")),
+                     service_dsn_env=data.get("service_dsn_env"))
+        config.check(files=check_files)
         return config
 
-    def check(self) -> None:
+    def check(self, *, files: bool = True) -> None:
         """Refuse what must not be served: plaintext logins (the password is the access token) on
         anything but loopback, and TLS files that are not there."""
         self.address  # noqa: B018 - validates
         if self.tls is None and not self.loopback:
             raise ConfigError(f"gateway {self.target or self.listen}: tls (cert_file, key_file) is "
                               "required unless listen is a loopback address")
-        if self.tls is not None:
+        if self.tls is not None and files:
             for path in (self.tls.cert_file, self.tls.key_file):
                 if not os.path.isfile(path):
                     raise ConfigError(f"gateway {self.target or self.listen}: {path} does not exist")
+
+
+def _advertise(value: Any) -> dict[str, Any] | None:
+    """``advertise: {host, port}``: what clients are told (default: the listen address)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError("gateway.advertise must be a mapping {host, port}")
+    _reject_unknown("gateway.advertise", value, {"host", "port"})
+    host, port = value.get("host"), value.get("port")
+    if not isinstance(host, str) or not host:
+        raise ConfigError("gateway.advertise.host must be a non-empty string")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigError("gateway.advertise.port must be an integer from 1 to 65535")
+    return {"host": host, "port": port}
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,12 +25,17 @@ class LoginRefused(Exception):
     """A login the gateway must refuse. ``message`` goes to the client verbatim: keep it short and
     free of secrets (no token, no password, no claim values that came from the token)."""
 
-    def __init__(self, sqlstate: str = INVALID_AUTHORIZATION, message: str = "login refused") -> None:
+    def __init__(self, sqlstate: str = INVALID_AUTHORIZATION, message: str = "login refused", *,
+                 credential_id: str | None = None, reason: str | None = None) -> None:
         if sqlstate not in (INVALID_AUTHORIZATION, INVALID_PASSWORD):
             raise ValueError("a refused login is SQLSTATE 28000 or 28P01")
         super().__init__(message)
         self.sqlstate = sqlstate
         self.message = message
+        #: the credential the token named, when it verified (the refusal is recorded against it)
+        self.credential_id = credential_id
+        #: the longer reason for the record (never sent to the client)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

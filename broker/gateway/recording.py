@@ -2,7 +2,7 @@
 
 Hot half (in the session, per statement, cheap): :class:`Statements` turns the text a client sent
 into :class:`StatementInfo` — split into statements with pglast when there is more than one,
-redacted (:mod:`broker.gateway.redact`), capped at ``max_statement_bytes`` and already encoded
+redacted (:mod:`broker.usage.redact`), capped at ``max_statement_bytes`` and already encoded
 for the spool line — caching what needed the parser; :func:`parameters_fragment` hashes (or keeps)
 the bound values. Nothing on this half builds a dict or calls ``json.dumps`` per message.
 
@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import pglast
 
 from broker.gateway import protocol
-from broker.gateway.redact import redact_statement
+from broker.usage.redact import redact_statement
 
 encode_json_string: Any = _json_encoder.encode_basestring_ascii   # C accelerated: str → "…"
 

@@ -353,9 +353,10 @@ class Session:
             self.worker.record_standalone({
                 "type": "login_refused", "line_key": f"gw:{self.connection_id}:login_refused",
                 "source": "gateway", "connection_id": self.connection_id,
-                "target": self.config.target, "username": username, "database": database,
+                "target": self.config.target, "username": username[:128],
+                "database": database[:128], "credential_id": refused.credential_id,
                 "client_addr": self.client_addr, "sqlstate": refused.sqlstate,
-                "reason": refused.message, "tls": self.tls,
+                "reason": refused.reason or refused.message, "tls": self.tls,
                 "token_sha256": hashlib.sha256(password.encode()).hexdigest(),
                 "ts": time.time()})
             raise Refusal(refused.sqlstate, refused.message) from None

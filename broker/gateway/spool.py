@@ -358,9 +358,15 @@ class Drainer:
                 try:
                     self.sink.write_batch(chunk)
                     break
-                except Exception:  # noqa: BLE001 - the sink is outside; retry, never drop
+                except Exception as exc:  # noqa: BLE001 - the sink is outside; retry, never drop
                     self.failures += 1
-                    log.exception("record sink failed; retrying the batch")
+                    # one line (the cause's class and message), never a traceback in the log;
+                    # the first failure of a run of them is logged, then every 60th
+                    if self.failures % 60 == 1:
+                        cause = exc.__cause__ or exc
+                        log.error("record sink failed (%s: %s); retrying the batch of %d",
+                                  type(cause).__name__, str(cause).splitlines()[0][:300] if str(cause) else "",
+                                  len(chunk))
                     if self._stop.wait(1.0):
                         raise
             self.delivered += len(chunk)

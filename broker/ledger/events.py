@@ -18,13 +18,32 @@ GENESIS_HASH = "0" * 64
 EVENT_TYPES = frozenset({
     "mint", "deny", "introspect", "revoke", "expire", "usage",
     "approval_requested", "approved", "denied", "delegate",
+    # the gateway (broker/gateway/service.py): a login through it (accepted or refused), its
+    # end, and facts about the gateway itself (records a best-effort gateway had to drop)
+    "connect", "disconnect", "gateway",
 })
+#: Event types that may be recorded with a dedupe key (``usage_lines``): re-delivered records
+#: (a log read twice, a gateway spool drained again after a crash) are recorded once.
+KEYED_EVENT_TYPES = frozenset({"usage", "connect", "disconnect", "gateway"})
+
+
+#: ``[(whole second, its "YYYY-MM-DDTHH:MM:SS" text)]``, the last used: one tuple, replaced whole
+#: (a single assignment), so concurrent threads never see a second with another's text
+_SECOND: list[tuple[Any, str]] = [(None, "")]
 
 
 def utc_timestamp(when: float | None = None) -> str:
-    """RFC 3339 UTC with microseconds, e.g. ``2026-11-29T10:24:17.123456Z`` (sorts as text)."""
+    """RFC 3339 UTC with microseconds, e.g. ``2026-11-29T10:24:17.123456Z`` (sorts as text).
+
+    The date-and-time part is formatted once per second (a drain of many records from the same
+    second formats it once); the microseconds come from the same rounding ``datetime`` uses."""
     dt = datetime.now(timezone.utc) if when is None else datetime.fromtimestamp(when, timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    second = (dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second)
+    cached_second, text = _SECOND[0]
+    if cached_second != second:
+        text = dt.strftime("%Y-%m-%dT%H:%M:%S")
+        _SECOND[0] = (second, text)
+    return f"{text}.{dt.microsecond:06d}Z"
 
 
 @dataclass(frozen=True)

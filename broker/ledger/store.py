@@ -30,7 +30,7 @@ from typing import Any, overload
 from broker.ledger.chain import Reader, Sealer, verify_chain
 from broker.ledger.errors import LedgerUnavailable
 from broker.ledger.group import GroupCommitter, Item
-from broker.ledger.events import EVENT_TYPES, CredentialRecord, Event, EventDraft, VerifyReport, utc_timestamp
+from broker.ledger.events import EVENT_TYPES, KEYED_EVENT_TYPES, CredentialRecord, Event, EventDraft, VerifyReport, utc_timestamp
 from broker.ledger.rows import (
     CREDENTIAL_COLUMNS, EVENT_COLUMNS, EVENT_INSERT_COLUMNS, SQL_ANCESTORS, SQL_CHILDREN,
     SQL_COUNT, SQL_DESCENDANTS, SQL_EVENTS_FOR_CREDENTIAL, SQL_EVENTS_FROM, SQL_GET_CREDENTIAL,
@@ -183,15 +183,15 @@ class Ledger(abc.ABC):
             return self._append_batch([(draft, None) for draft in drafts])
 
     def record_usage(self, items: Sequence[tuple[EventDraft, str, str, str | None]]) -> list[Event]:
-        """Append ``usage`` events, each ``(draft, line_key, at, statement)``, in one
-        transaction, skipping every item whose ``line_key`` is already recorded (or repeats
-        within the batch): re-reading a log records nothing twice. ``at`` is when the
-        statement ran (RFC 3339 UTC); ``statement`` the (redacted) text, for searching.
-        Returns the events appended."""
+        """Append ``usage`` events (and the gateway's ``connect``/``disconnect``/``gateway``),
+        each ``(draft, line_key, at, statement)``, in one transaction, skipping every item whose
+        ``line_key`` is already recorded (or repeats within the batch): re-reading a log or
+        re-draining a spool records nothing twice. ``at`` is when it happened (RFC 3339 UTC);
+        ``statement`` the (redacted) text, for searching. Returns the events appended."""
         for draft, _, _, _ in items:
             check_draft(draft)
-            if draft.type != "usage":
-                raise ValueError("record_usage takes usage events only")
+            if draft.type not in KEYED_EVENT_TYPES:
+                raise ValueError("record_usage takes usage and gateway events only")
         if not items:
             return []
         with self.unavailable_on_error("record_usage"):
@@ -230,7 +230,7 @@ class Ledger(abc.ABC):
                 events.append(event)
                 event_rows.append(row)
                 if line is not None:
-                    usage_rows.append((seq, line[0], event.credential_id, line[1], line[2]))
+                    usage_rows.append((seq, line[0], event.credential_id or "", line[1], line[2]))
             if events:
                 tx.insert_rows("events", EVENT_INSERT_COLUMNS, SQL_INSERT_EVENT, event_rows)
                 if usage_rows:
@@ -386,7 +386,7 @@ class Ledger(abc.ABC):
         ASCII) and that ran in ``[since, until)`` (RFC 3339 UTC as
         :func:`~broker.ledger.events.utc_timestamp` writes it, compared with the time the
         database logged), ``seq > after_seq``, in seq order, at most ``limit``."""
-        where, params = ["u.seq > %s"], [int(after_seq)]
+        where, params = ["u.seq > %s", "e.type = 'usage'"], [int(after_seq)]
         if statement:
             escaped = statement.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append("lower(u.statement) LIKE %s ESCAPE '\\'")

@@ -57,10 +57,13 @@ class IssuedCredential:
     ``secret`` goes to the client only (never the ledger, a log or an error). ``details`` are
     non-secret facts recorded in the ledger (role name, lease id). ``undo`` removes what was made
     if the mint cannot be recorded: no credential exists without its ledger event.
+    ``secret_for_token``, when set, builds ``secret`` from the broker's access token once it is
+    signed (a gateway target: the token itself is the database password).
     """
     secret: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
     undo: Callable[[], None] | None = None
+    secret_for_token: Callable[[str], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -52,14 +52,19 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from urllib.parse import quote
 
 from broker import errors
 from broker.common.ids import is_credential_id
+from broker.gateway.config import ConfigError as GatewayConfigError
+from broker.gateway.config import ListenerConfig
+from broker.gateway.login import minted_role_password
 from broker.targets.base import Capabilities, IssuedCredential, IssueRequest, TargetKind
 from broker.targets.keys import (
-    Anything, Block, Choice, FilePath, Integer, Key, ListOf, MapOf, TargetSchema, Text, Value,
+    Anything, Block, Choice, Custom, FilePath, Integer, Key, ListOf, MapOf, TargetSchema, Text,
+    Value,
 )
 from broker.vault.client import validate_kv_secret
 
@@ -134,7 +139,19 @@ def _check_postgres_target(ctx: Any) -> Iterator[Any]:
         yield from validate_kv_secret(ctx, "admin_dsn_vault")
 
 
+def _read_gateway(w: Any, node: Any, label: str) -> Any:
+    """``gateway:``: clients connect through ``broker gateway`` (docs/gateway.md). Judged as the
+    gateway judges it at start (unknown keys, TLS unless loopback, login mode…), except that the
+    TLS files are looked for only by the gateway itself."""
+    try:
+        ListenerConfig.from_mapping(node.data, check_files=False)
+    except (GatewayConfigError, TypeError, ValueError) as exc:
+        return w.say(node, "{label}: {problem}", label, problem=str(exc))
+    return node.data
+
+
 POLICY_KEYS = TargetSchema(KIND, validate=_check_postgres_target, keys={
+    "gateway": Key(Custom(_read_gateway)),
     "admin_dsn_env": Key(Text(pattern=_ENV_NAME, message="{label} must be an environment variable name")),
     "admin_dsn_file": Key(FilePath()),      # read when the target is first used
     "admin_dsn_vault": Key(Anything()),      # the admin DSN from Vault KV (broker.vault.client)
@@ -414,19 +431,32 @@ class PostgresKind(TargetKind):
     #: credentials' roles, and removes ``nhb_`` roles the ledger does not know.
     capabilities = Capabilities(reap=True, remove_orphans=True)
 
-    def __init__(self, *, pool_size: int = 4, timeout: float = 5.0) -> None:
+    def __init__(self, *, pool_size: int = 4, timeout: float = 5.0,
+                 gateway_secret: Callable[[], bytes] | None = None) -> None:
         super().__init__()
         self.pool_size = pool_size
         self.timeout = timeout
         self._dbs: dict[str, _TargetDB] = {}
         self._lock = threading.Lock()
+        self._gateway_secret = gateway_secret
 
     @classmethod
     def from_config(cls, config: Any) -> PostgresKind:
         from broker import config as cfg
+        from broker.keys.shared import gateway_secret
 
         return cls(pool_size=int(cfg.number(config, "POSTGRES_POOL_SIZE")),
-                   timeout=cfg.number(config, "POSTGRES_TIMEOUT"))
+                   timeout=cfg.number(config, "POSTGRES_TIMEOUT"),
+                   gateway_secret=lambda: gateway_secret(config))
+
+    def gateway_password(self, credential_id: str) -> str:
+        """The password of ``nhb_<credential_id>`` for a gateway target: derived from the secret
+        the broker shares with its gateways, so the gateway can log in as the role and the
+        workload, which holds only its access token, never can."""
+        if self._gateway_secret is None:
+            raise errors.BackendMisconfigured(
+                "target is not usable", detail="postgres gateway target without a gateway secret")
+        return minted_role_password(self._gateway_secret(), credential_id)
 
     def _db(self, target: Any) -> _TargetDB:
         with self._lock:
@@ -458,13 +488,19 @@ class PostgresKind(TargetKind):
 
         target = request.target
         options = target.options
-        db = self._db(target)
+        gateway = gateway_of(target)
         role = role_name(request.credential_id)
+        if gateway is not None and gateway.login == "service-role":
+            return self._issue_service_role(request, gateway)
+        db = self._db(target)
         grants = list(dict.fromkeys([
             *options.get("grants", []),
             *(g for scope in request.scopes for g in options.get("scope_grants", {}).get(scope, [])),
         ]))
-        password = secrets.token_urlsafe(PASSWORD_BYTES)
+        # Through a gateway the role's password is derived (the gateway logs in with it); the
+        # workload gets its access token as the password for the gateway instead.
+        password = (self.gateway_password(request.credential_id) if gateway is not None
+                    else secrets.token_urlsafe(PASSWORD_BYTES))
         verifier = scram_sha256_verifier(
             password, iterations=int(options.get("scram_iterations", DEFAULT_SCRAM_ITERATIONS)))
         comment = {"credential_id": request.credential_id, "principal": request.principal,
@@ -495,16 +531,42 @@ class PostgresKind(TargetKind):
             conn.execute(statement)
 
         db.run(create_role, action="create role")
-        connect = {**db.client_defaults(), **options.get("connect", {})}
-        secret = database_credential(role, password, connect, expires_at=request.expires_at)
-        details = {"role": role, "database": connect["dbname"], "host": connect["host"],
-                   "port": int(connect["port"]), "grants": grants}
         record = _RoleRef(target=target.name, credential_id=request.credential_id)
 
         def undo() -> None:
             self._end_role(db, record.role, options, try_lock=False)
 
+        if gateway is not None:
+            connect = gateway_connect(gateway, options, fallback=db.client_defaults)
+            details = {"role": role, "database": connect["dbname"], "host": connect["host"],
+                       "port": int(connect["port"]), "grants": grants,
+                       "gateway": {"listen": gateway.listen, "login": gateway.login}}
+            return IssuedCredential(details=details, undo=undo, secret_for_token=lambda token:
+                                    database_credential(role, token, connect,
+                                                        expires_at=request.expires_at))
+        connect = {**db.client_defaults(), **options.get("connect", {})}
+        secret = database_credential(role, password, connect, expires_at=request.expires_at)
+        details = {"role": role, "database": connect["dbname"], "host": connect["host"],
+                   "port": int(connect["port"]), "grants": grants}
         return IssuedCredential(secret=secret, details=details, undo=undo)
+
+    def _issue_service_role(self, request: IssueRequest, gateway: ListenerConfig) -> IssuedCredential:
+        """``login: service-role``: nothing is created at the database (the gateway logs in with
+        one shared service login, its own record is the attribution, and ``application_name``
+        upstream is the credential id). The client's login name is ``nhb_<credential id>``."""
+        options = request.target.options
+        login = role_name(request.credential_id)
+
+        def no_admin_defaults() -> dict[str, Any]:
+            return {}
+
+        connect = gateway_connect(gateway, options, fallback=no_admin_defaults)
+        details = {"role": login, "database": connect["dbname"], "host": connect["host"],
+                   "port": int(connect["port"]), "grants": [],
+                   "gateway": {"listen": gateway.listen, "login": gateway.login}}
+        return IssuedCredential(details=details, secret_for_token=lambda token:
+                                database_credential(login, token, connect,
+                                                    expires_at=request.expires_at))
 
     # -- revoke / end ----------------------------------------------------------------------
     def revoke(self, record: CredentialRecord) -> None:
@@ -603,6 +665,39 @@ class _RoleRef:
     @property
     def role(self) -> str:
         return role_name(self.credential_id)
+
+
+_GATEWAYS: dict[tuple[str, str], ListenerConfig] = {}
+
+
+def gateway_of(target: Any) -> ListenerConfig | None:
+    """The target's ``gateway:`` block as the gateway reads it, or None (parsed once)."""
+    block = target.options.get("gateway")
+    if not block:
+        return None
+    key = (target.name, json.dumps(block, sort_keys=True, default=str))
+    config = _GATEWAYS.get(key)
+    if config is None:
+        config = ListenerConfig.from_mapping(block, target=target.name, check_files=False)
+        _GATEWAYS[key] = config
+    return config
+
+
+def gateway_connect(gateway: ListenerConfig, options: dict[str, Any], *,
+                    fallback: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """What clients of a gateway target are told: ``advertise`` (else the listen address), the
+    database (``upstream.dbname``, else ``connect.dbname``, else the admin DSN's), and
+    ``sslmode: require`` unless the gateway listens on loopback only."""
+    host, port = gateway.address
+    advertised = gateway.advertise or {"host": host, "port": port}
+    dbname = gateway.upstream.dbname or options.get("connect", {}).get("dbname")
+    if not dbname:
+        dbname = fallback().get("dbname") or "postgres"
+    connect: dict[str, Any] = {"host": advertised["host"], "port": int(advertised["port"]),
+                               "dbname": dbname}
+    if not gateway.loopback:
+        connect["sslmode"] = "require"
+    return connect
 
 
 def database_credential(username: str, password: str, connect: dict[str, Any], *,

@@ -34,6 +34,9 @@ from broker.usage.pglog import (
 )
 from broker.usage.redact import redact_sql
 
+#: what stands for an error message that could echo a redacted secret
+WITHHELD = "(withheld: the statement held a secret)"
+
 log = logging.getLogger("broker.usage")
 
 SOURCE = "postgres-log"
@@ -149,7 +152,10 @@ class UsageIngester:
             details["duration_ms"] = activity.duration_ms
         if activity.kind == "error":
             if activity.error:
-                details["error"] = redact_sql(activity.error)
+                # An error can echo the statement ("syntax error at or near \"hunter2\""): when
+                # the statement held a secret, the message is withheld, as the gateway does.
+                details["error"] = (WITHHELD if statement != activity.statement
+                                    else redact_sql(activity.error))
             if entry.sqlstate:
                 details["sqlstate"] = entry.sqlstate
         if entry.application:

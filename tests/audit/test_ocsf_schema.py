@@ -48,6 +48,18 @@ SYNTHETIC = [
     ("approved", _event("approved", approver="alice")),
     ("denied", _event("denied", approver="bob")),
     ("delegate", _event("delegate", person="alice@example.com")),
+    ("gateway usage", _event("usage", statement="UPDATE a SET b = 1", command_tag="UPDATE 1",
+                             database="orders", client_addr="10.0.0.7", source="gateway",
+                             connection_id="c1", seq=3, rows=1, duration_ms=0.4)),
+    ("gateway connect", _event("connect", result="accepted", client_addr="10.0.0.7",
+                               source="gateway", upstream_user="nhb_x")),
+    ("gateway connect refused", _event("connect", credential_id=None, principal=None, run=None,
+                                       result="refused", sqlstate="28P01", reason="bad token",
+                                       client_addr="10.0.0.7", source="gateway")),
+    ("gateway disconnect", _event("disconnect", statements=3, client_addr="10.0.0.7",
+                                  source="gateway")),
+    ("gateway records dropped", _event("gateway", credential_id=None, principal=None, run=None,
+                                       kind="records_dropped", records_dropped=4)),
 ]
 
 

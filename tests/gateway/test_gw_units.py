@@ -11,7 +11,7 @@ from broker.gateway import protocol as p
 from broker.gateway.config import ConfigError, ListenerConfig
 from broker.gateway.login import LoginRefused, minted_role_password
 from broker.gateway.recording import Statements, parameters_fragment
-from broker.gateway.redact import redact_statement
+from broker.usage.redact import redact_statement
 from broker.gateway.scram import ScramClient, ScramError, md5_password
 from broker.gateway.server import CancelKeys
 from broker.gateway.spool import Drainer, SpoolWriter

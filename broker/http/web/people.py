@@ -29,7 +29,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from broker import config as cfg
 from broker import errors
-from broker.config import ConfigError
+from broker.keys.shared import shared_secret
 from broker.http.errors import status_of
 from broker.people import approvals
 from broker.people import delegations as delegation
@@ -53,36 +53,8 @@ _CSRF = "csrf"
 def session_secret(config: Any, state_dir: str) -> bytes:
     """``BROKER_SECRET_KEY``, else a random key created once in the state directory (shared by
     every worker on the host; the first writer wins)."""
-    configured = config.get("SECRET_KEY")
-    if configured is not None:
-        # Always text (broker.config types it); a key too short to resist guessing is refused
-        # rather than padded or reinterpreted (an int once became that many zero bytes).
-        if not isinstance(configured, str) or len(configured) < cfg.MIN_SECRET_LENGTH:
-            raise ConfigError(f"BROKER_SECRET_KEY must be text of at least "
-                              f"{cfg.MIN_SECRET_LENGTH} characters")
-        return configured.encode("utf-8")
-    path = os.path.join(state_dir, "session.key")
-    try:
-        with open(path, "rb") as fh:
-            key = fh.read()
-        if len(key) >= 32:
-            return key
-    except FileNotFoundError:
-        pass
-    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, secrets.token_bytes(64))
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)              # atomic: fails if another worker got there first
-    except FileExistsError:
-        pass
-    finally:
-        os.unlink(tmp)
-    with open(path, "rb") as fh:
-        return fh.read()
+    return shared_secret({**config, "STATE_DIR": state_dir}, setting="SECRET_KEY",
+                         filename="session.key")
 
 
 def client_secret(idp: Any) -> str:
