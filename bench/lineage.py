@@ -30,8 +30,9 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from broker.common.ids import new_credential_id
 from broker.ledger import GENESIS_HASH, CredentialRecord, Event, EventDraft, utc_timestamp

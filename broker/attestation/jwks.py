@@ -37,9 +37,9 @@ from urllib.parse import urlsplit
 import jwt
 
 from broker.attestation.errors import AttestationError, printable
-from broker.policy.presets import ASYMMETRIC_ALGORITHMS
 from broker.errors import BackendUnavailable
 from broker.policy.model import IssuerConfig
+from broker.policy.presets import ASYMMETRIC_ALGORITHMS
 
 MAX_RESPONSE_BYTES = 1024 * 1024
 _REDIRECT_REFUSED = "redirect to a disallowed URL"

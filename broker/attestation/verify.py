@@ -40,10 +40,10 @@ from broker.attestation.errors import (
     printable,
 )
 from broker.attestation.jwks import JWKSCache
-from broker.policy.presets import ASYMMETRIC_ALGORITHMS, BASE_REQUIRED_CLAIMS
 from broker.attestation.replay import ReplayGuard
 from broker.common.canonical import canonical_json, sha256_hex
 from broker.policy.model import IssuerConfig, PolicySet, claim_text, claim_value
+from broker.policy.presets import ASYMMETRIC_ALGORITHMS, BASE_REQUIRED_CLAIMS
 
 MAX_TOKEN_BYTES = 16 * 1024
 

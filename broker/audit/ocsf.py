@@ -28,7 +28,7 @@ Every record carries the whole ledger event under ``unmapped.ledger`` (with ``se
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from broker.ledger import Event
@@ -56,7 +56,7 @@ _AUTH_PROTOCOL = (6, "OAUTH 2.0")
 
 
 def epoch_ms(ts: str) -> int:
-    moment = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    moment = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
 
 

@@ -14,7 +14,8 @@ import functools
 import json
 import sys
 import urllib.parse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 from rich.table import Table

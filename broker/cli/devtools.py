@@ -1,9 +1,7 @@
 """Dev-only commands (hidden)."""
 from __future__ import annotations
 
-
 import click
-
 
 
 # -- dev-only -------------------------------------------------------------------------------

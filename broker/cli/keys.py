@@ -1,7 +1,6 @@
 """`broker keys …`."""
 from __future__ import annotations
 
-
 import click
 from rich.table import Table
 
@@ -11,8 +10,8 @@ from broker.cli.common import console, env_config
 
 # -- keys -----------------------------------------------------------------------------------
 def _signer():
-    from broker.policy import PolicyError, load_policy_dir
     from broker.keys import open_signer
+    from broker.policy import PolicyError, load_policy_dir
 
     config = env_config()
     try:

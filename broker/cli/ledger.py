@@ -111,15 +111,24 @@ def ledger_checkpoint(database_url: str | None, out_file: str | None, witnesses:
     store it, save it and publish it outside the broker's database. A witness given as
     tlog-witness+https://… is asked to cosign the signed note (c2sp.org/tlog-witness) and its
     cosignatures are stored."""
+    from broker.keys import open_signer
     from broker.ledger import LedgerUnavailable, open_ledger
     from broker.transparency.checkpoints import (
-        CheckpointRefused, WitnessError, checkpoint_now, cosign_all, publish, witness_list,
+        CheckpointRefused,
+        WitnessError,
+        checkpoint_now,
+        cosign_all,
+        publish,
+        witness_list,
     )
     from broker.transparency.signed_notes import (
-        checkpoint_text, cosignatures_for, is_tlog_witness, signed_note, witness_keys,
+        checkpoint_text,
+        cosignatures_for,
+        is_tlog_witness,
+        signed_note,
+        witness_keys,
     )
     from broker.transparency.tree import TreeIntegrityError
-    from broker.keys import open_signer
 
     config = env_config()
     url = database_url or cfg.database_url(config)
@@ -178,7 +187,11 @@ def ledger_cosign(note_file: str, database_url: str | None) -> None:
     from broker.transparency.checkpoints import stored_checkpoints
     from broker.transparency.note import NoteError, parse_checkpoint_text, parse_note
     from broker.transparency.signed_notes import (
-        checkpoint_text, note_verifier, store_cosignatures, usable_cosignatures, witness_keys,
+        checkpoint_text,
+        note_verifier,
+        store_cosignatures,
+        usable_cosignatures,
+        witness_keys,
     )
 
     config = env_config()

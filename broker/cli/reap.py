@@ -25,8 +25,8 @@ def reap(watch: float | None, no_orphans: bool, as_json: bool) -> None:
     """End expired/revoked credentials (drop their database roles); exit 1 if any could not be."""
     from broker import build_context
     from broker.ledger import LedgerUnavailable
-    from broker.policy import PolicyError
     from broker.lifecycle.reaper import reap_once
+    from broker.policy import PolicyError
 
     config = env_config()
     try:

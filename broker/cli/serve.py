@@ -19,9 +19,9 @@ from broker.cli.common import env_config, err_console
 def serve(host: str, port: int, workers: int | None, threads: int, dev: bool) -> None:
     """Run the broker (gunicorn with several workers unless --dev)."""
     from broker import build_context
+    from broker.http.server import serve as run_server
     from broker.ledger import LedgerUnavailable
     from broker.policy import PolicyError
-    from broker.http.server import serve as run_server
 
     config = env_config()
     try:

@@ -38,7 +38,7 @@ from urllib.parse import urlencode, urlsplit
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
-from broker.devtools.dev_issuer import DevIssuer, DevKey, _dev_issuer_allowed, _QuietHandler, ENV_FLAG
+from broker.devtools.dev_issuer import ENV_FLAG, DevIssuer, DevKey, _dev_issuer_allowed, _QuietHandler
 
 CODE_TTL = 60
 
@@ -96,7 +96,7 @@ class DevHumanIdP:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def start(self) -> "DevHumanIdP":
+    def start(self) -> DevHumanIdP:
         if self._server is None:
             self._server = make_server("127.0.0.1", self._port, self._wsgi, threaded=True,
                                        request_handler=_QuietHandler)
@@ -116,7 +116,7 @@ class DevHumanIdP:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "DevHumanIdP":
+    def __enter__(self) -> DevHumanIdP:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -37,7 +37,7 @@ class Limit:
     period: int      # seconds
 
     @classmethod
-    def parse(cls, spec: str) -> "Limit":
+    def parse(cls, spec: str) -> Limit:
         """``"600/60s"``, ``"50/s"``, ``"1000/1m"``."""
         m = _SPEC.match(spec)
         if not m or int(m.group(1)) <= 0:

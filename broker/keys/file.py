@@ -17,9 +17,7 @@ process re-reads ``keyring.json`` when it changes.
 """
 from __future__ import annotations
 
-import base64
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -35,9 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from broker.keys import (  # noqa: F401 (re-exported)
-    ACCESS_TOKEN_TYP, KEY_ACTIVATION_DELAY, Signer, TokenNotOurs, jwk_thumbprint,
-)
+from broker.keys import ACCESS_TOKEN_TYP, KEY_ACTIVATION_DELAY, Signer, TokenNotOurs, jwk_thumbprint  # noqa: F401 (re-exported)
 
 ALGORITHM = "ES256"
 

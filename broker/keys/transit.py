@@ -50,7 +50,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 from broker import errors
 from broker.keys import ACCESS_TOKEN_TYP, KEY_ACTIVATION_DELAY, TokenNotOurs
-from broker.vault.client import VaultClient, VaultUnavailable
+from broker.vault.client import VaultClient
 
 log = logging.getLogger("broker.keys.transit")
 

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from json.encoder import encode_basestring as _ENCODE_BASESTRING   # the C speedup
+from json.encoder import encode_basestring as _ENCODE_BASESTRING  # the C speedup
 from typing import Any
 
 from broker.ledger.events import GENESIS_HASH, Event, EventDraft, VerifyReport
 from broker.ledger.rows import (
-    SQL_EVENTS_AFTER_HEAD, SQL_EVENTS_UP_TO, SQL_HEAD, Reader, event_from_row, run_id_of,
+    SQL_EVENTS_AFTER_HEAD,
+    SQL_EVENTS_UP_TO,
+    SQL_HEAD,
+    Reader,
+    event_from_row,
+    run_id_of,
 )
 
 

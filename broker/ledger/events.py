@@ -8,7 +8,7 @@ chain at that row. The first event's ``prev_hash`` is :data:`GENESIS_HASH`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from broker.common.canonical import canonical_json, sha256_hex
@@ -23,7 +23,7 @@ EVENT_TYPES = frozenset({
 
 def utc_timestamp(when: float | None = None) -> str:
     """RFC 3339 UTC with microseconds, e.g. ``2026-11-29T10:24:17.123456Z`` (sorts as text)."""
-    dt = datetime.now(timezone.utc) if when is None else datetime.fromtimestamp(when, timezone.utc)
+    dt = datetime.now(UTC) if when is None else datetime.fromtimestamp(when, UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

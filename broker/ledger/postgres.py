@@ -13,21 +13,20 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from broker.ledger.errors import LedgerUnavailable
-from broker.ledger.events import Event, EventDraft, utc_timestamp
-from broker.ledger.schema import LATEST_VERSION, MIGRATIONS, PG_SCHEMA_LOCK_KEY, SCHEMA_VERSION_DDL
 from broker.ledger.chain import Reader, Sealer
-from broker.ledger.rows import (
-    SQL_HEAD, SQL_INSERT_EVENT, SQL_MOVE_HEAD, Params, Row, Statement, Transaction, json_text,
-)
+from broker.ledger.errors import LedgerUnavailable
+from broker.ledger.events import utc_timestamp
 from broker.ledger.group import Item
+from broker.ledger.rows import SQL_HEAD, SQL_INSERT_EVENT, SQL_MOVE_HEAD, Params, Row, Transaction, json_text
+from broker.ledger.schema import LATEST_VERSION, MIGRATIONS, PG_SCHEMA_LOCK_KEY, SCHEMA_VERSION_DDL
 from broker.ledger.store import Ledger
 
 SQL_HEAD_FOR_UPDATE = SQL_HEAD + " FOR UPDATE"

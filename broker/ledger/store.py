@@ -29,14 +29,36 @@ from typing import Any, overload
 
 from broker.ledger.chain import Reader, Sealer, verify_chain
 from broker.ledger.errors import LedgerUnavailable
-from broker.ledger.group import GroupCommitter, Item
 from broker.ledger.events import EVENT_TYPES, CredentialRecord, Event, EventDraft, VerifyReport, utc_timestamp
+from broker.ledger.group import GroupCommitter, Item
 from broker.ledger.rows import (
-    CREDENTIAL_COLUMNS, EVENT_COLUMNS, EVENT_INSERT_COLUMNS, SQL_ANCESTORS, SQL_CHILDREN,
-    SQL_COUNT, SQL_DESCENDANTS, SQL_EVENTS_FOR_CREDENTIAL, SQL_EVENTS_FROM, SQL_GET_CREDENTIAL,
-    SQL_HEAD, SQL_INSERT_CREDENTIAL, SQL_INSERT_EVENT, SQL_INSERT_USAGE_LINE, SQL_IS_REVOKED,
-    SQL_MOVE_HEAD, SQL_SET_ENDED, SQL_SET_REVOKED, SQL_SET_REVOKED_AND_ENDED, USAGE_LINE_COLUMNS,
-    Params, Row, Statement, Transaction, credential_from_row, credential_params, event_from_row,
+    CREDENTIAL_COLUMNS,
+    EVENT_COLUMNS,
+    EVENT_INSERT_COLUMNS,
+    SQL_ANCESTORS,
+    SQL_CHILDREN,
+    SQL_COUNT,
+    SQL_DESCENDANTS,
+    SQL_EVENTS_FOR_CREDENTIAL,
+    SQL_EVENTS_FROM,
+    SQL_GET_CREDENTIAL,
+    SQL_HEAD,
+    SQL_INSERT_CREDENTIAL,
+    SQL_INSERT_EVENT,
+    SQL_INSERT_USAGE_LINE,
+    SQL_IS_REVOKED,
+    SQL_MOVE_HEAD,
+    SQL_SET_ENDED,
+    SQL_SET_REVOKED,
+    SQL_SET_REVOKED_AND_ENDED,
+    USAGE_LINE_COLUMNS,
+    Params,
+    Row,
+    Statement,
+    Transaction,
+    credential_from_row,
+    credential_params,
+    event_from_row,
 )
 
 #: Keys per ``IN (…)`` probe of ``usage_lines`` (well under SQLite's variable limit).
@@ -485,7 +507,7 @@ class Ledger(abc.ABC):
                 return verify_chain(read, batch=batch)
 
     # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> "Ledger":
+    def __enter__(self) -> Ledger:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

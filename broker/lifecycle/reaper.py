@@ -257,7 +257,7 @@ class ReaperThread:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nhb-reaper", daemon=True)
 
-    def start(self) -> "ReaperThread":
+    def start(self) -> ReaperThread:
         self._thread.start()
         return self
 

@@ -28,16 +28,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from broker import errors
-from broker.common.durations import format_duration
 from broker.attestation.person import Person, is_run_actor, may_approve
+from broker.common.durations import format_duration
 from broker.common.ids import new_credential_id
 from broker.ledger import LedgerUnavailable
-from broker.people.store import ApprovalRecord
 from broker.ledger.events import Event, EventDraft, utc_timestamp
+from broker.people.store import ApprovalRecord
 from broker.policy.model import ApprovalRule, IssuerConfig, Policy
 
 if TYPE_CHECKING:

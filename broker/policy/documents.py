@@ -20,7 +20,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from broker.policy.model import (
-    DELEGATION_SUBJECT_TOKENS, MAX_DERIVE_DEPTH, ApprovalRule, ClaimMatcher, DeriveRule, MayAct,
+    DELEGATION_SUBJECT_TOKENS,
+    MAX_DERIVE_DEPTH,
+    ApprovalRule,
+    ClaimMatcher,
+    DeriveRule,
+    MayAct,
     claim_text,
 )
 from broker.policy.patterns import compile_exact, compile_glob, compile_regex
@@ -28,7 +33,17 @@ from broker.policy.presets import ASYMMETRIC_ALGORITHMS, PRESETS
 from broker.policy.source import Located, type_name
 from broker.policy.walk import INVALID, Walker, valid
 from broker.targets.keys import (
-    Anything, Block, Boolean, Choice, Custom, Duration, Integer, Key, ListOf, Strings, TargetSchema,
+    Anything,
+    Block,
+    Boolean,
+    Choice,
+    Custom,
+    Duration,
+    Integer,
+    Key,
+    ListOf,
+    Strings,
+    TargetSchema,
     Text,
 )
 

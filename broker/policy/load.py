@@ -94,9 +94,7 @@ from typing import Any
 from broker.common.canonical import canonical_json, sha256_hex
 from broker.policy import documents
 from broker.policy.documents import PERSON_CLAIMS
-from broker.policy.model import (
-    Client, HumanIdP, IssuerConfig, Policy, PolicySet, SourceRef, Target,
-)
+from broker.policy.model import Client, HumanIdP, IssuerConfig, Policy, PolicySet, SourceRef, Target
 from broker.policy.problems import PolicyError, Problem
 from broker.policy.source import Located, read_documents, type_name
 from broker.policy.targets import TARGET_TYPES, TargetContext

@@ -15,8 +15,9 @@ Mapping keys are taken as written (``on:`` is the string ``"on"``, not YAML 1.1'
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -43,8 +44,8 @@ class Located:
     """
     data: Any
     line: int
-    items: dict[str, tuple[int, "Located"]] | None = None
-    elements: list["Located"] | None = None
+    items: dict[str, tuple[int, Located]] | None = None
+    elements: list[Located] | None = None
     reported: bool = False      # the reader already reported this value; checks stay quiet
 
     @property
@@ -59,7 +60,7 @@ class Located:
         assert self.items is not None
         return self.items[key][0] if key in self.items else self.line
 
-    def get(self, key: str) -> "Located | None":
+    def get(self, key: str) -> Located | None:
         if self.items is None or key not in self.items:
             return None
         return self.items[key][1]

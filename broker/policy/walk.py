@@ -14,8 +14,21 @@ from typing import Any
 from broker.common.durations import parse_duration
 from broker.policy.source import Located, type_name
 from broker.targets.keys import (
-    ABSENT, Anything, Block, Boolean, Choice, Custom, Duration, FilePath, Integer, ListOf, MapOf,
-    Spec, Strings, Text, Value,
+    ABSENT,
+    Anything,
+    Block,
+    Boolean,
+    Choice,
+    Custom,
+    Duration,
+    FilePath,
+    Integer,
+    ListOf,
+    MapOf,
+    Spec,
+    Strings,
+    Text,
+    Value,
 )
 
 

@@ -294,7 +294,7 @@ class _Issued:
     secret: dict[str, Any] | None = field(repr=False)
 
     @classmethod
-    def from_response(cls, body: Mapping[str, Any]) -> "_Issued":
+    def from_response(cls, body: Mapping[str, Any]) -> _Issued:
         try:
             now = time.time()
             secret = body.get("credential")
@@ -375,7 +375,7 @@ class Broker:
     # -- credentials -----------------------------------------------------------------------
     def credential(self, target: str, *, scope: str | Iterable[str] | None = None,
                    ttl: str | int | None = None, auto_renew: bool = False,
-                   renew_margin: float | None = None) -> "Credential":
+                   renew_margin: float | None = None) -> Credential:
         """Mint a credential for ``target`` from this workload's attestation.
 
         Use it as a context manager (revoked on exit) or call :meth:`Credential.close`.
@@ -395,7 +395,7 @@ class Broker:
 
     def act_for(self, delegation_token: str, target: str, *, scope: str | Iterable[str] | None = None,
                 ttl: str | int | None = None, subject_token_type: str = TOKEN_TYPE_JWT,
-                auto_renew: bool = False, renew_margin: float | None = None) -> "Credential":
+                auto_renew: bool = False, renew_margin: float | None = None) -> Credential:
         """Mint a credential for ``target`` acting for a person (RFC 8693 ``actor_token``):
         ``delegation_token`` is the person's delegation token (or their ID token, with
         ``subject_token_type=urn:ietf:params:oauth:token-type:id_token``, where a policy allows
@@ -502,7 +502,7 @@ class Credential:
 
     def __init__(self, broker: Broker, issued: _Issued, *, target: str,
                  reissue: Callable[[], _Issued], auto_renew: bool = False,
-                 renew_margin: float | None = None, parent: "Credential | None" = None) -> None:
+                 renew_margin: float | None = None, parent: Credential | None = None) -> None:
         self._broker = broker
         self._issued = issued
         self._previous: list[_Issued] = []
@@ -558,7 +558,7 @@ class Credential:
             return self._issued.parent_id
 
     @property
-    def parent(self) -> "Credential | None":
+    def parent(self) -> Credential | None:
         return self._parent
 
     @property
@@ -607,7 +607,7 @@ class Credential:
             params["sslmode"] = secret["sslmode"]
         return {k: v for k, v in params.items() if v is not None}
 
-    def connect(self, **kwargs: Any) -> "psycopg.Connection[Any]":
+    def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
         """A new ``psycopg`` connection with this credential (psycopg is imported here)."""
         try:
             import psycopg
@@ -617,7 +617,7 @@ class Credential:
 
     def derive(self, target: str, *, scope: str | Iterable[str] | None = None,
                ttl: str | int | None = None, auto_renew: bool = False,
-               renew_margin: float | None = None) -> "Credential":
+               renew_margin: float | None = None) -> Credential:
         """Exchange this credential for a narrower child credential for ``target``, linked to it.
 
         The child is revoked when this credential is (the broker cascades); use it as a
@@ -721,7 +721,7 @@ class Credential:
 
     close = revoke
 
-    def __enter__(self) -> "Credential":
+    def __enter__(self) -> Credential:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

@@ -31,8 +31,9 @@ import re
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import jwt
 
@@ -423,7 +424,7 @@ class Checkpointer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nhi-checkpointer", daemon=True)
 
-    def start(self) -> "Checkpointer":
+    def start(self) -> Checkpointer:
         self._thread.start()
         return self
 

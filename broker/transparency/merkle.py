@@ -31,7 +31,7 @@ becomes complete (so the store can persist it) and the root at any size.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 HASH_SIZE = 32
 LEAF_PREFIX = b"\x00"

@@ -20,14 +20,14 @@ tile its subtrees: at most about 2 log2(n) rows, fetched in one query.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from broker.common.canonical import sha256_hex
-from broker.transparency import merkle
 from broker.ledger.errors import LedgerUnavailable
 from broker.ledger.events import GENESIS_HASH
 from broker.ledger.store import EVENT_COLUMNS, Ledger, Reader, Row, event_from_row
+from broker.transparency import merkle
 
 SQL_MERKLE_SIZE = "SELECT size FROM merkle_head WHERE id = 1"
 SQL_SIZES = ("SELECT m.size, l.seq FROM merkle_head m, ledger_head l"

@@ -23,15 +23,14 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from broker.common.ids import is_credential_id
 from broker.ledger.events import CredentialRecord, EventDraft
-from broker.usage.pglog import (
-    DEFAULT_PREFIX, ROLE_PREFIX, LogEntry, activity_of, make_parser, utc_time,
-)
+from broker.usage.pglog import DEFAULT_PREFIX, ROLE_PREFIX, LogEntry, activity_of, make_parser, utc_time
 from broker.usage.redact import redact_sql
 
 log = logging.getLogger("broker.usage")
@@ -216,7 +215,7 @@ class _Tail:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.handle = open(path, "r", encoding="utf-8", errors="replace", newline="")
+        self.handle = open(path, encoding="utf-8", errors="replace", newline="")
         self.inode = os.fstat(self.handle.fileno()).st_ino
         self.partial = ""
 

@@ -13,9 +13,9 @@ import csv
 import io
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Iterable
+from datetime import UTC, datetime, timedelta, timezone
 
 ROLE_PREFIX = "nhb_"
 #: Users whose log entries are read: the broker's own roles, and the users that Vault/OpenBao's
@@ -54,7 +54,7 @@ class LogEntry:
 
 _TIME = re.compile(r"(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?(?: (\S+))?$")
 _OFFSET = re.compile(r"([+-])(\d\d):?(\d\d)?$")
-_ZONES: dict[str, timezone | None] = {"UTC": timezone.utc, "GMT": timezone.utc, "Z": timezone.utc}
+_ZONES: dict[str, timezone | None] = {"UTC": UTC, "GMT": UTC, "Z": UTC}
 
 
 def _zone(name: str) -> timezone | None:
@@ -83,7 +83,7 @@ def utc_time(logged: str | None, *, epoch: float | None = None) -> str | None:
     None when it cannot be read. Set ``log_timezone = 'UTC'`` (docs/postgres.md): named zone
     abbreviations other than UTC/GMT are resolved through zoneinfo at today's offset."""
     if epoch is not None:
-        return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     if not logged:
         return None
     match = _TIME.match(logged)
@@ -92,12 +92,12 @@ def utc_time(logged: str | None, *, epoch: float | None = None) -> str | None:
     day, clock, fraction, zone_name = match.groups()
     micros = (fraction or "").ljust(6, "0")
     zone = _zone(zone_name or "UTC")
-    if zone is timezone.utc:
+    if zone is UTC:
         return f"{day}T{clock}.{micros}Z"            # the common case, without datetime
     if zone is None:
         return None
     moment = datetime.strptime(f"{day} {clock}.{micros}", "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=zone)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # ---------------------------------------------------------------------------- jsonlog

@@ -16,12 +16,7 @@ from typing import Any
 
 import pytest
 
-from broker.attestation import (
-    AttestationError,
-    JWKSCache,
-    RedisReplayGuard,
-    verify_subject_token,
-)
+from broker.attestation import AttestationError, JWKSCache, RedisReplayGuard, verify_subject_token
 from broker.attestation.errors import EXPIRED, NOT_ACCEPTABLE, REPLAYED, UNTRUSTED_ISSUER
 from broker.devtools.dev_issuer import DevIssuer, DevKey
 from broker.http.errors import body_of, status_of

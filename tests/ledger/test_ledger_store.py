@@ -7,14 +7,7 @@ from typing import Any
 import pytest
 
 from broker.common.ids import new_credential_id
-from broker.ledger import (
-    GENESIS_HASH,
-    CredentialRecord,
-    EventDraft,
-    Ledger,
-    LedgerUnavailable,
-    open_ledger,
-)
+from broker.ledger import GENESIS_HASH, CredentialRecord, EventDraft, Ledger, LedgerUnavailable, open_ledger
 from broker.ledger.schema import LATEST_VERSION, MIGRATIONS
 
 NOW = 1_900_000_000

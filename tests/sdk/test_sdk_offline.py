@@ -12,14 +12,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from broker.sdk import (
-    AttestationUnavailable,
-    Broker,
-    BrokerError,
-    Credential,
-    _Issued,
-    detect_attestation,
-)
+from broker.sdk import AttestationUnavailable, Broker, BrokerError, Credential, _Issued, detect_attestation
 from tests.support.oauth import claims_of
 from tests.support.server import REPO
 

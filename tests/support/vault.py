@@ -67,7 +67,7 @@ class BaoServer:
         self.unseal_key: str | None = None
         self._proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30.0) -> "BaoServer":
+    def start(self, timeout: float = 30.0) -> BaoServer:
         out = open(self.dir / "server.log", "wb")
         self._proc = subprocess.Popen(
             [bao_binary(), "server", "-dev", f"-dev-root-token-id={self.root_token}",

@@ -13,11 +13,7 @@ import pytest
 from broker.common.canonical import canonical_json
 from broker.keys.file import FileSigner
 from broker.transparency import merkle
-from broker.transparency.checkpoints import (
-    CheckpointError,
-    local_checkpoint_keys,
-    verify_checkpoint,
-)
+from broker.transparency.checkpoints import CheckpointError, local_checkpoint_keys, verify_checkpoint
 from tests.support.merkle import fill, independent_verify_consistency, independent_verify_inclusion, raw_sql
 from tests.support.oauth import AUDITOR, INTROSPECTOR, basic
 

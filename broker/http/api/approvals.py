@@ -23,11 +23,11 @@ from flask import Blueprint, request
 from werkzeug.datastructures import MultiDict
 
 from broker import errors
+from broker.attestation.person import HumanTokenRefused, Person, may_approve, verify_id_token
+from broker.common.durations import parse_duration
+from broker.http.api.common import authenticate_client, broker_context, form_params, single
 from broker.people import approvals
 from broker.people import delegations as delegation
-from broker.http.api.common import authenticate_client, broker_context, form_params, single
-from broker.common.durations import parse_duration
-from broker.attestation.person import HumanTokenRefused, Person, may_approve, verify_id_token
 
 bp = Blueprint("people_api", __name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 from flask import Blueprint, request
 
 from broker import errors
-from broker.http.api.common import authenticate_client, broker_context
 from broker.audit.acting import ActingAgents
-from broker.http.api.usage import usage_json
 from broker.common.ids import is_credential_id
+from broker.http.api.common import authenticate_client, broker_context
+from broker.http.api.usage import usage_json
 from broker.ledger.events import utc_timestamp
 
 bp = Blueprint("audit", __name__, url_prefix="/v1")

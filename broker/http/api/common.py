@@ -5,7 +5,7 @@ import base64
 import hashlib
 import hmac
 import threading
-from typing import Any, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 from flask import current_app, request

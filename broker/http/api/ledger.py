@@ -16,12 +16,21 @@ from flask import Blueprint, current_app, request
 from broker import config as cfg
 from broker import errors
 from broker.http.api.common import authenticate_client, broker_context
-from broker.ledger import LedgerUnavailable
 from broker.transparency.checkpoints import (
-    CheckpointRefused, checkpoint_now, cosign_all, latest_checkpoint, publish_all, witness_list,
+    CheckpointRefused,
+    checkpoint_now,
+    cosign_all,
+    latest_checkpoint,
+    publish_all,
+    witness_list,
 )
 from broker.transparency.signed_notes import (
-    NOTE_CONTENT_TYPE, checkpoint_text, cosignatures_for, note_verifier, signed_note, witness_keys,
+    NOTE_CONTENT_TYPE,
+    checkpoint_text,
+    cosignatures_for,
+    note_verifier,
+    signed_note,
+    witness_keys,
 )
 from broker.transparency.tree import LedgerTree, TreeIntegrityError
 

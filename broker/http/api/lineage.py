@@ -8,15 +8,17 @@ comes first (401 ``invalid_client`` / 403 ``access_denied``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC
+from typing import Any
 
 from flask import Blueprint, request
 
 from broker import errors
-from broker.http.api.common import authenticate_client, broker_context
 from broker.audit import views
 from broker.audit.params import check_text, decode_cursor, parse_instant
 from broker.common.ids import is_credential_id
+from broker.http.api.common import authenticate_client, broker_context
 from broker.ledger.events import EVENT_TYPES, utc_timestamp
 
 bp = Blueprint("lineage", __name__, url_prefix="/v1")
@@ -152,6 +154,6 @@ def events() -> tuple[dict, int, dict]:
 
 
 def _epoch(ts: str) -> float:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()

@@ -29,20 +29,25 @@ from typing import Any, TypeVar
 from flask import Blueprint, request
 
 from broker import errors
+from broker.common.canonical import sha256_hex
+from broker.common.ids import is_credential_id
+from broker.common.untrusted import clip
+from broker.exchange.mint import token_client_id
 from broker.http.api.common import (
-    _invalid_client, authenticate_client, broker_context, client_address, form_params,
-    presented_client_name, single,
+    _invalid_client,
+    authenticate_client,
+    broker_context,
+    client_address,
+    form_params,
+    presented_client_name,
+    single,
 )
 from broker.http.errors import status_of
-from broker.common.canonical import sha256_hex
-from broker.common.untrusted import clip
-from broker.common.ids import is_credential_id
-from broker.exchange.mint import token_client_id
+from broker.keys import TokenNotOurs
 from broker.ledger import LedgerUnavailable
 from broker.ledger.events import CredentialRecord, EventDraft
 from broker.lifecycle.liveness import credential_liveness
 from broker.lifecycle.revocation import revoke_descendants, revoke_one
-from broker.keys import TokenNotOurs
 
 bp = Blueprint("oauth", __name__)
 log = logging.getLogger("broker.http.api")

@@ -12,13 +12,16 @@ from urllib.parse import urlsplit
 from flask import Blueprint
 
 from broker import errors
-from broker.http.api.common import broker_context, form_params, single
 from broker.common.durations import parse_duration
 from broker.exchange.pipeline import exchange
 from broker.exchange.request import (
-    ACTOR_TOKEN_TYPES, GRANT_TYPE_TOKEN_EXCHANGE, REQUESTED_TOKEN_TYPES, SUBJECT_TOKEN_TYPES,
+    ACTOR_TOKEN_TYPES,
+    GRANT_TYPE_TOKEN_EXCHANGE,
+    REQUESTED_TOKEN_TYPES,
+    SUBJECT_TOKEN_TYPES,
     ExchangeRequest,
 )
+from broker.http.api.common import broker_context, form_params, single
 
 bp = Blueprint("token", __name__)
 

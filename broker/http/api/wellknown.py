@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from broker.http.api.common import broker_context
 from broker.exchange.request import GRANT_TYPE_TOKEN_EXCHANGE
-from broker.ledger import LedgerUnavailable
+from broker.http.api.common import broker_context
 from broker.keys import JWKS_MAX_AGE
 from broker.keys.file import ALGORITHM
+from broker.ledger import LedgerUnavailable
 
 bp = Blueprint("wellknown", __name__)
 

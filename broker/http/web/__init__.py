@@ -14,15 +14,15 @@ from typing import Any
 from flask import Blueprint, Response, redirect, render_template, request, url_for
 
 from broker import errors
-from broker.http.errors import headers_of, status_of
-from broker.http.api.common import authenticate_client, broker_context
 from broker.audit import views
 from broker.audit.params import check_text, decode_cursor, encode_cursor, parse_instant
 from broker.common.ids import is_credential_id
-from broker.ledger import LedgerUnavailable
-from broker.ledger.events import EVENT_TYPES, utc_timestamp
+from broker.http.api.common import authenticate_client, broker_context
+from broker.http.errors import headers_of, status_of
 from broker.http.web import graph as graph_layout
 from broker.http.web.status import ledger_status
+from broker.ledger import LedgerUnavailable
+from broker.ledger.events import EVENT_TYPES, utc_timestamp
 
 bp = Blueprint("web", __name__, url_prefix="/audit", template_folder="templates",
                static_folder="static", static_url_path="/static")

@@ -29,15 +29,14 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from broker import config as cfg
 from broker import errors
+from broker.attestation.person import HumanTokenRefused, Person, may_approve, verify_id_token
+from broker.common.durations import parse_duration
 from broker.config import ConfigError
+from broker.http.api.common import broker_context
 from broker.http.errors import status_of
+from broker.http.web import CSP
 from broker.people import approvals
 from broker.people import delegations as delegation
-from broker.http.api.common import broker_context
-from broker.common.durations import parse_duration
-from broker.attestation.person import HumanTokenRefused, Person, may_approve, verify_id_token
-from broker.ledger import LedgerUnavailable
-from broker.http.web import CSP
 
 log = logging.getLogger("broker.http.web.people")
 
