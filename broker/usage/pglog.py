@@ -307,7 +307,7 @@ class StderrParser:
         if not user.startswith(USER_PREFIXES):
             return []
         message, statement = "", None
-        for label, lines in zip(current["attached"], current["message_parts"]):
+        for label, lines in zip(current["attached"], current["message_parts"], strict=True):
             joined = "\n".join(lines)
             if label is None:
                 message = joined
@@ -361,8 +361,8 @@ class Activity:
 
 
 _EXECUTE = re.compile(r"execute (?:fetch from )?[^:\s]*(?:/[^:\s]*)?: ", re.DOTALL)
-_DURATION = re.compile(r"duration: (\d+(?:\.\d+)?) ms(?:  (statement|execute [^:]*|parse [^:]*|bind [^:]*): (.*))?",
-                       re.DOTALL)
+_DURATION = re.compile(
+    r"duration: (\d+(?:\.\d+)?) ms(?:  (statement|execute [^:]*|parse [^:]*|bind [^:]*): (.*))?", re.DOTALL)
 _TAG = re.compile(r"[A-Z][A-Z ]*[A-Z]|[A-Z]")
 
 
@@ -375,34 +375,39 @@ def activity_of(entry: LogEntry) -> Activity | None:
     """The statement, connection or error in ``entry``; None for anything else (a bare
     ``duration`` line, parse/bind steps, notices …)."""
     severity = entry.severity
-    message = entry.message
     if severity == "LOG":
-        if message.startswith("statement: "):
-            return Activity("statement", statement=message[11:], command_tag=_tag(entry))
-        if message.startswith("execute "):
-            match = _EXECUTE.match(message)
-            if match:
-                return Activity("statement", statement=message[match.end():], command_tag=_tag(entry))
-            return None
-        if message.startswith("duration: "):
-            match = _DURATION.fullmatch(message)
-            if match and match.group(2) and not match.group(2).startswith(("parse", "bind")):
-                return Activity("statement", statement=match.group(3),
-                                duration_ms=float(match.group(1)), command_tag=_tag(entry))
-            return None
-        if message.startswith("AUDIT: "):                  # pgaudit
-            try:
-                fields = next(csv.reader(io.StringIO(message[7:])))
-            except (csv.Error, StopIteration):
-                return None
-            if len(fields) >= 8:
-                return Activity("statement", statement=fields[7], command_tag=fields[4] or None)
-            return None
-        if message.startswith("connection authorized: "):
-            return Activity("connect")
-        if message.startswith("disconnection: "):
-            return Activity("disconnect")
-        return None
+        return _logged_activity(entry, entry.message)
     if severity in ("ERROR", "FATAL", "PANIC"):
-        return Activity("error", statement=entry.statement, error=message, command_tag=_tag(entry))
+        return Activity("error", statement=entry.statement, error=entry.message, command_tag=_tag(entry))
+    return None
+
+
+def _logged_activity(entry: LogEntry, message: str) -> Activity | None:
+    """What a ``LOG`` line says: a statement (plain, extended protocol, with its duration, or
+    pgaudit's), a connection or a disconnection."""
+    if message.startswith("statement: "):
+        return Activity("statement", statement=message[11:], command_tag=_tag(entry))
+    if message.startswith("execute "):
+        match = _EXECUTE.match(message)
+        if match:
+            return Activity("statement", statement=message[match.end():], command_tag=_tag(entry))
+        return None
+    if message.startswith("duration: "):
+        match = _DURATION.fullmatch(message)
+        if match and match.group(2) and not match.group(2).startswith(("parse", "bind")):
+            return Activity("statement", statement=match.group(3),
+                            duration_ms=float(match.group(1)), command_tag=_tag(entry))
+        return None
+    if message.startswith("AUDIT: "):                  # pgaudit
+        try:
+            fields = next(csv.reader(io.StringIO(message[7:])))
+        except (csv.Error, StopIteration):
+            return None
+        if len(fields) >= 8:
+            return Activity("statement", statement=fields[7], command_tag=fields[4] or None)
+        return None
+    if message.startswith("connection authorized: "):
+        return Activity("connect")
+    if message.startswith("disconnection: "):
+        return Activity("disconnect")
     return None
