@@ -129,33 +129,46 @@ def _locate(node: Node, report: ReportFn) -> Located:
         return Located([e.data for e in elements], line, elements=elements,
                        reported=node.tag != _SEQ)
     if isinstance(node, MappingNode):
-        if node.tag != _MAP:
-            report(line, f"YAML tag {node.tag} is not allowed in policy files")
-        items: dict[str, tuple[int, Located]] = {}
-        for key_node, value_node in node.value:
-            key_line = key_node.start_mark.line + 1
-            if not isinstance(key_node, ScalarNode):
-                report(key_line, "mapping keys must be plain strings")
-                continue
-            if key_node.tag == _ALIAS:
-                continue        # already reported
-            if key_node.tag == _MERGE:
-                report(key_line, "YAML merge keys (<<) are not allowed in policy files")
-                continue
-            if key_node.tag not in (_STR, _INT, _BOOL, _NULL, _FLOAT, _TIMESTAMP):
-                report(key_line, f"YAML tag {key_node.tag} is not allowed in policy files")
-                continue
-            key = key_node.value
-            if key == "":
-                report(key_line, "empty mapping key")
-                continue
-            if key in items:
-                report(key_line, f"duplicate key {key!r} (first at line {items[key][0]})")
-                continue
-            items[key] = (key_line, _locate(value_node, report))
-        return Located({k: v.data for k, (_, v) in items.items()}, line, items=items,
-                       reported=node.tag != _MAP)
+        return _locate_mapping(node, line, report)
     raise TypeError(f"unexpected YAML node {node!r}")  # pragma: no cover - PyYAML has no others
+
+
+def _locate_mapping(node: MappingNode, line: int, report: ReportFn) -> Located:
+    if node.tag != _MAP:
+        report(line, f"YAML tag {node.tag} is not allowed in policy files")
+    items: dict[str, tuple[int, Located]] = {}
+    for key_node, value_node in node.value:
+        key_line = key_node.start_mark.line + 1
+        key = _mapping_key(key_node, key_line, items, report)
+        if key is not None:
+            items[key] = (key_line, _locate(value_node, report))
+    return Located({k: v.data for k, (_, v) in items.items()}, line, items=items,
+                   reported=node.tag != _MAP)
+
+
+def _mapping_key(key_node: Node, key_line: int, items: dict[str, tuple[int, Located]],
+                 report: ReportFn) -> str | None:
+    """The key of a mapping entry, or None (reported, unless an alias already was) when the
+    entry is dropped."""
+    if not isinstance(key_node, ScalarNode):
+        report(key_line, "mapping keys must be plain strings")
+        return None
+    if key_node.tag == _ALIAS:
+        return None        # already reported
+    if key_node.tag == _MERGE:
+        report(key_line, "YAML merge keys (<<) are not allowed in policy files")
+        return None
+    if key_node.tag not in (_STR, _INT, _BOOL, _NULL, _FLOAT, _TIMESTAMP):
+        report(key_line, f"YAML tag {key_node.tag} is not allowed in policy files")
+        return None
+    key: str = key_node.value
+    if key == "":
+        report(key_line, "empty mapping key")
+        return None
+    if key in items:
+        report(key_line, f"duplicate key {key!r} (first at line {items[key][0]})")
+        return None
+    return key
 
 
 def _scalar(node: ScalarNode, report: ReportFn) -> Any:
