@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from broker import config as cfg
 from broker.cli.common import console, env_config, err_console
+
+if TYPE_CHECKING:
+    from broker.transparency.integrity import IntegrityReport
 
 
 # -- ledger ---------------------------------------------------------------------------------
@@ -66,6 +70,12 @@ def ledger_verify(database_url: str | None, as_json: bool, checkpoint_file: str 
     if as_json:
         click.echo(json.dumps(report.to_dict()))
         sys.exit(0 if report.ok else 1)
+    _print_verify_report(report, witnesses=bool(witnesses))
+    sys.exit(0 if report.ok else 1)
+
+
+def _print_verify_report(report: IntegrityReport, *, witnesses: bool) -> None:
+    """``broker ledger verify`` for a person: one line per check, problems on stderr."""
     chain, tree = report.chain, report.tree
     if chain.ok:
         console.print(f"ok: {chain.count} events, chain intact")
@@ -93,7 +103,6 @@ def ledger_verify(database_url: str | None, as_json: bool, checkpoint_file: str 
                           f" current root {ext.ledger_root})")
         else:
             err_console.print(f"[red]{'FORKED' if ext.forked else 'FAILED'}[/red]: {ext.reason}")
-    sys.exit(0 if report.ok else 1)
 
 
 @ledger.command("checkpoint")

@@ -18,6 +18,7 @@ from broker.ledger.rows import (
     SQL_EVENTS_UP_TO,
     SQL_HEAD,
     Reader,
+    Row,
     event_from_row,
     run_id_of,
 )
@@ -112,29 +113,48 @@ def verify_chain(read: Reader, *, batch: int = 2000) -> VerifyReport:
     while True:
         rows = read(SQL_EVENTS_UP_TO, (expected, head_seq, batch))
         for row in rows:
-            seq = int(row[0])
-            count = expected - 1
-            if seq > expected:
-                return VerifyReport(False, count, seq, f"missing event(s) before seq {seq}"
-                                    f" (expected seq {expected})")
-            if seq < expected:   # only possible for a first row with seq < 1
-                return VerifyReport(False, count, seq, f"unexpected seq {seq}")
-            try:
-                event = event_from_row(row)
-                recomputed = event.computed_hash()
-            except (TypeError, ValueError):
-                return VerifyReport(False, count, seq, "row cannot be decoded")
-            if event.hash != recomputed:
-                return VerifyReport(False, count, seq, "hash mismatch")
-            if event.prev_hash != prev_hash:
-                return VerifyReport(False, count, seq,
-                                    "prev_hash does not link to the previous event")
-            prev_hash = event.hash
+            bad, row_hash = _check_row(row, expected, prev_hash)
+            if bad is not None:
+                return bad
+            prev_hash = row_hash
             expected += 1
         if len(rows) < batch:
             break
     last_seq = expected - 1
-    if last_seq != head_seq or prev_hash != head_hash:
+    bad = _check_head(read, last_seq, prev_hash, head_seq, head_hash)
+    if bad is not None:
+        return bad
+    return VerifyReport(ok=True, count=last_seq)
+
+
+def _check_row(row: Row, expected: int, prev_hash: str) -> tuple[VerifyReport | None, str]:
+    """``(report, "")`` for a row that does not verify as event ``expected`` after
+    ``prev_hash``, else ``(None, its hash)``."""
+    seq = int(row[0])
+    count = expected - 1
+    if seq > expected:
+        return VerifyReport(False, count, seq, f"missing event(s) before seq {seq}"
+                            f" (expected seq {expected})"), ""
+    if seq < expected:   # only possible for a first row with seq < 1
+        return VerifyReport(False, count, seq, f"unexpected seq {seq}"), ""
+    try:
+        event = event_from_row(row)
+        recomputed = event.computed_hash()
+    except (TypeError, ValueError):
+        return VerifyReport(False, count, seq, "row cannot be decoded"), ""
+    if event.hash != recomputed:
+        return VerifyReport(False, count, seq, "hash mismatch"), ""
+    if event.prev_hash != prev_hash:
+        return VerifyReport(False, count, seq,
+                            "prev_hash does not link to the previous event"), ""
+    return None, event.hash
+
+
+def _check_head(read: Reader, last_seq: int, last_hash: str, head_seq: int, head_hash: str
+                ) -> VerifyReport | None:
+    """The last event must be ``ledger_head`` (else a deleted last row) and nothing may lie
+    beyond it."""
+    if last_seq != head_seq or last_hash != head_hash:
         if last_seq < head_seq:
             detail = f"missing event(s) after seq {last_seq}"
         else:
@@ -146,4 +166,4 @@ def verify_chain(read: Reader, *, batch: int = 2000) -> VerifyReport:
         seq = int(beyond[0][0])
         return VerifyReport(False, last_seq, seq,
                             f"head does not match last event: event {seq} lies beyond the head")
-    return VerifyReport(ok=True, count=last_seq)
+    return None
