@@ -95,7 +95,7 @@ def run_clients(client: Callable[[tuple[Any, list[Any], mp.Queue]], None], targe
     elapsed = time.perf_counter() - start
     for p in procs:
         p.join()
-    latencies = sorted(l for lat, _ in results for l in lat)
+    latencies = sorted(t for lat, _ in results for t in lat)
     failures = sum(f for _, f in results)
     return {
         "requests": len(latencies),

@@ -1,6 +1,7 @@
 """Fan-out through the real gunicorn server: deriving 1,000 children, revoking a tree of 1,000.
 
-    .venv/bin/python -m bench.fanout [--children N] [--workers W] [--threads T] [--backend sqlite|postgres|both]
+    .venv/bin/python -m bench.fanout [--children N] [--workers W] [--threads T]
+                                     [--backend sqlite|postgres|both]
 
 For each ledger backend (embedded SQLite; PostgreSQL + Redis):
 
@@ -114,7 +115,8 @@ def build_tree(client: Client, root: dict, size: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--children", type=int, default=1000, help="children derived; tree size")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
@@ -149,7 +151,7 @@ def main() -> None:
                 with broker_process(env, workers=workers, threads=args.threads) as base:
                     client = Client(base)
 
-                    def new_root() -> dict:
+                    def new_root(client: Client = client) -> dict:
                         return client.token(form(issuer.mint_github(audience="nhi-broker-bench"),
                                                  "deploy-api", "deploy"))
 
@@ -188,8 +190,8 @@ def main() -> None:
     print()
     print(f"nhi-broker fan-out, gunicorn {workers} workers x {args.threads} threads, {os.cpu_count()} CPUs")
     for label, what, elapsed, result in rows:
-        extra = f"  ({result['per_second']:.0f}/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms)" \
-            if result else ""
+        extra = (f"  ({result['per_second']:.0f}/s, p50 {result['p50_ms']:.1f} ms,"
+                 f" p99 {result['p99_ms']:.1f} ms)" if result else "")
         print(f"{label:20s} {what:44s} {elapsed:7.2f} s{extra}")
 
 

@@ -48,7 +48,8 @@ may: [audit]
 """
 TARGET_RUN = "bench-run-777"
 TARGET_PRINCIPAL = "github:acme/payments:ref:refs/heads/main"
-STATEMENTS = ["SELECT * FROM accounts WHERE id = $1", "UPDATE accounts SET balance = balance - $1 WHERE id = $2",
+STATEMENTS = ["SELECT * FROM accounts WHERE id = $1",
+              "UPDATE accounts SET balance = balance - $1 WHERE id = $2",
               "INSERT INTO ledger_entries (account, amount) VALUES ($1, $2)", "SELECT count(*) FROM orders",
               "DELETE FROM sessions WHERE expires < now()"]
 
@@ -201,7 +202,8 @@ def build_sqlite(path: str, builder: Builder) -> None:
     conn.executemany(SQL_INSERT_CREDENTIAL.replace("%s", "?"), builder.credentials)
     last = builder.last
     assert last is not None
-    conn.execute("UPDATE ledger_head SET seq = ?, hash = ?, ts = ? WHERE id = 1", (last.seq, last.hash, last.ts))
+    conn.execute("UPDATE ledger_head SET seq = ?, hash = ?, ts = ? WHERE id = 1",
+                 (last.seq, last.hash, last.ts))
     conn.execute("COMMIT")
     conn.execute("ANALYZE")
     conn.close()
@@ -278,17 +280,25 @@ def measure(url: str, builder: Builder, iterations: int, tmp: str) -> list[tuple
         ("lineage (HTTP)", *timed(get(f"/v1/credentials/{target}/lineage"), iterations)),
         ("lineage (query)", *timed(lambda: views.lineage_view(ledger, target), iterations)),
         ("run (HTTP)", *timed(get(f"/v1/runs/{TARGET_RUN}"), iterations)),
-        ("events by credential (HTTP)", *timed(get(f"/v1/events?credential_id={target}&type=usage&limit=100"), iterations)),
-        ("events, cursor page (HTTP)", *timed(get(f"/v1/events?credential_id={target}&type=usage&limit=100&cursor={cursor}"), iterations)),
-        ("events by principal+window (HTTP)", *timed(get(f"/v1/events?principal={TARGET_PRINCIPAL}&since={since}&until={until}&limit=100"), iterations)),
-        ("principal window (HTTP)", *timed(get(f"/v1/principals/{TARGET_PRINCIPAL}?since={utc_timestamp(builder.t0)}&limit=100"), max(20, iterations // 5))),
+        ("events by credential (HTTP)",
+         *timed(get(f"/v1/events?credential_id={target}&type=usage&limit=100"), iterations)),
+        ("events, cursor page (HTTP)",
+         *timed(get(f"/v1/events?credential_id={target}&type=usage&limit=100&cursor={cursor}"),
+                iterations)),
+        ("events by principal+window (HTTP)",
+         *timed(get(f"/v1/events?principal={TARGET_PRINCIPAL}&since={since}&until={until}&limit=100"),
+                iterations)),
+        ("principal window (HTTP)",
+         *timed(get(f"/v1/principals/{TARGET_PRINCIPAL}?since={utc_timestamp(builder.t0)}&limit=100"),
+                max(20, iterations // 5))),
     ]
     app.extensions["broker"].close()
     return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")

@@ -27,7 +27,8 @@ def serve(host: str, port: int, workers: int | None, threads: int, dev: bool) ->
     try:
         ctx = build_context(config)          # checks policies, creates schema and signing key
     except PolicyError as exc:
-        err_console.print(f"[red]refusing to start: the policy set in {cfg.policy_dir(config)} is invalid[/red]")
+        err_console.print(f"[red]refusing to start: the policy set in {cfg.policy_dir(config)}"
+                          " is invalid[/red]")
         for problem in exc.problems:
             err_console.print(f"  {problem}")
         sys.exit(2)

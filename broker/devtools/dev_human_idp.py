@@ -19,7 +19,8 @@ and JWKS over HTTP on 127.0.0.1, and runs a real authorization-code flow:
 ones (``ttl`` ≤ 0) and forged ones (``forge=True``: signed with a key the JWKS does not hold,
 under the real ``kid``).
 
-It is never a trust anchor: it refuses to start unless ``BROKER_INSECURE_DEV_ISSUER=1`` is set, listens on loopback only, and keeps its keys in memory.
+It is never a trust anchor: it refuses to start unless ``BROKER_INSECURE_DEV_ISSUER=1`` is set,
+listens on loopback only, and keeps its keys in memory.
 """
 from __future__ import annotations
 

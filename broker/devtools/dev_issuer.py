@@ -390,7 +390,8 @@ class DevIssuer:
         if not hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8")):
             return _json_response({"message": "Bad credentials"}, 401)
         claims = self.github_claims(**self.token_claims)
-        audience = request.args.get("audience") or f"https://github.com/{claims.get('repository_owner', 'acme')}"
+        audience = (request.args.get("audience")
+                    or f"https://github.com/{claims.get('repository_owner', 'acme')}")
         return _json_response({"count": 2000, "value": self.mint(claims, audience=audience)})
 
 

@@ -12,8 +12,9 @@ so relying parties with a cached JWKS already have it); the current key goes on 
 then and is retired at that moment. A retired key's public half stays in the JWKS for
 ``retention`` seconds after it (the longest credential lifetime the policies allow, plus
 leeway) so tokens it signed verify until they expire. The first key of a keyring signs at
-once (an entry without ``activates_at`` activated when it was created). Replicas sharing the state directory (or mounted key files) share the keyring; each
-process re-reads ``keyring.json`` when it changes.
+once (an entry without ``activates_at`` activated when it was created). Replicas sharing the
+state directory (or mounted key files) share the keyring; each process re-reads
+``keyring.json`` when it changes.
 """
 from __future__ import annotations
 

@@ -29,8 +29,9 @@ class Sealer:
 
     The hash covers exactly :meth:`Event.canonical_bytes` (the canonical body is assembled from
     the canonical texts of its values, keys in sorted order), and the row parameters are
-    :func:`~broker.ledger.rows.event_params` of the sealed event, without serialising ``run``/``authorizer``/``details`` twice per event, and serialising a ``run``
-    or ``authorizer`` object shared by many drafts (one credential's usage) only once.
+    :func:`~broker.ledger.rows.event_params` of the sealed event, without serialising
+    ``run``/``authorizer``/``details`` twice per event, and serialising a ``run`` or
+    ``authorizer`` object shared by many drafts (one credential's usage) only once.
     """
 
     # The settings of broker.common.canonical.canonical_json, as one reusable encoder.

@@ -3,8 +3,9 @@
 A chain write is one transaction that locks the single ``ledger_head`` row with
 ``SELECT … FOR UPDATE``; concurrent writers queue on that row lock, so each one reads the head
 the previous one committed. The transaction is sent in pipeline mode, in two round trips after
-the pool's connection check (only for a connection idle for a while): ``BEGIN`` + head lock (+ guard), then insert event + move head
-(+ extra) + ``COMMIT``. The lock is therefore held for about one round trip plus the commit.
+the pool's connection check (only for a connection idle for a while): ``BEGIN`` + head lock
+(+ guard), then insert event + move head (+ extra) + ``COMMIT``. The lock is therefore held
+for about one round trip plus the commit.
 
 Connections come from a small :class:`psycopg_pool.ConnectionPool` per process (autocommit,
 so a read is a single round trip; writes open their transaction explicitly).

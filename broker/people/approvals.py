@@ -115,8 +115,8 @@ def request_approval(ctx: BrokerContext, *, policy: Policy, rule: ApprovalRule, 
                      scopes: tuple[str, ...], ttl: int, attestation_sha256: str,
                      now: float) -> tuple[ApprovalRecord, Event]:
     """Record a new approval request and its ``approval_requested`` event (the attempt's one
-    event), which is returned with the request. Refuses (``unauthorized_client``) when ``not_self`` cannot be checked because the
-    run names no actor."""
+    event), which is returned with the request. Refuses (``unauthorized_client``) when
+    ``not_self`` cannot be checked because the run names no actor."""
     if rule.not_self and not run.get("actor"):
         raise errors.PolicyDenied(
             "this exchange needs an approval, which this run cannot get",
@@ -233,7 +233,8 @@ def decide(ctx: BrokerContext, approval_id: str, person: Person, *, approve: boo
         refusal, blocks_deny = _decision_refusal(ctx, approval, person)
         if refusal is not None and (approve or blocks_deny):
             _record_refused_decision(ctx, approval, person, approve=approve, reason=refusal, via=via)
-            raise errors.PermissionDenied(refusal, detail=f"approval {approval_id}: {person.email}: {refusal}")
+            raise errors.PermissionDenied(refusal,
+                                          detail=f"approval {approval_id}: {person.email}: {refusal}")
         draft, event = _record_decision(ctx, approval, person, approve=approve, reason=reason,
                                         via=via, at=int(now))
         if event is not None:

@@ -538,8 +538,9 @@ MAY_ACT = Block({
     "match": Key(Custom(lambda w, node, label: read_match(w, node, "may_act.match")), required=True,
                  missing="may_act: missing required key 'match' (claims of the actor's attestation)"),
     "subject_tokens": Key(ListOf(
-        Choice(DELEGATION_SUBJECT_TOKENS, message=f"{{label}} entries are "
-                                                  f"{' or '.join(DELEGATION_SUBJECT_TOKENS)}, each once, got {{shown}}"),
+        Choice(DELEGATION_SUBJECT_TOKENS,
+               message=f"{{label}} entries are {' or '.join(DELEGATION_SUBJECT_TOKENS)}, each once,"
+                       " got {shown}"),
         allow_empty=False, unique=True,
         not_list=f"{{label}} must be a non-empty list of {', '.join(DELEGATION_SUBJECT_TOKENS)}, got {{got}}",
         empty=f"{{label}} must be a non-empty list of {', '.join(DELEGATION_SUBJECT_TOKENS)}, got {{got}}",
@@ -586,8 +587,8 @@ EXTRA_POLICY_KEYS: dict[str, Key] = {
 
 
 def policy_block(extra_keys: frozenset[str]) -> Block:
-    return Block({**POLICY_CORE, **{k: EXTRA_POLICY_KEYS.get(k, Key(Anything())) for k in sorted(extra_keys)}},
-                 check=_policy_check)
+    extra = {k: EXTRA_POLICY_KEYS.get(k, Key(Anything())) for k in sorted(extra_keys)}
+    return Block({**POLICY_CORE, **extra}, check=_policy_check)
 
 
 # ---------------------------------------------------------------------------- kind: client

@@ -245,7 +245,8 @@ class _Loader:
     def _document(self, node: Located, file: str, base_dir: Path) -> None:
         if not node.is_mapping:
             self.problems.append(Problem(
-                file, node.line, f"a policy document must be a mapping with a 'kind', got {type_name(node.data)}"))
+                file, node.line,
+                f"a policy document must be a mapping with a 'kind', got {type_name(node.data)}"))
             return
         kind_node = node.get("kind")
         if kind_node is None:

@@ -241,7 +241,7 @@ def _list_of(w: Walker, spec: ListOf, node: Located, label: str) -> Any:
         return INVALID
     if spec.unique:
         seen: list[Any] = []
-        for element, value in zip(node.elements, values):
+        for element, value in zip(node.elements, values, strict=True):
             if value in seen:
                 return w.say(element, spec.twice, label)
             seen.append(value)

@@ -68,8 +68,8 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = [
-    "AttestationProvider", "AttestationUnavailable", "Broker", "BrokerError", "BrokerUnreachable", "Credential",
-    "DetectedAttestation", "CREDENTIAL_ID_HEADER", "detect_attestation",
+    "AttestationProvider", "AttestationUnavailable", "Broker", "BrokerError", "BrokerUnreachable",
+    "Credential", "DetectedAttestation", "CREDENTIAL_ID_HEADER", "detect_attestation",
 ]
 
 log = logging.getLogger("broker.sdk")
@@ -187,7 +187,8 @@ class DetectedAttestation:
     token: str = field(repr=False)
 
 
-def detect_attestation(audience: str | None = None, *, subject_token_file: str | os.PathLike[str] | None = None,
+def detect_attestation(audience: str | None = None, *,
+                       subject_token_file: str | os.PathLike[str] | None = None,
                        gitlab_token_var: str | None = None,
                        k8s_token_file: str | os.PathLike[str] | None = None,
                        environ: Mapping[str, str] | None = None,

@@ -339,7 +339,8 @@ def _read_secret(*, env: str | None = None, path: str | None = None, what: str, 
                                detail=f"vault ({source}): cannot read {what} file {path}: "
                                       f"{type(exc).__name__}") from None
         if not value:
-            raise VaultRefused("target is not usable", detail=f"vault ({source}): {what} file {path} is empty")
+            raise VaultRefused("target is not usable",
+                               detail=f"vault ({source}): {what} file {path} is empty")
         return value
     raise VaultRefused("target is not usable", detail=f"vault ({source}): no {what} configured")
 

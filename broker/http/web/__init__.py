@@ -21,7 +21,6 @@ from broker.http.api.common import authenticate_client, broker_context
 from broker.http.errors import headers_of, status_of
 from broker.http.web import graph as graph_layout
 from broker.http.web.status import ledger_status
-from broker.ledger import LedgerUnavailable
 from broker.ledger.events import EVENT_TYPES, utc_timestamp
 
 bp = Blueprint("web", __name__, url_prefix="/audit", template_folder="templates",
