@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from broker.ledger.events import utc_timestamp
-from broker.ledger.store import Ledger, Reader
+from broker.ledger.rows import Reader
+from broker.ledger.store import Ledger
 from broker.transparency.note import (
     CheckpointText,
     Note,

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from broker.common.canonical import sha256_hex
 from broker.ledger.errors import LedgerUnavailable
 from broker.ledger.events import GENESIS_HASH
-from broker.ledger.store import EVENT_COLUMNS, Ledger, Reader, Row, event_from_row
+from broker.ledger.rows import EVENT_COLUMNS, Reader, Row, event_from_row
+from broker.ledger.store import Ledger
 from broker.transparency import merkle
 
 SQL_MERKLE_SIZE = "SELECT size FROM merkle_head WHERE id = 1"
@@ -180,7 +181,8 @@ class LedgerTree:
         rows = read(SQL_EVENT_HASH, (seq,))
         if not rows:
             raise TreeIntegrityError(f"event {seq}, already in the tree, is missing", seq=seq)
-        return rows[0][0]
+        event_hash: str = rows[0][0]
+        return event_hash
 
     # -- reading -----------------------------------------------------------------------------
     def _nodes(self, plans: Sequence[_Plan]) -> dict[tuple[int, int], bytes]:
