@@ -47,7 +47,7 @@ class BrokerContext:
                     log.debug("close failed", exc_info=True)
 
 
-def build_context(config: dict[str, Any]):
+def build_context(config: dict[str, Any]) -> BrokerContext:
     """Build the resources of one broker process from a config mapping (also used by the CLI)."""
     from broker import config as cfg
     from broker.attestation import JWKSCache, open_replay_guard

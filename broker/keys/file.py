@@ -88,7 +88,8 @@ class FileSigner:
     def _read_ring(self) -> dict[str, Any]:
         try:
             with open(self._ring_path) as fh:
-                return json.load(fh)
+                ring: dict[str, Any] = json.load(fh)
+                return ring
         except FileNotFoundError:
             return {"keys": []}
 
@@ -168,6 +169,7 @@ class FileSigner:
 
     def sign(self, claims: dict[str, Any], *, typ: str = ACCESS_TOKEN_TYP) -> str:
         key = self._active()
+        assert key.private is not None          # _active() picks only keys with a private half
         return jwt.encode(claims, key.private, algorithm=ALGORITHM,
                           headers={"kid": key.kid, "typ": typ})
 
@@ -175,6 +177,7 @@ class FileSigner:
         """A compact JWS (ES256, ``kid`` and ``typ`` in the header) over exactly ``payload``:
         for statements that are not tokens, such as ledger checkpoints."""
         key = self._active()
+        assert key.private is not None          # _active() picks only keys with a private half
         return jwt.api_jws.encode(payload, key.private, algorithm=ALGORITHM,
                                   headers={"kid": key.kid, "typ": typ})
 

@@ -85,7 +85,7 @@ class UsageIngester:
         if credential_id in self._credentials:
             self._credentials.move_to_end(credential_id)
             return self._credentials[credential_id]
-        record = self.ledger.get_credential(credential_id)
+        record: CredentialRecord | None = self.ledger.get_credential(credential_id)
         self._credentials[credential_id] = record
         if len(self._credentials) > _CACHE_SIZE:
             self._credentials.popitem(last=False)

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, Protocol
 
 ROLE_PREFIX = "nhb_"
 #: Users whose log entries are read: the broker's own roles, and the users that Vault/OpenBao's
@@ -272,7 +273,7 @@ class StderrParser:
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self._regex = prefix_regex(prefix)
-        self._current: dict | None = None
+        self._current: dict[str, Any] | None = None
         self._raw: list[str] = []
 
     def feed(self, line: str) -> list[LogEntry]:
@@ -331,7 +332,15 @@ class StderrParser:
             epoch=float(epoch) if epoch else None)]
 
 
-def make_parser(fmt: str, *, prefix: str = DEFAULT_PREFIX):
+class LogParser(Protocol):
+    """What the parser of every log format does: lines in, entries out."""
+
+    def feed(self, line: str) -> list[LogEntry]: ...
+
+    def flush(self, *, final: bool = True) -> list[LogEntry]: ...
+
+
+def make_parser(fmt: str, *, prefix: str = DEFAULT_PREFIX) -> LogParser:
     if fmt == "jsonlog":
         return JsonlogParser()
     if fmt == "csvlog":

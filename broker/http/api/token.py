@@ -7,6 +7,7 @@ exchange a delegation: an agent acting for a person.
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint
@@ -143,6 +144,6 @@ def parse_exchange_request() -> ExchangeRequest:
 
 
 @bp.post("/token")
-def token() -> tuple[dict, int, dict]:
+def token() -> tuple[dict[str, Any], int, dict[str, str]]:
     result = exchange(broker_context(), parse_exchange_request())
     return result.to_response(), 200, {"Cache-Control": "no-store", "Pragma": "no-cache"}

@@ -84,7 +84,7 @@ def _delegated(authorizer: Any) -> bool:
 
 
 @bp.get("/usage")
-def usage() -> tuple[dict, int, dict]:
+def usage() -> tuple[dict[str, Any], int, dict[str, str]]:
     authenticate_client(permission="audit")
     for name in request.args:
         if name not in PARAMS:
