@@ -86,9 +86,10 @@ class DevKey:
         return jwk
 
     def public_pem(self) -> bytes:
-        return self.private_key.public_key().public_bytes(
+        pem: bytes = self.private_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
+        return pem
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -551,17 +551,17 @@ MAY_ACT = Block({
     build=lambda v: MayAct(issuer=v["issuer"], match=v["match"], subject_tokens=tuple(v["subject_tokens"])))
 
 DERIVE_TARGET = Text(message="{label} must be a target name, got {got}")
-_DERIVE_NAMES = dict(bad_item="{label} must be a list of non-empty strings, got {got}")
+_DERIVE_BAD_ITEM = "{label} must be a list of non-empty strings, got {got}"
 DERIVE_ENTRY = Block({
     "target": Key(_reference("target", DERIVE_TARGET), required=True,
                   missing="derive: an entry mapping needs 'target'"),
     "scopes": Key(Strings(allow_empty=True, item=Text(
         pattern=_SCOPE, mismatch="derive: scope {value!r} must not contain spaces, '\"' or '\\'"),
-        **_DERIVE_NAMES)),
+        bad_item=_DERIVE_BAD_ITEM)),
     "max_ttl": Key(Duration()),
     "from": Key(_reference("target", Strings(
         not_list="{label} must be a non-empty list of strings, got {got}",
-        empty="{label} must be a non-empty list of strings, got {got}", **_DERIVE_NAMES))),
+        empty="{label} must be a non-empty list of strings, got {got}", bad_item=_DERIVE_BAD_ITEM))),
 }, name="derive", join=": ",
     build=lambda v: DeriveRule(target=v["target"], scopes=v.get("scopes"), max_ttl=v.get("max_ttl"),
                                from_targets=v.get("from")))

@@ -17,11 +17,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from yaml.constructor import SafeConstructor
-from yaml.events import AliasEvent, MappingStartEvent, ScalarEvent, SequenceStartEvent
+from yaml.error import Mark
+from yaml.events import AliasEvent, Event, MappingStartEvent, ScalarEvent, SequenceStartEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 _TAG = "tag:yaml.org,2002:"
@@ -73,13 +74,17 @@ class _StrictLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._report = report
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node:  # type: ignore[override]
-        event = self.peek_event()
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        # types-PyYAML leaves the pure-Python parser's event methods unannotated
+        event: Event = self.peek_event()  # type: ignore[no-untyped-call]
+        assert event.start_mark is not None       # the pure-Python parser marks every event
         line = event.start_mark.line + 1
         if isinstance(event, AliasEvent):
-            self.get_event()
+            self.get_event()  # type: ignore[no-untyped-call]
             self._report(line, f"YAML aliases (*{event.anchor}) are not allowed in policy files")
-            return ScalarNode(_ALIAS, "", event.start_mark, event.end_mark)
+            # the stubs allow libyaml's Mark too; SafeLoader's marks are yaml.error.Mark
+            return ScalarNode(_ALIAS, "", cast("Mark", event.start_mark),
+                              cast("Mark | None", event.end_mark))
         if isinstance(event, (ScalarEvent, SequenceStartEvent, MappingStartEvent)) and event.anchor:
             self._report(line, f"YAML anchors (&{event.anchor}) are not allowed in policy files")
             event.anchor = None

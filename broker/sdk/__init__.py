@@ -260,7 +260,8 @@ def _github_id_token(request_url: str, request_token: str, audience: str | None,
     if status != 200 or body is None or not isinstance(body.get("value"), str) or not body["value"]:
         raise AttestationUnavailable(f"the GitHub ID-token endpoint answered HTTP {status} "
                                      "without a token")
-    return body["value"]
+    token: str = body["value"]
+    return token
 
 
 class AttestationProvider:

@@ -441,7 +441,7 @@ def credential_id_for_username(ledger: Any, username: str, *, at: float | None =
     """The credential whose Vault-generated database user is ``username`` (recorded at mint
     in the credential's indexed ``backend_user``), or None. ``at`` (epoch seconds, e.g. when
     the database logged the line) narrows the search to credentials alive then, ± ``slack``."""
-    record = ledger.credential_by_backend_user(username, at=at, slack=slack)
+    record: CredentialRecord | None = ledger.credential_by_backend_user(username, at=at, slack=slack)
     if record is None or record.target_type != KIND:
         return None
     return record.credential_id

@@ -366,8 +366,9 @@ class VaultClient:
 
         s = self.settings
         verify: Any = s.ca_cert if s.ca_cert else True
+        # the stub says int; hvac hands the timeout to requests, which takes seconds as a float
         return hvac.Client(url=s.resolved_addr(), namespace=s.namespace, verify=verify,
-                           timeout=s.timeout)
+                           timeout=s.timeout)  # type: ignore[arg-type]
 
     def _login(self) -> None:
         """Make a client and a token (caller holds the lock)."""

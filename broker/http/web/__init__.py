@@ -166,8 +166,8 @@ def events() -> str:
                    limit=PAGE)
     next_url = None
     if body["next_cursor"]:
-        next_url = url_for("web.events", **{k: v for k, v in raw.items() if v is not None},
-                           cursor=encode_cursor(body["events"][-1]["seq"], raw))
+        given: dict[str, Any] = {k: v for k, v in raw.items() if v is not None}
+        next_url = url_for("web.events", **given, cursor=encode_cursor(body["events"][-1]["seq"], raw))
     return _page("audit/events.html", events=body["events"], filters=raw, next_url=next_url,
                  types=sorted(EVENT_TYPES))
 

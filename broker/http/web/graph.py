@@ -54,7 +54,8 @@ def authorizer_text(authorizer: Any) -> tuple[str, str]:
     if not isinstance(authorizer, dict):
         return "unknown authorizer", ""
     kind = str(authorizer.get("type") or "")
-    policy = authorizer.get("policy") if isinstance(authorizer.get("policy"), dict) else {}
+    named_policy = authorizer.get("policy")
+    policy: dict[str, Any] = named_policy if isinstance(named_policy, dict) else {}
     if kind == "human":             # a person's approval (docs/approvals.md)
         approvers = ", ".join(str(a) for a in authorizer.get("approvers") or []) or "?"
         return (f"approved by {approvers}",

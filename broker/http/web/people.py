@@ -221,7 +221,8 @@ def login() -> WerkzeugResponse:
     client = current_app.extensions["people_oauth"].create_client(OAUTH_NAME)
     redirect_uri = f"{broker_context().issuer}/login/callback"
     try:
-        return client.authorize_redirect(redirect_uri)
+        redirect: WerkzeugResponse = client.authorize_redirect(redirect_uri)
+        return redirect
     except Exception as exc:  # noqa: BLE001 - the IdP's discovery document is unreachable
         log.warning("sign-in could not start: %s", type(exc).__name__)
         raise errors.BackendUnavailable("the sign-in provider is unavailable") from None
@@ -275,7 +276,7 @@ def approval_list() -> Any:
     records = ctx.people.list_approvals(status="pending", now=int(now),
                       pickup_window=approvals.PICKUP_WINDOW, limit=200)
     mine = [approvals.approval_json(ctx, r, now=now, person=person) for r in records
-            if rules.get(r.policy_name) is not None and may_approve(rules[r.policy_name], person)]  # type: ignore[arg-type]
+            if rules.get(r.policy_name) is not None and may_approve(rules[r.policy_name], person)]
     return _page("people/approvals.html", approvals=mine)
 
 
