@@ -66,6 +66,7 @@ def broker_process(env: dict[str, str], *, workers: int, threads: int = 4) -> It
 def _client(args: tuple[str, list[bytes], mp.Queue]) -> None:
     base, bodies, out = args
     url = urllib.parse.urlsplit(base)
+    assert url.hostname is not None
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     latencies, failures = [], 0

@@ -64,7 +64,7 @@ def main() -> None:
                                 "reports:read") for _ in range(total)]
         warm = [exchange_body(issuer.mint_github(audience="nhi-broker-bench"), "reports-api")
                 for _ in range(200)]
-        scenarios = [("sqlite (embedded)", None)]
+        scenarios: list[tuple[str, str | None]] = [("sqlite (embedded)", None)]
         scenarios.append(("postgresql + redis", "pg"))
         offset = 0
         for label, kind in scenarios:

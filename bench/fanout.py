@@ -82,6 +82,7 @@ class Client:
 
     def __init__(self, base: str) -> None:
         url = urllib.parse.urlsplit(base)
+        assert url.hostname is not None
         self.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=300)
 
     def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
@@ -132,7 +133,7 @@ def main() -> None:
 
     workers = args.workers or default_workers()
     auth = {"Authorization": "Basic " + base64.b64encode(f"{AUDITOR[0]}:{AUDITOR[1]}".encode()).decode()}
-    rows = []
+    rows: list[tuple[str, str, float, dict[str, float] | None]] = []
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     with DevIssuer() as issuer, tempfile.TemporaryDirectory() as tmp:
         policy_dir = Path(tmp) / "policies"
@@ -189,9 +190,9 @@ def main() -> None:
                         raise SystemExit("revocation cascade incomplete")
     print()
     print(f"nhi-broker fan-out, gunicorn {workers} workers x {args.threads} threads, {os.cpu_count()} CPUs")
-    for label, what, elapsed, result in rows:
-        extra = (f"  ({result['per_second']:.0f}/s, p50 {result['p50_ms']:.1f} ms,"
-                 f" p99 {result['p99_ms']:.1f} ms)" if result else "")
+    for label, what, elapsed, measured in rows:
+        extra = (f"  ({measured['per_second']:.0f}/s, p50 {measured['p50_ms']:.1f} ms,"
+                 f" p99 {measured['p99_ms']:.1f} ms)" if measured else "")
         print(f"{label:20s} {what:44s} {elapsed:7.2f} s{extra}")
 
 

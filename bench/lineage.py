@@ -130,10 +130,13 @@ class Builder:
             target="orders-db", details={"error": "unauthorized_client", "reason": "ref not allowed"}))
         usage_start = start + len(plan) * 3 + 10
         spacing = max(1, (total - usage_start - 10) // 2000)
+
+        def usage_of(owner: int, k: int) -> Callable[[], tuple[Any, ...]]:
+            return lambda: self.usage(tree[owner][0], TARGET_PRINCIPAL, k)
+
         for k in range(2000):                  # 1000 on the root, 10 on each descendant
             owner = 0 if k % 2 == 0 else 1 + (k // 2) % 100
-            planned[usage_start + k * spacing] = (
-                lambda owner=owner, k=k: self.usage(tree[owner][0], TARGET_PRINCIPAL, k))
+            planned[usage_start + k * spacing] = usage_of(owner, k)
         planned[total - 5] = lambda: self.seal(EventDraft(
             type="revoke", credential_id=tree[3][0], parent_id=tree[0][0], principal=TARGET_PRINCIPAL,
             run={"id": TARGET_RUN, "attempt": 1}, target="orders-db",
@@ -143,9 +146,9 @@ class Builder:
         current: tuple[str, str, int] | None = None     # (cid, principal, usage left)
         recent: list[str] = []
         while self.seq < total:
-            step = planned.get(self.seq + 1)
-            if step is not None:
-                yield step()
+            planned_step = planned.get(self.seq + 1)
+            if planned_step is not None:
+                yield planned_step()
                 continue
             if current is None or current[2] == 0:
                 roll = rng.random()

@@ -165,7 +165,7 @@ def ingest_rate(ledger_url: str, path: Path, fmt: str, credentials: list) -> tup
         ledger.close()
 
 
-def bench_ingest(lines: int, ledgers: list[str]) -> list[tuple[str, str, float]]:
+def bench_ingest(lines: int, ledgers: list[str]) -> list[tuple[str, str, str, float, int]]:
     from broker.common.ids import new_credential_id
     from broker.ledger.events import CredentialRecord
 
@@ -176,7 +176,7 @@ def bench_ingest(lines: int, ledgers: list[str]) -> list[tuple[str, str, float]]
         authorizer={"type": "policy", "name": "bench-pg", "digest": "sha256:" + "0" * 64},
         target="bench-db", target_type="postgres", scope="", issued_at=now, expires_at=now + 900)
         for i in range(20)]
-    rows = []
+    rows: list[tuple[str, str, str, float, int]] = []
     ids = [c.credential_id for c in credentials]
     with tempfile.TemporaryDirectory() as tmp:
         logs = {"every line by a minted role": write_logs(Path(tmp), ids, lines, name="all"),

@@ -104,10 +104,13 @@ class Bao:
         c.sys.create_or_update_policy("bench-db",
                                       f'path "database/creds/{ROLE}" {{ capabilities = ["read"] }}')
         c.sys.enable_auth_method("jwt", path="jwt")
-        c.write("auth/jwt/config", jwks_url=f"{issuer_url}/.well-known/jwks", bound_issuer=issuer_url)
-        c.write("auth/jwt/role/bench", role_type="jwt", bound_audiences=[AUDIENCE], user_claim="sub",
-                bound_claims={"repository": "acme/payments"}, token_policies=["bench-db"],
-                token_ttl="20m")
+        # types-hvac gives write()'s wrap_ttl no default (hvac's has None)
+        c.write("auth/jwt/config", jwks_url=f"{issuer_url}/.well-known/jwks",  # type: ignore[call-arg]
+                bound_issuer=issuer_url)
+        c.write(  # type: ignore[call-arg]
+            "auth/jwt/role/bench", role_type="jwt", bound_audiences=[AUDIENCE], user_claim="sub",
+            bound_claims={"repository": "acme/payments"}, token_policies=["bench-db"],
+            token_ttl="20m")
 
     def revoke_all(self) -> None:
         # No trailing slash: sys/leases/revoke-prefix/<prefix>.

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from broker import config as cfg
 from broker.cli.common import env_config, err_console
+
+if TYPE_CHECKING:
+    from broker.app import BrokerContext
 
 
 # -- serve ----------------------------------------------------------------------------------
@@ -43,7 +47,7 @@ def serve(host: str, port: int, workers: int | None, threads: int, dev: bool) ->
     run_server(host=host, port=port, workers=workers, threads=threads, dev=dev)
 
 
-def _check_people(ctx, config) -> None:  # type: ignore[no-untyped-def]
+def _check_people(ctx: BrokerContext, config: dict[str, Any]) -> None:
     """Before forking: the human IdP's client secret is readable (never printed), and the
     session key exists (created once here rather than raced for by the workers)."""
     from broker.http.web.people import client_secret, session_secret

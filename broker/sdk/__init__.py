@@ -50,6 +50,7 @@ Errors
 """
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -62,7 +63,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import psycopg
@@ -145,7 +146,8 @@ class AttestationUnavailable(BrokerError):
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """A token is never re-sent to wherever a redirect points."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                         headers: http.client.HTTPMessage, newurl: str) -> urllib.request.Request | None:
         return None
 
 

@@ -145,7 +145,7 @@ def test_checkpoint_verifies_with_the_published_jwks_using_pyjwt(app, database_u
     assert verify_checkpoint(checkpoint, jwks, issuer="http://broker.test").tree_size == 7
 
     # The broker's own credential check never takes a checkpoint for a token it minted.
-    from broker.keys.file import TokenNotOurs
+    from broker.keys import TokenNotOurs
     with pytest.raises(TokenNotOurs):
         app.extensions["broker"].signer.verify(checkpoint["signature"])
 
