@@ -32,7 +32,10 @@ services:
 browser:
 	@scripts/ensure-browser
 
+# Lint and types first (configured in pyproject.toml), then the suite.
 test: $(VENV)/.installed-test services browser
+	$(BIN)/ruff check broker tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-test services
@@ -47,4 +50,4 @@ bench-postgres: $(VENV)/.installed-test services
 	$(BIN)/python -m bench.postgres
 
 clean:
-	rm -rf $(VENV) .broker .pytest_cache build *.egg-info
+	rm -rf $(VENV) .broker .pytest_cache .mypy_cache .ruff_cache build *.egg-info

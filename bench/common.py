@@ -66,6 +66,7 @@ def broker_process(env: dict[str, str], *, workers: int, threads: int = 4) -> It
 def _client(args: tuple[str, list[bytes], mp.Queue]) -> None:
     base, bodies, out = args
     url = urllib.parse.urlsplit(base)
+    assert url.hostname is not None
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     latencies, failures = [], 0
@@ -95,7 +96,7 @@ def run_clients(client: Callable[[tuple[Any, list[Any], mp.Queue]], None], targe
     elapsed = time.perf_counter() - start
     for p in procs:
         p.join()
-    latencies = sorted(l for lat, _ in results for l in lat)
+    latencies = sorted(t for lat, _ in results for t in lat)
     failures = sum(f for _, f in results)
     return {
         "requests": len(latencies),

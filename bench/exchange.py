@@ -41,7 +41,8 @@ scopes: [reports:read]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000, help="requests per scenario")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
@@ -59,15 +60,16 @@ def main() -> None:
         (policy_dir / "bench.yaml").write_text(POLICY.format(issuer=issuer.issuer))
         total = args.requests * 4
         print(f"pre-signing {total} attestations …", flush=True)
-        bodies = [exchange_body(issuer.mint_github(audience="nhi-broker-bench"), "reports-api", "reports:read")
-                  for _ in range(total)]
+        bodies = [exchange_body(issuer.mint_github(audience="nhi-broker-bench"), "reports-api",
+                                "reports:read") for _ in range(total)]
         warm = [exchange_body(issuer.mint_github(audience="nhi-broker-bench"), "reports-api")
                 for _ in range(200)]
-        scenarios = [("sqlite (embedded)", None)]
+        scenarios: list[tuple[str, str | None]] = [("sqlite (embedded)", None)]
         scenarios.append(("postgresql + redis", "pg"))
         offset = 0
         for label, kind in scenarios:
-            env = {"BROKER_POLICY_DIR": str(policy_dir), "BROKER_STATE_DIR": str(Path(tmp) / f"state-{offset}")}
+            env = {"BROKER_POLICY_DIR": str(policy_dir),
+                   "BROKER_STATE_DIR": str(Path(tmp) / f"state-{offset}")}
             with fresh_pg_database() if kind else _null() as pg_url:
                 if kind:
                     env.update({"BROKER_DATABASE_URL": pg_url, "BROKER_REDIS_URL": args.redis_url})

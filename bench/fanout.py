@@ -1,6 +1,7 @@
 """Fan-out through the real gunicorn server: deriving 1,000 children, revoking a tree of 1,000.
 
-    .venv/bin/python -m bench.fanout [--children N] [--workers W] [--threads T] [--backend sqlite|postgres|both]
+    .venv/bin/python -m bench.fanout [--children N] [--workers W] [--threads T]
+                                     [--backend sqlite|postgres|both]
 
 For each ledger backend (embedded SQLite; PostgreSQL + Redis):
 
@@ -81,6 +82,7 @@ class Client:
 
     def __init__(self, base: str) -> None:
         url = urllib.parse.urlsplit(base)
+        assert url.hostname is not None
         self.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=300)
 
     def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
@@ -114,7 +116,8 @@ def build_tree(client: Client, root: dict, size: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--children", type=int, default=1000, help="children derived; tree size")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
@@ -130,7 +133,7 @@ def main() -> None:
 
     workers = args.workers or default_workers()
     auth = {"Authorization": "Basic " + base64.b64encode(f"{AUDITOR[0]}:{AUDITOR[1]}".encode()).decode()}
-    rows = []
+    rows: list[tuple[str, str, float, dict[str, float] | None]] = []
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     with DevIssuer() as issuer, tempfile.TemporaryDirectory() as tmp:
         policy_dir = Path(tmp) / "policies"
@@ -149,7 +152,7 @@ def main() -> None:
                 with broker_process(env, workers=workers, threads=args.threads) as base:
                     client = Client(base)
 
-                    def new_root() -> dict:
+                    def new_root(client: Client = client) -> dict:
                         return client.token(form(issuer.mint_github(audience="nhi-broker-bench"),
                                                  "deploy-api", "deploy"))
 
@@ -187,9 +190,9 @@ def main() -> None:
                         raise SystemExit("revocation cascade incomplete")
     print()
     print(f"nhi-broker fan-out, gunicorn {workers} workers x {args.threads} threads, {os.cpu_count()} CPUs")
-    for label, what, elapsed, result in rows:
-        extra = f"  ({result['per_second']:.0f}/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms)" \
-            if result else ""
+    for label, what, elapsed, measured in rows:
+        extra = (f"  ({measured['per_second']:.0f}/s, p50 {measured['p50_ms']:.1f} ms,"
+                 f" p99 {measured['p99_ms']:.1f} ms)" if measured else "")
         print(f"{label:20s} {what:44s} {elapsed:7.2f} s{extra}")
 
 

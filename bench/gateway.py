@@ -33,9 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 from tests.support.pg_cluster import Cluster, free_port, start_cluster
+
+REPO = Path(__file__).resolve().parents[1]
 
 ROLE, PASSWORD = "bench_app", "bench-app-password-1"
 TOKEN, CREDENTIAL = "bench-token-" + "x" * 40, "cred-bench"
@@ -224,7 +224,7 @@ def ledger_drain(n: int, *, batch: int = 5000) -> float:
             conn.execute(_sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(_sql.Identifier(name)))
 
 
-def main() -> int:
+def main() -> int:  # noqa: C901 - a benchmark script: its steps in order, one place
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
@@ -273,7 +273,8 @@ def main() -> int:
                         results.setdefault((name, mode, clients), []).append(r)
                         print(f"  round {rnd + 1} {mode:8} c={clients} {name:9} tps={r['tps']:8.0f} "
                               f"p50={r['p50_ms']:.3f}ms p99={r['p99_ms']:.3f}ms "
-                              f"client_cpu={r['client_cpu']:.2f} middle_cpu={r['middle_cpu']:.2f}", flush=True)
+                              f"client_cpu={r['client_cpu']:.2f} middle_cpu={r['middle_cpu']:.2f}",
+                              flush=True)
         print("\nmedian over rounds")
         print(f"{'mode':9} {'c':>2} {'target':9} {'tps':>8} {'p50 ms':>7} {'p99 ms':>7} {'client':>6} "
               f"{'middle':>6}  ratios")
@@ -341,7 +342,8 @@ def main() -> int:
         while usage_count() < before + 200_000 and time.perf_counter() - t0 < 600:
             time.sleep(0.05)
         took = time.perf_counter() - t0
-        print(f"drain of a 200,000-statement backlog into SQLite: {took:.2f}s = {200_000 / took:,.0f} records/s "
+        print(f"drain of a 200,000-statement backlog into SQLite: {took:.2f}s = "
+              f"{200_000 / took:,.0f} records/s "
               f"(drainer thread at {args.drain_priority} priority, nothing else running)")
         ledger_drain(args.ledger_records)
         return 0

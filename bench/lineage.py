@@ -30,8 +30,9 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from broker.common.ids import new_credential_id
 from broker.ledger import GENESIS_HASH, CredentialRecord, Event, EventDraft, utc_timestamp
@@ -47,7 +48,8 @@ may: [audit]
 """
 TARGET_RUN = "bench-run-777"
 TARGET_PRINCIPAL = "github:acme/payments:ref:refs/heads/main"
-STATEMENTS = ["SELECT * FROM accounts WHERE id = $1", "UPDATE accounts SET balance = balance - $1 WHERE id = $2",
+STATEMENTS = ["SELECT * FROM accounts WHERE id = $1",
+              "UPDATE accounts SET balance = balance - $1 WHERE id = $2",
               "INSERT INTO ledger_entries (account, amount) VALUES ($1, $2)", "SELECT count(*) FROM orders",
               "DELETE FROM sessions WHERE expires < now()"]
 
@@ -128,10 +130,13 @@ class Builder:
             target="orders-db", details={"error": "unauthorized_client", "reason": "ref not allowed"}))
         usage_start = start + len(plan) * 3 + 10
         spacing = max(1, (total - usage_start - 10) // 2000)
+
+        def usage_of(owner: int, k: int) -> Callable[[], tuple[Any, ...]]:
+            return lambda: self.usage(tree[owner][0], TARGET_PRINCIPAL, k)
+
         for k in range(2000):                  # 1000 on the root, 10 on each descendant
             owner = 0 if k % 2 == 0 else 1 + (k // 2) % 100
-            planned[usage_start + k * spacing] = (
-                lambda owner=owner, k=k: self.usage(tree[owner][0], TARGET_PRINCIPAL, k))
+            planned[usage_start + k * spacing] = usage_of(owner, k)
         planned[total - 5] = lambda: self.seal(EventDraft(
             type="revoke", credential_id=tree[3][0], parent_id=tree[0][0], principal=TARGET_PRINCIPAL,
             run={"id": TARGET_RUN, "attempt": 1}, target="orders-db",
@@ -141,9 +146,9 @@ class Builder:
         current: tuple[str, str, int] | None = None     # (cid, principal, usage left)
         recent: list[str] = []
         while self.seq < total:
-            step = planned.get(self.seq + 1)
-            if step is not None:
-                yield step()
+            planned_step = planned.get(self.seq + 1)
+            if planned_step is not None:
+                yield planned_step()
                 continue
             if current is None or current[2] == 0:
                 roll = rng.random()
@@ -200,7 +205,8 @@ def build_sqlite(path: str, builder: Builder) -> None:
     conn.executemany(SQL_INSERT_CREDENTIAL.replace("%s", "?"), builder.credentials)
     last = builder.last
     assert last is not None
-    conn.execute("UPDATE ledger_head SET seq = ?, hash = ?, ts = ? WHERE id = 1", (last.seq, last.hash, last.ts))
+    conn.execute("UPDATE ledger_head SET seq = ?, hash = ?, ts = ? WHERE id = 1",
+                 (last.seq, last.hash, last.ts))
     conn.execute("COMMIT")
     conn.execute("ANALYZE")
     conn.close()
@@ -277,17 +283,25 @@ def measure(url: str, builder: Builder, iterations: int, tmp: str) -> list[tuple
         ("lineage (HTTP)", *timed(get(f"/v1/credentials/{target}/lineage"), iterations)),
         ("lineage (query)", *timed(lambda: views.lineage_view(ledger, target), iterations)),
         ("run (HTTP)", *timed(get(f"/v1/runs/{TARGET_RUN}"), iterations)),
-        ("events by credential (HTTP)", *timed(get(f"/v1/events?credential_id={target}&type=usage&limit=100"), iterations)),
-        ("events, cursor page (HTTP)", *timed(get(f"/v1/events?credential_id={target}&type=usage&limit=100&cursor={cursor}"), iterations)),
-        ("events by principal+window (HTTP)", *timed(get(f"/v1/events?principal={TARGET_PRINCIPAL}&since={since}&until={until}&limit=100"), iterations)),
-        ("principal window (HTTP)", *timed(get(f"/v1/principals/{TARGET_PRINCIPAL}?since={utc_timestamp(builder.t0)}&limit=100"), max(20, iterations // 5))),
+        ("events by credential (HTTP)",
+         *timed(get(f"/v1/events?credential_id={target}&type=usage&limit=100"), iterations)),
+        ("events, cursor page (HTTP)",
+         *timed(get(f"/v1/events?credential_id={target}&type=usage&limit=100&cursor={cursor}"),
+                iterations)),
+        ("events by principal+window (HTTP)",
+         *timed(get(f"/v1/events?principal={TARGET_PRINCIPAL}&since={since}&until={until}&limit=100"),
+                iterations)),
+        ("principal window (HTTP)",
+         *timed(get(f"/v1/principals/{TARGET_PRINCIPAL}?since={utc_timestamp(builder.t0)}&limit=100"),
+                max(20, iterations // 5))),
     ]
     app.extensions["broker"].close()
     return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")

@@ -21,7 +21,9 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from broker.ledger import EventDraft, open_ledger
 from broker.ledger.chain import Sealer
@@ -74,8 +76,8 @@ def _insert(url: str, rows: list, last: Event) -> None:
         return
     import psycopg
 
-    with psycopg.connect(url) as conn:
-        with conn.cursor() as cur:
+    with psycopg.connect(url) as pg:
+        with pg.cursor() as cur:
             cur.executemany(SQL_INSERT_EVENT, rows)
             cur.execute(*head)
 
@@ -90,8 +92,10 @@ def report(name: str, samples: list[float]) -> None:
     print(f"  {name:<42} p50 {statistics.median(ms):7.3f} ms   p99 {pct(ms, 99):7.3f} ms"
           f"   max {max(ms):7.3f} ms   (n={len(ms)})")
 
+T = TypeVar("T")
 
-def timed(fn, *args) -> tuple[float, object]:
+
+def timed(fn: Callable[..., T], *args: Any) -> tuple[float, T]:
     started = time.perf_counter()
     result = fn(*args)
     return time.perf_counter() - started, result
@@ -138,9 +142,10 @@ def main() -> None:
     samples = []
     for _ in range(args.samples):
         first = rng.randint(1, size)
-        elapsed, proof = timed(tree.consistency_proof, first, size)
+        elapsed, consistency = timed(tree.consistency_proof, first, size)
         samples.append(elapsed)
-        verify_consistency(first, size, proof.hashes, proof.first_root, proof.second_root)
+        verify_consistency(first, size, consistency.hashes, consistency.first_root,
+                           consistency.second_root)
     report(f"consistency_proof(random, {size:,})", samples)
 
     print("HTTP (Flask test client, client authentication included):")

@@ -165,7 +165,7 @@ def ingest_rate(ledger_url: str, path: Path, fmt: str, credentials: list) -> tup
         ledger.close()
 
 
-def bench_ingest(lines: int, ledgers: list[str]) -> list[tuple[str, str, float]]:
+def bench_ingest(lines: int, ledgers: list[str]) -> list[tuple[str, str, str, float, int]]:
     from broker.common.ids import new_credential_id
     from broker.ledger.events import CredentialRecord
 
@@ -176,7 +176,7 @@ def bench_ingest(lines: int, ledgers: list[str]) -> list[tuple[str, str, float]]
         authorizer={"type": "policy", "name": "bench-pg", "digest": "sha256:" + "0" * 64},
         target="bench-db", target_type="postgres", scope="", issued_at=now, expires_at=now + 900)
         for i in range(20)]
-    rows = []
+    rows: list[tuple[str, str, str, float, int]] = []
     ids = [c.credential_id for c in credentials]
     with tempfile.TemporaryDirectory() as tmp:
         logs = {"every line by a minted role": write_logs(Path(tmp), ids, lines, name="all"),
@@ -200,7 +200,8 @@ def bench_ingest(lines: int, ledgers: list[str]) -> list[tuple[str, str, float]]
 # ---------------------------------------------------------------------------- main
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000, help="mints per scenario")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
@@ -270,7 +271,8 @@ def main() -> None:
 
     print()
     print(f"postgres credentials through POST /token: gunicorn {workers} workers x {args.threads} threads,"
-          f" {os.cpu_count()} CPUs, {args.requests} mints per row; target PostgreSQL {PG_ADMIN.split('@')[-1]}")
+          f" {os.cpu_count()} CPUs, {args.requests} mints per row;"
+          f" target PostgreSQL {PG_ADMIN.split('@')[-1]}")
     print(f"{'ledger':22s} {'clients':>7s} {'mints/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs bare':>8s}")
     bare_by_clients = dict(bare_rows)
     for label, clients, r in mint_rows:

@@ -99,13 +99,18 @@ class Bao:
             connection_url="postgresql://{{username}}:{{password}}@127.0.0.1:5432/postgres?sslmode=disable",
             username="postgres", password="unused-trust-auth", allowed_roles=[ROLE])
         c.secrets.database.create_role(name=ROLE, db_name="local", creation_statements=CREATION,
-                                       revocation_statements=REVOCATION, default_ttl=role_default_ttl, max_ttl="24h")
-        c.sys.create_or_update_policy("bench-db", f'path "database/creds/{ROLE}" {{ capabilities = ["read"] }}')
+                                       revocation_statements=REVOCATION, default_ttl=role_default_ttl,
+                                       max_ttl="24h")
+        c.sys.create_or_update_policy("bench-db",
+                                      f'path "database/creds/{ROLE}" {{ capabilities = ["read"] }}')
         c.sys.enable_auth_method("jwt", path="jwt")
-        c.write("auth/jwt/config", jwks_url=f"{issuer_url}/.well-known/jwks", bound_issuer=issuer_url)
-        c.write("auth/jwt/role/bench", role_type="jwt", bound_audiences=[AUDIENCE], user_claim="sub",
-                bound_claims={"repository": "acme/payments"}, token_policies=["bench-db"],
-                token_ttl="20m")
+        # types-hvac gives write()'s wrap_ttl no default (hvac's has None)
+        c.write("auth/jwt/config", jwks_url=f"{issuer_url}/.well-known/jwks",  # type: ignore[call-arg]
+                bound_issuer=issuer_url)
+        c.write(  # type: ignore[call-arg]
+            "auth/jwt/role/bench", role_type="jwt", bound_audiences=[AUDIENCE], user_claim="sub",
+            bound_claims={"repository": "acme/payments"}, token_policies=["bench-db"],
+            token_ttl="20m")
 
     def revoke_all(self) -> None:
         # No trailing slash: sys/leases/revoke-prefix/<prefix>.
@@ -152,7 +157,8 @@ def run_direct(port: int, jwts: list[str], clients: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=600, help="requests per row")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
@@ -206,7 +212,8 @@ def main() -> None:
         bao.stop()
 
     print()
-    print(f"vault-database mints, gunicorn {workers} workers x {args.threads} threads, {os.cpu_count()} CPUs, "
+    print(f"vault-database mints, gunicorn {workers} workers x {args.threads} threads,"
+          f" {os.cpu_count()} CPUs, "
           f"{args.requests} requests per row; OpenBao dev server and PostgreSQL on this machine")
     print(f"{'path':8s} {'clients':>7s} {'mints/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'failures':>8s}")
     for label, clients, r in rows:

@@ -47,15 +47,15 @@ class BrokerContext:
                     log.debug("close failed", exc_info=True)
 
 
-def build_context(config: dict[str, Any]):
+def build_context(config: dict[str, Any]) -> BrokerContext:
     """Build the resources of one broker process from a config mapping (also used by the CLI)."""
     from broker import config as cfg
     from broker.attestation import JWKSCache, open_replay_guard
-    from broker.targets import build_kinds
+    from broker.keys import open_signer
     from broker.ledger import open_ledger
     from broker.people.store import PeopleStore
     from broker.policy import load_policy_dir
-    from broker.keys import open_signer
+    from broker.targets import build_kinds
 
     policy_set = load_policy_dir(cfg.policy_dir(config))
     state_dir = cfg.state_dir(config)
@@ -84,9 +84,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from broker.http.api import approvals, audit, lineage, oauth, token, usage, wellknown
     from broker.http.api import ledger as ledger_api
     from broker.http.errors import register_error_handlers
-    from broker.transparency.checkpoints import start_checkpointer
-    from broker.lifecycle.reaper import start_reaper
     from broker.http.web.people import init_people
+    from broker.lifecycle.reaper import start_reaper
+    from broker.transparency.checkpoints import start_checkpointer
 
     app = Flask(__name__)
     app.config.from_mapping(cfg.DEFAULTS)

@@ -35,8 +35,13 @@ def _imports(tree: ast.AST, current: str, modules: dict[str, Path]) -> set[str]:
             visit(child)
 
     visit(tree)
+    return _edges(out, current, modules)
+
+
+def _edges(imported: set[str], current: str, modules: dict[str, Path]) -> set[str]:
+    """The broker modules that importing ``imported`` from ``current`` initialises."""
     edges = set()
-    for name in out:
+    for name in imported:
         if not name.startswith("broker"):
             continue
         while name not in modules and "." in name:

@@ -10,9 +10,7 @@ from typing import TYPE_CHECKING
 
 from broker import errors
 from broker.keys import TokenNotOurs
-from broker.people.delegations import (
-    DELEGATION_TYP, TOKEN_USE, delegation_audience, is_delegation_id,
-)
+from broker.people.delegations import DELEGATION_TYP, TOKEN_USE, delegation_audience, is_delegation_id
 from broker.people.store import DelegationRecord
 
 if TYPE_CHECKING:

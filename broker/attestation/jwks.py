@@ -31,15 +31,15 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import jwt
 
 from broker.attestation.errors import AttestationError, printable
-from broker.policy.presets import ASYMMETRIC_ALGORITHMS
 from broker.errors import BackendUnavailable
 from broker.policy.model import IssuerConfig
+from broker.policy.presets import ASYMMETRIC_ALGORITHMS
 
 MAX_RESPONSE_BYTES = 1024 * 1024
 _REDIRECT_REFUSED = "redirect to a disallowed URL"
@@ -106,7 +106,8 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
     """Follow at most a few redirects, and only to URLs the fetch rules allow."""
     max_redirections = 3
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                         headers: http.client.HTTPMessage, newurl: str) -> urllib.request.Request | None:
         if not is_allowed_fetch_url(newurl):
             raise urllib.error.HTTPError(newurl, code, _REDIRECT_REFUSED, headers, fp)
         return super().redirect_request(req, fp, code, msg, headers, newurl)

@@ -28,7 +28,11 @@ from broker import errors
 from broker.attestation.errors import AttestationError
 from broker.attestation.jwks import JWKSCache
 from broker.attestation.verify import (
-    MAX_TOKEN_BYTES, check_claims, check_header, parse_unverified, verify_jwt_signature,
+    MAX_TOKEN_BYTES,
+    check_claims,
+    check_header,
+    parse_unverified,
+    verify_jwt_signature,
 )
 from broker.policy.model import ApprovalRule, HumanIdP, claim_value
 
@@ -63,7 +67,7 @@ class Person:
                 "groups": list(self.groups), "name": self.name}
 
     @classmethod
-    def from_record(cls, data: dict[str, Any]) -> "Person":
+    def from_record(cls, data: dict[str, Any]) -> Person:
         return cls(email=str(data["email"]), sub=str(data["sub"]), iss=str(data["iss"]),
                    username=data.get("username"), groups=tuple(data.get("groups") or ()),
                    name=data.get("name"))

@@ -40,10 +40,10 @@ from broker.attestation.errors import (
     printable,
 )
 from broker.attestation.jwks import JWKSCache
-from broker.policy.presets import ASYMMETRIC_ALGORITHMS, BASE_REQUIRED_CLAIMS
 from broker.attestation.replay import ReplayGuard
 from broker.common.canonical import canonical_json, sha256_hex
 from broker.policy.model import IssuerConfig, PolicySet, claim_text, claim_value
+from broker.policy.presets import ASYMMETRIC_ALGORITHMS, BASE_REQUIRED_CLAIMS
 
 MAX_TOKEN_BYTES = 16 * 1024
 
@@ -318,6 +318,21 @@ def verify_jwt_signature(unverified_token: str, *, key: jwt.PyJWK, alg: str,
         raise AttestationError(description, detail=detail) from exc
 
 
+# PyJWT's exception → our detail (the client sees NOT_ACCEPTABLE), checked in this order:
+# DecodeError last, InvalidSignatureError is one of its subclasses.
+_PYJWT_DETAILS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt_errors.InvalidAudienceError, "audience mismatch"),
+    (jwt_errors.InvalidIssuerError, "issuer mismatch"),
+    (jwt_errors.InvalidSignatureError, "signature verification failed"),
+    (jwt_errors.InvalidAlgorithmError, "alg not allowed by the signing key"),
+    (jwt_errors.InvalidKeyError, "signing key rejected (too weak or unusable)"),
+    (jwt_errors.InvalidIssuedAtError, "invalid iat claim"),
+    (jwt_errors.InvalidSubjectError, "invalid sub claim"),
+    (jwt_errors.InvalidJTIError, "invalid jti claim"),
+    (jwt_errors.DecodeError, "malformed token claims"),
+)
+
+
 def _pyjwt_refusal(exc: jwt.PyJWTError) -> tuple[str, str]:
     """Our words for PyJWT's exceptions (its messages never reach a client or the ledger)."""
     if isinstance(exc, jwt_errors.ExpiredSignatureError):
@@ -326,24 +341,9 @@ def _pyjwt_refusal(exc: jwt.PyJWTError) -> tuple[str, str]:
         return NOT_ACCEPTABLE, "iat in the future" if "(iat)" in str(exc) else "nbf in the future"
     if isinstance(exc, jwt_errors.MissingRequiredClaimError):
         return NOT_ACCEPTABLE, f"missing required claim {printable(exc.claim, 64)}"
-    if isinstance(exc, jwt_errors.InvalidAudienceError):
-        return NOT_ACCEPTABLE, "audience mismatch"
-    if isinstance(exc, jwt_errors.InvalidIssuerError):
-        return NOT_ACCEPTABLE, "issuer mismatch"
-    if isinstance(exc, jwt_errors.InvalidSignatureError):
-        return NOT_ACCEPTABLE, "signature verification failed"
-    if isinstance(exc, jwt_errors.InvalidAlgorithmError):
-        return NOT_ACCEPTABLE, "alg not allowed by the signing key"
-    if isinstance(exc, jwt_errors.InvalidKeyError):
-        return NOT_ACCEPTABLE, "signing key rejected (too weak or unusable)"
-    if isinstance(exc, jwt_errors.InvalidIssuedAtError):
-        return NOT_ACCEPTABLE, "invalid iat claim"
-    if isinstance(exc, jwt_errors.InvalidSubjectError):
-        return NOT_ACCEPTABLE, "invalid sub claim"
-    if isinstance(exc, jwt_errors.InvalidJTIError):
-        return NOT_ACCEPTABLE, "invalid jti claim"
-    if isinstance(exc, jwt_errors.DecodeError):
-        return NOT_ACCEPTABLE, "malformed token claims"
+    for kind, detail in _PYJWT_DETAILS:
+        if isinstance(exc, kind):
+            return NOT_ACCEPTABLE, detail
     return NOT_ACCEPTABLE, f"token rejected ({exc.__class__.__name__})"
 
 

@@ -12,11 +12,14 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from broker.audit import views
 from broker.audit.params import decode_cursor
+
+T = TypeVar("T")
 
 
 class AuditError(Exception):
@@ -46,7 +49,7 @@ class LocalSource:
     def close(self) -> None:
         self.ledger.close()
 
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         from broker.ledger import LedgerUnavailable
 
         try:
@@ -118,7 +121,8 @@ class RemoteSource:
                                                        "Accept": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read())
+                answer: dict[str, Any] = json.loads(response.read())
+                return answer
         except urllib.error.HTTPError as exc:
             try:
                 body = json.loads(exc.read() or b"{}")

@@ -29,7 +29,7 @@ Every record carries the whole ledger event under ``unmapped.ledger`` (with ``se
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from broker.ledger import Event
@@ -57,7 +57,7 @@ _AUTH_PROTOCOL = (6, "OAUTH 2.0")
 
 
 def epoch_ms(ts: str) -> int:
-    moment = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    moment = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
 
 
@@ -155,90 +155,116 @@ def _src_endpoint(details: dict[str, Any]) -> dict[str, Any]:
         return {"name": raw or "unknown"}
 
 
+def _gateway_login(event: Event, details: dict[str, Any]) -> dict[str, Any]:
+    """A login through the gateway (accepted or refused) and its end: 3002 Authentication,
+    Logon (1) / Logoff (2), over the PostgreSQL protocol."""
+    refused = details.get("result") == "refused"
+    out = _base(event, 3002, 1 if event.type == "connect" else 2,
+                status_id=2 if refused else 1, severity_id=2 if refused else 1)
+    out["user"] = _workload_user(event)
+    out["service"] = {"name": str(event.target or details.get("target") or "nhi-broker")}
+    out["is_remote"] = True
+    out["actor"] = {"user": _workload_user(event)}
+    out["src_endpoint"] = _src_endpoint(details)
+    if refused:
+        out["status_code"] = str(details.get("sqlstate", ""))
+        out["status_detail"] = str(details.get("reason", ""))
+    return out
+
+
 def to_ocsf(event: Event) -> dict[str, Any]:
     """One ledger event as one OCSF event (a JSON-ready dict)."""
     details = event.details or {}
     if event.type in ("connect", "disconnect"):
-        # a login through the gateway (accepted or refused) and its end: Authentication,
-        # Logon (1) / Logoff (2), over the PostgreSQL protocol
-        refused = details.get("result") == "refused"
-        out = _base(event, 3002, 1 if event.type == "connect" else 2,
-                    status_id=2 if refused else 1, severity_id=2 if refused else 1)
-        out["user"] = _workload_user(event)
-        out["service"] = {"name": str(event.target or details.get("target") or "nhi-broker")}
-        out["is_remote"] = True
-        out["actor"] = {"user": _workload_user(event)}
-        out["src_endpoint"] = _src_endpoint(details)
-        if refused:
-            out["status_code"] = str(details.get("sqlstate", ""))
-            out["status_detail"] = str(details.get("reason", ""))
+        out = _gateway_login(event, details)
     elif event.type in ("mint", "deny", "expire"):
-        activity = 2 if event.type == "expire" else 1
-        status = 2 if event.type == "deny" else 1
-        out = _base(event, 3002, activity, status_id=status,
-                    severity_id=2 if event.type == "deny" else 1)
-        out["user"] = _workload_user(event)
-        out["auth_protocol_id"], out["auth_protocol"] = _AUTH_PROTOCOL
-        target = event.target or details.get("requested_target")
-        out["service"] = {"name": str(target or "nhi-broker")}
-        out["is_remote"] = True
-        actor: dict[str, Any] = {"user": _workload_user(event)}
-        issuer = details.get("issuer") or details.get("unverified_issuer")
-        if issuer:
-            actor["idp"] = {"name": str(issuer)}
-        out["actor"] = actor
-        session = _session(event)
-        if session and event.type != "deny":
-            out["session"] = session
-        if event.type == "deny":
-            out["status_code"] = str(details.get("error", ""))
-            out["status_detail"] = str(details.get("reason", ""))
+        out = _authentication(event, details)
     elif event.type == "usage" and (details.get("statement") or details.get("database")):
-        tag = str(details.get("command_tag") or "").upper().split(" ")[0]
-        activity = _COMMAND_ACTIVITY.get(tag, 99)
-        out = _base(event, 6005, activity, status_id=1,
-                    activity_name=None if activity != 99 else (tag.title() or "Other"))
-        out["type_id"], out["type"] = 1, "Database"
-        out["database"] = {"name": str(details.get("database") or "unknown"),
-                           "type": "Relational", "type_id": 1}
-        if details.get("statement"):
-            out["query_info"] = {"query_string": str(details["statement"]),
-                                 "name": tag or "statement", "uid": event.hash}
-        out["actor"] = {"user": _workload_user(event), "session": _session(event) or {}}
-        out["src_endpoint"] = _src_endpoint(details)
-        if isinstance(details.get("duration_ms"), (int, float)):
-            out["duration"] = int(details["duration_ms"])
+        out = _datastore_activity(event, details)
     else:
-        refused = details.get("result") == "refused"
-        if event.type == "introspect":
-            activity, status = 2, 2 if refused else 1
-        elif event.type == "revoke" and refused:
-            activity, status = 4, 2
-        elif event.type == "revoke":
-            activity = 4
-            status = 1 if details.get("result") == "revoked" else 99
-        elif event.type in ("approved",):
-            activity, status = 99, 1
-        elif event.type in ("denied",):
-            activity, status = 99, 2
-        else:                              # usage without a statement, approval_requested
-            activity, status = 99, 1 if event.type == "usage" else 0
-        out = _base(event, 6003, activity, status_id=status, severity_id=2 if refused else 1,
-                    activity_name=None if activity != 99 else event.type)
-        if refused:
-            out["status_code"] = str(details.get("error", ""))
-            out["status_detail"] = str(details.get("reason", ""))
-        operation = (details.get("operation") or details.get("source")
-                     if event.type == "usage" else None)
-        out["api"] = {"operation": str(operation or event.type),
-                      "service": {"name": "nhi-broker"}}
-        if event.type == "usage":
-            out["actor"] = {"user": _workload_user(event), "session": _session(event) or {}}
-        else:
-            out["actor"] = _client_actor(event, details)
-        out["src_endpoint"] = _src_endpoint(details)
-        out["resources"] = _resources(event)
+        out = _api_activity(event, details)
     out["unmapped"] = {"ledger": event.to_dict()}
     if out["class_uid"] == 6005:
         out["unmapped"]["database_product"] = "PostgreSQL"
     return out
+
+
+def _authentication(event: Event, details: dict[str, Any]) -> dict[str, Any]:
+    """mint, deny, expire: Authentication (3002)."""
+    activity = 2 if event.type == "expire" else 1
+    status = 2 if event.type == "deny" else 1
+    out = _base(event, 3002, activity, status_id=status,
+                severity_id=2 if event.type == "deny" else 1)
+    out["user"] = _workload_user(event)
+    out["auth_protocol_id"], out["auth_protocol"] = _AUTH_PROTOCOL
+    target = event.target or details.get("requested_target")
+    out["service"] = {"name": str(target or "nhi-broker")}
+    out["is_remote"] = True
+    actor: dict[str, Any] = {"user": _workload_user(event)}
+    issuer = details.get("issuer") or details.get("unverified_issuer")
+    if issuer:
+        actor["idp"] = {"name": str(issuer)}
+    out["actor"] = actor
+    session = _session(event)
+    if session and event.type != "deny":
+        out["session"] = session
+    if event.type == "deny":
+        out["status_code"] = str(details.get("error", ""))
+        out["status_detail"] = str(details.get("reason", ""))
+    return out
+
+
+def _datastore_activity(event: Event, details: dict[str, Any]) -> dict[str, Any]:
+    """usage with a statement or a database: Datastore Activity (6005)."""
+    tag = str(details.get("command_tag") or "").upper().split(" ")[0]
+    activity = _COMMAND_ACTIVITY.get(tag, 99)
+    out = _base(event, 6005, activity, status_id=1,
+                activity_name=None if activity != 99 else (tag.title() or "Other"))
+    out["type_id"], out["type"] = 1, "Database"
+    out["database"] = {"name": str(details.get("database") or "unknown"),
+                       "type": "Relational", "type_id": 1}
+    if details.get("statement"):
+        out["query_info"] = {"query_string": str(details["statement"]),
+                             "name": tag or "statement", "uid": event.hash}
+    out["actor"] = {"user": _workload_user(event), "session": _session(event) or {}}
+    out["src_endpoint"] = _src_endpoint(details)
+    if isinstance(details.get("duration_ms"), (int, float)):
+        out["duration"] = int(details["duration_ms"])
+    return out
+
+
+def _api_activity(event: Event, details: dict[str, Any]) -> dict[str, Any]:
+    """Everything else (introspect, revoke, approvals, other usage): API Activity (6003)."""
+    refused = details.get("result") == "refused"
+    activity, status = _api_activity_status(event, details, refused=refused)
+    out = _base(event, 6003, activity, status_id=status, severity_id=2 if refused else 1,
+                activity_name=None if activity != 99 else event.type)
+    if refused:
+        out["status_code"] = str(details.get("error", ""))
+        out["status_detail"] = str(details.get("reason", ""))
+    operation = (details.get("operation") or details.get("source")
+                 if event.type == "usage" else None)
+    out["api"] = {"operation": str(operation or event.type),
+                  "service": {"name": "nhi-broker"}}
+    if event.type == "usage":
+        out["actor"] = {"user": _workload_user(event), "session": _session(event) or {}}
+    else:
+        out["actor"] = _client_actor(event, details)
+    out["src_endpoint"] = _src_endpoint(details)
+    out["resources"] = _resources(event)
+    return out
+
+
+def _api_activity_status(event: Event, details: dict[str, Any], *, refused: bool) -> tuple[int, int]:
+    """``(activity_id, status_id)`` of an API Activity event."""
+    if event.type == "introspect":
+        return 2, 2 if refused else 1
+    if event.type == "revoke" and refused:
+        return 4, 2
+    if event.type == "revoke":
+        return 4, 1 if details.get("result") == "revoked" else 99
+    if event.type in ("approved",):
+        return 99, 1
+    if event.type in ("denied",):
+        return 99, 2
+    return 99, 1 if event.type == "usage" else 0     # usage without a statement, approval_requested

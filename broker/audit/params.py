@@ -10,7 +10,7 @@ import binascii
 import json
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from broker.common.canonical import canonical_json, sha256_hex
@@ -38,7 +38,7 @@ def parse_instant(text: str, *, now: float | None = None, relative: bool = False
         return utc_timestamp(float(text))
     if _DATE.match(text):
         try:
-            moment = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+            moment = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
         except ValueError:
             raise ValueError("not a valid date") from None
         return utc_timestamp(moment.timestamp())
@@ -55,7 +55,7 @@ def parse_instant(text: str, *, now: float | None = None, relative: bool = False
             raise ValueError("not a valid RFC 3339 time") from None
         if moment.year < 1970:
             raise ValueError("time before 1970")
-        return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     if relative:
         try:
             seconds = parse_duration(text)

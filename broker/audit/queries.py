@@ -14,14 +14,13 @@ probes on ``events (ts)``; the filtered queries then walk composite indexes ``(x
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from broker.ledger.events import CredentialRecord, Event
-from broker.ledger.rows import (
-    CREDENTIAL_COLUMNS, EVENT_COLUMNS, Reader, credential_from_row, event_from_row,
-)
+from broker.ledger.rows import CREDENTIAL_COLUMNS, EVENT_COLUMNS, Reader, credential_from_row, event_from_row
 from broker.ledger.store import seq_range as _seq_range
 
 if TYPE_CHECKING:
@@ -207,7 +206,7 @@ class AuditQueries:
 
 # -- the SQL ---------------------------------------------------------------------------------
 
-def _ancestors(read: "Reader", credential_id: str, max_depth: int) -> list[CredentialRecord]:
+def _ancestors(read: Reader, credential_id: str, max_depth: int) -> list[CredentialRecord]:
     """The credential itself, then its parent, …, up to the root (``max_depth`` steps)."""
 
     rows = read(
@@ -230,7 +229,7 @@ def _ancestors(read: "Reader", credential_id: str, max_depth: int) -> list[Crede
     return chain
 
 
-def _descendants(read: "Reader", roots: Sequence[str], max_depth: int, limit: int
+def _descendants(read: Reader, roots: Sequence[str], max_depth: int, limit: int
                  ) -> tuple[list[tuple[CredentialRecord, int]], bool, bool]:
     """Credentials below ``roots`` (depth 1 = children), at most ``limit``, ordered by depth
     then issue time. Returns ``(nodes, truncated, deeper)``: ``truncated`` when the limit cut
@@ -269,7 +268,7 @@ def _descendants(read: "Reader", roots: Sequence[str], max_depth: int, limit: in
     return nodes, truncated, deeper
 
 
-def _usage(read: "Reader", credential_ids: Sequence[str], usage_limit: int, *,
+def _usage(read: Reader, credential_ids: Sequence[str], usage_limit: int, *,
            postgres: bool = False) -> dict[str, UsageSummary]:
     """Count (index-only on ``events (credential_id, type, seq)``) and the first page of each
     credential's usage events, every page its own bounded ``LIMIT``: a ``LATERAL`` join over
@@ -319,7 +318,7 @@ def _id_filter(ids: Sequence[str], postgres: bool) -> tuple[str, tuple[Any, ...]
     return f"credential_id IN ({_placeholders(len(ids))})", tuple(ids)
 
 
-def _lifecycle(read: "Reader", credential_ids: Sequence[str], *, postgres: bool = False
+def _lifecycle(read: Reader, credential_ids: Sequence[str], *, postgres: bool = False
                ) -> dict[str, list[Event]]:
 
     out: dict[str, list[Event]] = {}
@@ -335,7 +334,7 @@ def _lifecycle(read: "Reader", credential_ids: Sequence[str], *, postgres: bool 
 
 
 def _moment(ts: str) -> datetime:
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
 def _epoch(ts: str) -> int:

@@ -13,14 +13,15 @@ run, principal and authorizer are the credential's; ``usage.next`` links to whol
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlencode
 
 from broker.audit.acting import ActingAgents
 from broker.audit.params import encode_cursor
-from broker.lifecycle import liveness
-from broker.ledger import CredentialRecord, Event, Ledger, utc_timestamp
 from broker.audit.queries import AuditQueries, UsageSummary
+from broker.ledger import CredentialRecord, Event, Ledger, utc_timestamp
+from broker.lifecycle import liveness
 
 
 class NotFound(LookupError):

@@ -7,7 +7,17 @@ import os
 import click
 
 from broker.cli import (
-    approvals, audit, devtools, exchange, gateway, ingest, keys, ledger, policy, reap, serve,
+    approvals,
+    audit,
+    devtools,
+    exchange,
+    gateway,
+    ingest,
+    keys,
+    ledger,
+    policy,
+    reap,
+    serve,
 )
 
 
@@ -26,8 +36,9 @@ class _BrokerGroup(click.Group):
                 logging.getLogger("broker.cli").exception("configuration error")
             message = " ".join(str(exc).split()) or type(exc).__name__
             if isinstance(exc, ImportError) and exc.name:
+                extras = _EXTRAS.get(exc.name, "postgres,redis,vault")
                 message = (f"the Python package {exc.name!r} is not installed; install the extra "
-                           f"that needs it, e.g. pip install 'nhi-broker[{_EXTRAS.get(exc.name, 'postgres,redis,vault')}]'")
+                           f"that needs it, e.g. pip install 'nhi-broker[{extras}]'")
             click.echo(f"broker: {message}", err=True)
             ctx.exit(2)
 

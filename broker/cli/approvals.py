@@ -18,6 +18,7 @@ Exit codes: 0 done, 1 refused (the broker's reason on stderr), 2 usage, 3 broker
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import sys
@@ -25,7 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -42,7 +43,8 @@ class _Fail(Exception):
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                         headers: http.client.HTTPMessage, newurl: str) -> urllib.request.Request | None:
         return None                    # the ID token is never re-sent elsewhere
 
 

@@ -14,7 +14,8 @@ import functools
 import json
 import sys
 import urllib.parse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 from rich.table import Table
@@ -76,7 +77,7 @@ def source_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 if not client_id or not client_secret:
                     raise AuditError("--url needs --client-id and --client-secret (or"
                                      " BROKER_CLIENT_ID / BROKER_CLIENT_SECRET)", exit_code=2)
-                source = RemoteSource(url, client_id, client_secret)
+                source: LocalSource | RemoteSource = RemoteSource(url, client_id, client_secret)
             else:
                 source = LocalSource(database_url or cfg.database_url(env_config()))
             try:
@@ -122,7 +123,7 @@ def _credential_label(node: dict[str, Any], *, highlight: bool = False) -> Text:
     label = Text(overflow="fold")
     label.append(clean(node["credential_id"]), style="bold reverse" if highlight else "bold")
     label.append(" ")
-    label.append(clean(node.get("status")), style=_STATUS_STYLE.get(node.get("status"), ""))
+    label.append(clean(node.get("status")), style=_STATUS_STYLE.get(node.get("status") or "", ""))
     label.append(f"  {clean(node.get('principal'), 80)} → {clean(node.get('target'))}")
     label.append(f"  {usage} use{'s' if usage != 1 else ''}", style="cyan")
     if node.get("revoked_at"):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import sys
 
-
 import click
 
 from broker import config as cfg
@@ -20,9 +19,7 @@ from broker.cli.common import env_config, err_console
 def gateway(workers: int | None, targets: tuple[str, ...], health: str | None) -> None:
     """Run the gateway: clients log in with their credential, every statement is recorded."""
     from broker.gateway.server import Supervisor, serve
-    from broker.gateway.service import (
-        LedgerSink, RevocationWatcher, authenticator_factory, gateway_config,
-    )
+    from broker.gateway.service import LedgerSink, RevocationWatcher, authenticator_factory, gateway_config
     from broker.ledger import LedgerUnavailable, open_ledger
     from broker.policy import PolicyError, load_policy_dir
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from broker import config as cfg
 from broker.cli.common import console, env_config, err_console
+
+if TYPE_CHECKING:
+    from broker.usage.ingest import IngestStats
 
 
 @click.group()
@@ -57,7 +61,7 @@ def postgres_log(path: str, fmt: str, prefix: str | None, follow: bool, batch_si
         err_console.print(f"[red]ledger unreachable[/red] ({cfg.redact_url(url)}): {exc}")
         sys.exit(3)
 
-    def progress(stats) -> None:
+    def progress(stats: IngestStats) -> None:
         if not as_json:
             console.print(f"recorded {stats.recorded} usage event(s) so far "
                           f"({stats.lines} lines read)")

@@ -1,6 +1,7 @@
 """`broker keys …`."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
@@ -8,11 +9,14 @@ from rich.table import Table
 from broker import config as cfg
 from broker.cli.common import console, env_config
 
+if TYPE_CHECKING:
+    from broker.keys import Signer
+
 
 # -- keys -----------------------------------------------------------------------------------
-def _signer():
-    from broker.policy import PolicyError, load_policy_dir
+def _signer() -> Signer:
     from broker.keys import open_signer
+    from broker.policy import PolicyError, load_policy_dir
 
     config = env_config()
     try:

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from broker import config as cfg
 from broker.cli.common import console, env_config, err_console
+
+if TYPE_CHECKING:
+    from broker.transparency.integrity import IntegrityReport
 
 
 # -- ledger ---------------------------------------------------------------------------------
@@ -66,6 +70,12 @@ def ledger_verify(database_url: str | None, as_json: bool, checkpoint_file: str 
     if as_json:
         click.echo(json.dumps(report.to_dict()))
         sys.exit(0 if report.ok else 1)
+    _print_verify_report(report, witnesses=bool(witnesses))
+    sys.exit(0 if report.ok else 1)
+
+
+def _print_verify_report(report: IntegrityReport, *, witnesses: bool) -> None:
+    """``broker ledger verify`` for a person: one line per check, problems on stderr."""
     chain, tree = report.chain, report.tree
     if chain.ok:
         console.print(f"ok: {chain.count} events, chain intact")
@@ -93,7 +103,6 @@ def ledger_verify(database_url: str | None, as_json: bool, checkpoint_file: str 
                           f" current root {ext.ledger_root})")
         else:
             err_console.print(f"[red]{'FORKED' if ext.forked else 'FAILED'}[/red]: {ext.reason}")
-    sys.exit(0 if report.ok else 1)
 
 
 @ledger.command("checkpoint")
@@ -111,15 +120,24 @@ def ledger_checkpoint(database_url: str | None, out_file: str | None, witnesses:
     store it, save it and publish it outside the broker's database. A witness given as
     tlog-witness+https://… is asked to cosign the signed note (c2sp.org/tlog-witness) and its
     cosignatures are stored."""
+    from broker.keys import open_signer
     from broker.ledger import LedgerUnavailable, open_ledger
     from broker.transparency.checkpoints import (
-        CheckpointRefused, WitnessError, checkpoint_now, cosign_all, publish, witness_list,
+        CheckpointRefused,
+        WitnessError,
+        checkpoint_now,
+        cosign_all,
+        publish,
+        witness_list,
     )
     from broker.transparency.signed_notes import (
-        checkpoint_text, cosignatures_for, is_tlog_witness, signed_note, witness_keys,
+        checkpoint_text,
+        cosignatures_for,
+        is_tlog_witness,
+        signed_note,
+        witness_keys,
     )
     from broker.transparency.tree import TreeIntegrityError
-    from broker.keys import open_signer
 
     config = env_config()
     url = database_url or cfg.database_url(config)
@@ -178,7 +196,11 @@ def ledger_cosign(note_file: str, database_url: str | None) -> None:
     from broker.transparency.checkpoints import stored_checkpoints
     from broker.transparency.note import NoteError, parse_checkpoint_text, parse_note
     from broker.transparency.signed_notes import (
-        checkpoint_text, note_verifier, store_cosignatures, usable_cosignatures, witness_keys,
+        checkpoint_text,
+        note_verifier,
+        store_cosignatures,
+        usable_cosignatures,
+        witness_keys,
     )
 
     config = env_config()

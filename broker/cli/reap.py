@@ -25,8 +25,8 @@ def reap(watch: float | None, no_orphans: bool, as_json: bool) -> None:
     """End expired/revoked credentials (drop their database roles); exit 1 if any could not be."""
     from broker import build_context
     from broker.ledger import LedgerUnavailable
-    from broker.policy import PolicyError
     from broker.lifecycle.reaper import reap_once
+    from broker.policy import PolicyError
 
     config = env_config()
     try:
@@ -37,7 +37,8 @@ def reap(watch: float | None, no_orphans: bool, as_json: bool) -> None:
             err_console.print(f"  {problem}", markup=False)
         sys.exit(2)
     except LedgerUnavailable as exc:
-        err_console.print(f"[red]ledger unreachable[/red] ({cfg.redact_url(cfg.database_url(config))}): {exc}")
+        err_console.print(f"[red]ledger unreachable[/red] ({cfg.redact_url(cfg.database_url(config))}):"
+                          f" {exc}")
         sys.exit(3)
     grace = cfg.number(config, "REAPER_ORPHAN_GRACE")
     failed = False
@@ -57,11 +58,12 @@ def reap(watch: float | None, no_orphans: bool, as_json: bool) -> None:
                               f"{len(report.orphans_removed)} orphan(s) removed"
                               + (f", {report.already_ended} already ended by another reaper"
                                  if report.already_ended else "")
-                              + (f", skipped (another reaper busy): {', '.join(sorted(set(report.busy_targets)))}"
+                              + (", skipped (another reaper busy): "
+                                 + ", ".join(sorted(set(report.busy_targets)))
                                  if report.busy_targets else ""))
                 for failure in report.failed:
-                    err_console.print(f"  could not end {failure.get('credential_id') or failure.get('role')}:"
-                                      f" {failure['reason']}", markup=False)
+                    who = failure.get("credential_id") or failure.get("role")
+                    err_console.print(f"  could not end {who}: {failure['reason']}", markup=False)
             if watch is None:
                 break
             time.sleep(max(0.1, watch))

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from broker import config as cfg
 from broker.cli.common import env_config, err_console
+
+if TYPE_CHECKING:
+    from broker.app import BrokerContext
 
 
 # -- serve ----------------------------------------------------------------------------------
@@ -19,15 +23,16 @@ from broker.cli.common import env_config, err_console
 def serve(host: str, port: int, workers: int | None, threads: int, dev: bool) -> None:
     """Run the broker (gunicorn with several workers unless --dev)."""
     from broker import build_context
+    from broker.http.server import serve as run_server
     from broker.ledger import LedgerUnavailable
     from broker.policy import PolicyError
-    from broker.http.server import serve as run_server
 
     config = env_config()
     try:
         ctx = build_context(config)          # checks policies, creates schema and signing key
     except PolicyError as exc:
-        err_console.print(f"[red]refusing to start: the policy set in {cfg.policy_dir(config)} is invalid[/red]")
+        err_console.print(f"[red]refusing to start: the policy set in {cfg.policy_dir(config)}"
+                          " is invalid[/red]")
         for problem in exc.problems:
             err_console.print(f"  {problem}")
         sys.exit(2)
@@ -42,7 +47,7 @@ def serve(host: str, port: int, workers: int | None, threads: int, dev: bool) ->
     run_server(host=host, port=port, workers=workers, threads=threads, dev=dev)
 
 
-def _check_people(ctx, config) -> None:  # type: ignore[no-untyped-def]
+def _check_people(ctx: BrokerContext, config: dict[str, Any]) -> None:
     """Before forking: the human IdP's client secret is readable (never printed), and the
     session key exists (created once here rather than raced for by the workers)."""
     from broker.http.web.people import client_secret, session_secret

@@ -47,7 +47,7 @@ def _free_port(preferred: int) -> int:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return s.getsockname()[1]
+            return int(s.getsockname()[1])
     raise RuntimeError("no free port")
 
 
@@ -70,7 +70,8 @@ def _http(method: str, url: str, *, form: dict[str, str] | None = None,
 
 def _claims(token: str) -> dict[str, Any]:
     payload = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims
 
 
 def _show(title: str, value: Any) -> None:
@@ -78,7 +79,7 @@ def _show(title: str, value: Any) -> None:
                         title_align="left"))
 
 
-def _wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+def _wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -130,13 +131,14 @@ class EmbeddedPostgres:
         self.port = _free_port(0)
         self.server: Any = None
 
-    def start(self) -> "EmbeddedPostgres":
+    def start(self) -> EmbeddedPostgres:
         import pgserver
         import psycopg
         from psycopg import sql
 
         os.chmod(self.root, 0o755)
-        self.server = pgserver.get_server(self.pgdata, cleanup_mode=None)   # initdb + start
+        self.server = pgserver.get_server(  # type: ignore[attr-defined]  # untyped re-export
+            self.pgdata, cleanup_mode=None)   # initdb + start
         with psycopg.connect(self.server.get_uri(), autocommit=True) as conn:
             for name, value in (("logging_collector", "on"), ("log_destination", "jsonlog"),
                                 ("log_directory", "nhb_log"), ("log_file_mode", "0644"),
@@ -151,9 +153,10 @@ class EmbeddedPostgres:
                       "host all postgres 127.0.0.1/32 trust\n"
                       "host all all 127.0.0.1/32 scram-sha-256\n")
         socket_dir = self.server.get_postmaster_info().socket_dir
-        pgserver.pg_ctl(["-w", "-m", "fast", "-o", f"-h 127.0.0.1 -p {self.port} -k {socket_dir}",
-                         "-l", os.path.join(self.pgdata, "log"), "restart"],
-                        pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
+        pg_ctl = pgserver.pg_ctl  # type: ignore[attr-defined]  # untyped re-export
+        pg_ctl(["-w", "-m", "fast", "-o", f"-h 127.0.0.1 -p {self.port} -k {socket_dir}",
+                "-l", os.path.join(self.pgdata, "log"), "restart"],
+               pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
         with psycopg.connect(self.admin_dsn("postgres"), autocommit=True) as conn:
             conn.execute("CREATE DATABASE payments")
             conn.execute("CREATE ROLE payments_app NOLOGIN")
@@ -173,7 +176,8 @@ class EmbeddedPostgres:
             try:
                 import pgserver
 
-                pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.server.pgdata,
+                pgserver.pg_ctl(["-w", "-m", "fast", "stop"],  # type: ignore[attr-defined]
+                                pgdata=self.server.pgdata,
                                 user=self.server.system_user, timeout=60)
             except Exception:  # noqa: BLE001 - best effort at exit
                 pass
@@ -198,7 +202,8 @@ def _embedded_postgres() -> EmbeddedPostgres | None:
     try:
         return pg.start()
     except Exception as exc:  # noqa: BLE001 - the rest of the demo still runs
-        console.print(f"[yellow]PostgreSQL part skipped:[/yellow] the embedded PostgreSQL did not start ({exc})")
+        console.print(f"[yellow]PostgreSQL part skipped:[/yellow] the embedded PostgreSQL did not "
+                      f"start ({exc})")
         pg.stop()
         return None
 
@@ -229,7 +234,8 @@ def _postgres_story(base: str, issuer: Any, env: dict[str, str], pg: EmbeddedPos
 
     statement = "UPDATE accounts SET balance = balance - 2500 WHERE owner = 'acme-ops'"
     with psycopg.connect(credential["dsn"], autocommit=True) as conn:
-        user = conn.execute("SELECT current_user").fetchone()[0]
+        row = conn.execute("SELECT current_user").fetchone()
+        user = row[0] if row else "?"
         conn.execute(statement)
     console.print(Panel(f"connected as [bold]{user}[/bold] and ran:\n  {statement}",
                         title="10. the CI job runs its migration step with exactly that credential",
@@ -271,7 +277,7 @@ def _postgres_story(base: str, issuer: Any, env: dict[str, str], pg: EmbeddedPos
 def gateway_policy(pg: EmbeddedPostgres, port: int) -> str:
     """DEMO ONLY: the demo's gateway target, generated because the embedded PostgreSQL's port is
     only known at run time (docs/gateway.md has the format)."""
-    return f"""# generated by `make demo` (broker/devtools/demo.py): the embedded PostgreSQL through the gateway
+    return f"""# generated by `make demo` (broker/devtools/demo.py): the embedded PostgreSQL, via the gateway
 kind: target
 name: payments-db-gw
 type: postgres
@@ -317,7 +323,8 @@ def _gateway_story(base: str, issuer: Any, env: dict[str, str], port: int, first
 
     statement = "UPDATE accounts SET balance = balance + 100 WHERE owner = 'acme-ops'"
     conn = psycopg.connect(credential["dsn"], autocommit=True, connect_timeout=10)
-    user = conn.execute("SELECT current_user").fetchone()[0]
+    row = conn.execute("SELECT current_user").fetchone()
+    user = row[0] if row else "?"
     conn.execute(statement)
     console.print(Panel(f"connected to the gateway on 127.0.0.1:{port} as [bold]{credential['username']}"
                         f"[/bold] (the database sees {user}) and ran:\n  {statement}",
@@ -385,7 +392,8 @@ def run() -> int:
                           "(pip install '.\\[gateway]') for broker gateway's event loop.")
 
     console.rule("[bold]nhi-broker demo[/bold]")
-    console.print("[yellow]DEV ONLY:[/yellow] a local issuer on 127.0.0.1:8099 plays GitHub Actions' OIDC provider.")
+    console.print("[yellow]DEV ONLY:[/yellow] a local issuer on 127.0.0.1:8099 plays GitHub Actions' "
+                  "OIDC provider.")
     issuer = DevIssuer(port=DEV_ISSUER_PORT)
     issuer.start()
     broker = subprocess.Popen(
@@ -433,7 +441,8 @@ def run() -> int:
 
         # 6. Introspection (RFC 7662), recorded too.
         status, info = _http("POST", f"{base}/introspect", form={"token": body["access_token"]}, auth=AUDITOR)
-        _show("7. auditor: POST /introspect", {k: info[k] for k in ("active", "sub", "run", "authz") if k in info})
+        _show("7. auditor: POST /introspect",
+              {k: info[k] for k in ("active", "sub", "run", "authz") if k in info})
 
         if pg is not None and not _postgres_story(base, issuer, env, pg):
             console.print("[red]the PostgreSQL part of the demo failed[/red]")
@@ -465,7 +474,8 @@ def run() -> int:
         with open(checkpoint_file, "w") as fh:
             json.dump(checkpoint, fh)
         _show(f"{step}. auditor: GET /v1/ledger/checkpoint (signed; kept outside the broker)",
-              {k: checkpoint[k] for k in ("tree_size", "root_hash", "timestamp", "key_id") if k in checkpoint})
+              {k: checkpoint[k] for k in ("tree_size", "root_hash", "timestamp", "key_id")
+               if k in checkpoint})
         verify = subprocess.run([sys.executable, "-m", "broker.cli", "ledger", "verify",
                                  "--checkpoint", checkpoint_file], env=env, capture_output=True, text=True)
         console.print(Panel(verify.stdout.strip() or verify.stderr.strip(),

@@ -19,7 +19,8 @@ and JWKS over HTTP on 127.0.0.1, and runs a real authorization-code flow:
 ones (``ttl`` ≤ 0) and forged ones (``forge=True``: signed with a key the JWKS does not hold,
 under the real ``kid``).
 
-It is never a trust anchor: it refuses to start unless ``BROKER_INSECURE_DEV_ISSUER=1`` is set, listens on loopback only, and keeps its keys in memory.
+It is never a trust anchor: it refuses to start unless ``BROKER_INSECURE_DEV_ISSUER=1`` is set,
+listens on loopback only, and keeps its keys in memory.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from urllib.parse import urlencode, urlsplit
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
-from broker.devtools.dev_issuer import DevIssuer, DevKey, _dev_issuer_allowed, _QuietHandler, ENV_FLAG
+from broker.devtools.dev_issuer import ENV_FLAG, DevIssuer, DevKey, _dev_issuer_allowed, _QuietHandler
 
 CODE_TTL = 60
 
@@ -96,7 +97,7 @@ class DevHumanIdP:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def start(self) -> "DevHumanIdP":
+    def start(self) -> DevHumanIdP:
         if self._server is None:
             self._server = make_server("127.0.0.1", self._port, self._wsgi, threaded=True,
                                        request_handler=_QuietHandler)
@@ -116,7 +117,7 @@ class DevHumanIdP:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "DevHumanIdP":
+    def __enter__(self) -> DevHumanIdP:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

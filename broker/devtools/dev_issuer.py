@@ -86,9 +86,10 @@ class DevKey:
         return jwk
 
     def public_pem(self) -> bytes:
-        return self.private_key.public_key().public_bytes(
+        pem: bytes = self.private_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
+        return pem
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -390,7 +391,8 @@ class DevIssuer:
         if not hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8")):
             return _json_response({"message": "Bad credentials"}, 401)
         claims = self.github_claims(**self.token_claims)
-        audience = request.args.get("audience") or f"https://github.com/{claims.get('repository_owner', 'acme')}"
+        audience = (request.args.get("audience")
+                    or f"https://github.com/{claims.get('repository_owner', 'acme')}")
         return _json_response({"count": 2000, "value": self.mint(claims, audience=audience)})
 
 

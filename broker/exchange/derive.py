@@ -97,29 +97,8 @@ def plan_child(policy_set: PolicySet, parent: Parent, *, target_name: str,
         raise errors.RequestMalformed("requested lifetime must be positive",
                                     detail="requested lifetime must be a positive number of seconds")
 
-    offered = set(rule.scopes) if rule.scopes is not None else set(record.scope.split())
-    same_target = next((a for a in parent.lineage if a.target == target.name), None)
-    if same_target is not None:
-        offered &= set(same_target.scope.split())
-    if requested_scopes is None:
-        scopes = tuple(sorted(offered))
-    elif set(requested_scopes) <= offered:
-        scopes = tuple(sorted(set(requested_scopes)))
-    else:
-        wider = " ".join(sorted(set(requested_scopes) - offered))
-        raise errors.ScopeRefused("requested scope is not allowed",
-                                  detail=f"scopes {wider[:120]!r} are wider than the derive rule "
-                                         f"{target.name!r} of policy {policy.name!r} allows")
-
-    remaining = record.expires_at - int(now)
-    if requested_ttl is not None and requested_ttl > remaining:
-        raise errors.RequestMalformed("requested lifetime outlives the parent credential",
-                                    detail=f"requested ttl {requested_ttl}s, parent has {remaining}s left")
-    ttl = min(target.max_ttl, remaining)
-    if rule.max_ttl is not None:
-        ttl = min(ttl, rule.max_ttl)
-    if requested_ttl is not None:
-        ttl = min(ttl, requested_ttl)
+    scopes = _child_scopes(parent, policy, rule, target, requested_scopes)
+    ttl = _child_ttl(parent, rule, target, requested_ttl, now=now)
 
     authorizer = {"type": "derive", "name": policy.name, "digest": policy.digest,
                   "rule": rule.target, "parent_authz": record.authorizer}
@@ -128,3 +107,38 @@ def plan_child(policy_set: PolicySet, parent: Parent, *, target_name: str,
         act["act"] = parent.claims["act"]
     return ChildPlan(policy=policy, rule=rule, target=target, scopes=scopes, ttl=ttl, depth=depth,
                      authorizer=authorizer, act=act)
+
+
+def _child_scopes(parent: Parent, policy: Policy, rule: DeriveRule, target: Target,
+                  requested_scopes: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The offered scopes (the rule's or the parent's, narrowed by the nearest ancestor for the
+    same target); the requested ones when they are a subset, all offered when none is asked."""
+    record = parent.record
+    offered = set(rule.scopes) if rule.scopes is not None else set(record.scope.split())
+    same_target = next((a for a in parent.lineage if a.target == target.name), None)
+    if same_target is not None:
+        offered &= set(same_target.scope.split())
+    if requested_scopes is None:
+        return tuple(sorted(offered))
+    if set(requested_scopes) <= offered:
+        return tuple(sorted(set(requested_scopes)))
+    wider = " ".join(sorted(set(requested_scopes) - offered))
+    raise errors.ScopeRefused("requested scope is not allowed",
+                              detail=f"scopes {wider[:120]!r} are wider than the derive rule "
+                                     f"{target.name!r} of policy {policy.name!r} allows")
+
+
+def _child_ttl(parent: Parent, rule: DeriveRule, target: Target, requested_ttl: int | None, *,
+               now: float) -> int:
+    """The least of the target's and the rule's ``max_ttl``, the requested ttl and the parent's
+    remaining lifetime; asking for more than the parent has left is refused."""
+    remaining = parent.record.expires_at - int(now)
+    if requested_ttl is not None and requested_ttl > remaining:
+        raise errors.RequestMalformed("requested lifetime outlives the parent credential",
+                                      detail=f"requested ttl {requested_ttl}s, parent has {remaining}s left")
+    ttl = min(target.max_ttl, remaining)
+    if rule.max_ttl is not None:
+        ttl = min(ttl, rule.max_ttl)
+    if requested_ttl is not None:
+        ttl = min(ttl, requested_ttl)
+    return ttl

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     factory = _load(data["authenticator"])
     options = data.get("authenticator_options", {})
     sink_spec = data.get("sink", {"kind": "jsonl", "path": "records.jsonl"})
-    sink = SqliteSink(sink_spec["path"]) if sink_spec["kind"] == "sqlite" else JsonlFileSink(sink_spec["path"])
+    sink = (SqliteSink(sink_spec["path"]) if sink_spec["kind"] == "sqlite"
+            else JsonlFileSink(sink_spec["path"]))
     secret = bytes.fromhex(data["cancel_secret_hex"]) if data.get("cancel_secret_hex") else None
 
     def on_started(supervisor: Supervisor) -> None:

@@ -138,7 +138,8 @@ class Worker:
     def __post_init__(self) -> None:
         self.spool = SpoolWriter(self.config.spool_dir, segment_bytes=self.config.spool_segment_bytes)
 
-    async def start(self, *, reuse_port: bool = True, sockets: dict[str, socket.socket] | None = None) -> None:
+    async def start(self, *, reuse_port: bool = True,
+                    sockets: dict[str, socket.socket] | None = None) -> None:
         for lc in self.config.listeners:
             runtime = ListenerRuntime(lc, self.authenticators(lc), server_ssl_context(lc),
                                       upstream_ssl_context(lc), Statements(lc.max_statement_bytes))
@@ -186,7 +187,7 @@ class Worker:
             await writer.drain()
             writer.close()
             delivered = True
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             log.warning("gateway %s: could not forward a cancel request", listener.config.target)
         self.record_standalone({
             "type": "cancel", "line_key": f"gw:cancel:{secrets.token_hex(8)}", "source": "gateway",

@@ -33,8 +33,13 @@ from urllib.parse import unquote, urlsplit
 from broker import config as cfg
 from broker import errors
 from broker.gateway.config import GatewayConfig, ListenerConfig
-from broker.gateway.login import INVALID_AUTHORIZATION, INVALID_PASSWORD, Authorized, LoginRefused
-from broker.gateway.login import minted_role_password
+from broker.gateway.login import (
+    INVALID_AUTHORIZATION,
+    INVALID_PASSWORD,
+    Authorized,
+    LoginRefused,
+    minted_role_password,
+)
 from broker.keys import Signer, TokenNotOurs, open_signer
 from broker.keys.shared import gateway_secret
 from broker.ledger import Ledger, open_ledger

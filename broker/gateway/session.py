@@ -294,7 +294,7 @@ class Session:
             self._finish(refusal.message, logged_in=self.relaying)
         except (_Closed, ConnectionError):
             self._finish("client disconnected during login")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._refuse(PROTOCOL_VIOLATION, "login timed out")
             self._finish("login timed out")
         except ssl.SSLError:
@@ -317,7 +317,7 @@ class Session:
                     self.client.write(b"N")  # type: ignore[union-attr]
                     continue
                 self.client.write(b"S")  # type: ignore[union-attr]
-                self.client = await self.loop.start_tls(  # type: ignore[assignment]
+                self.client = await self.loop.start_tls(
                     self.client, self.client_side, ssl_ctx, server_side=True)  # type: ignore[arg-type]
                 self.tls = True
                 continue
@@ -420,10 +420,10 @@ class Session:
             transport, _ = await asyncio.wait_for(
                 self.loop.create_connection(lambda: self.server_side, up.host, up.port),
                 timeout=up.connect_timeout)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             log.warning("gateway %s: upstream %s:%s unreachable", self.config.target, up.host, up.port)
             raise Refusal(CANNOT_CONNECT, "the gateway could not reach the database") from None
-        self.server = transport  # type: ignore[assignment]
+        self.server = transport
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -432,7 +432,7 @@ class Session:
             transport.write(p.ssl_request())
             answer = await self._server_bytes(1)
             if answer == b"S":
-                self.server = await self.loop.start_tls(  # type: ignore[assignment]
+                self.server = await self.loop.start_tls(
                     transport, self.server_side, self.listener.upstream_ssl_context,
                     server_hostname=up.host)
                 self.upstream_tls = True
@@ -441,7 +441,7 @@ class Session:
         self.server.write(p.startup_message(params))  # type: ignore[union-attr]
         await self._upstream_auth(auth)
 
-    async def _upstream_auth(self, auth: Authorized) -> None:
+    async def _upstream_auth(self, auth: Authorized) -> None:  # noqa: C901 - one branch per message type
         scram: ScramClient | None = None
         while True:
             kind, body = await self._server_message()
@@ -463,7 +463,8 @@ class Session:
             if code == p.AUTH_SASL:
                 mechanisms = [m.decode() for m in body[4:].split(b"\x00") if m]
                 if MECHANISM not in mechanisms:
-                    raise Refusal(CANNOT_CONNECT, "the database offers no SASL mechanism the gateway supports")
+                    raise Refusal(CANNOT_CONNECT,
+                                  "the database offers no SASL mechanism the gateway supports")
                 scram = ScramClient(auth.upstream_password)
                 self.server.write(p.sasl_initial_response(MECHANISM, scram.first()))  # type: ignore[union-attr]
             elif code == p.AUTH_SASL_CONTINUE and scram is not None:
@@ -508,7 +509,7 @@ class Session:
                 raise Refusal(PROTOCOL_VIOLATION, "unexpected message from the database after login")
 
     # ------------------------------------------------------------ relay: client → server
-    def _relay_client(self, data: bytes) -> None:
+    def _relay_client(self, data: bytes) -> None:  # noqa: C901 - the hot path, one function on purpose
         n = len(data)
         if not self._ctail and data[0] == 81 and n >= 6 and _unpack_u32(data, 1)[0] == n - 1:
             # fast path: the packet is exactly one simple Query of one plain statement
@@ -670,7 +671,7 @@ class Session:
                  "the statement was not run", forward_pending=False)
 
     # ------------------------------------------------------------ relay: server → client
-    def _relay_server(self, data: bytes) -> None:
+    def _relay_server(self, data: bytes) -> None:  # noqa: C901 - the hot path, one function on purpose
         self.client.write(data)  # type: ignore[union-attr]
         n = len(data)
         self.bytes_down += n
@@ -830,7 +831,8 @@ class Session:
             self._pending.clear()
             self._spool.add(f"D\t{self.connection_id}\t" + _json({
                 "reason": reason, "statements": self._seq, "bytes_from_client": self.bytes_up,
-                "bytes_to_client": self.bytes_down, "duration_ms": round((time.time() - self.started) * 1000, 1),
+                "bytes_to_client": self.bytes_down,
+                "duration_ms": round((time.time() - self.started) * 1000, 1),
                 "ts": time.time(), "records_dropped": self.worker.dropped}) + "\n")
             self.worker.schedule_flush()
 

@@ -274,7 +274,7 @@ class Drainer:
             if not more:
                 return delivered
 
-    def _parse(self, stream: _Stream, data: bytes, out: list[dict[str, Any]]) -> tuple[str | None, bool]:
+    def _parse(self, stream: _Stream, data: bytes, out: list[dict[str, Any]]) -> tuple[str | None, bool]:  # noqa: C901 - one branch per line kind
         connections, pending = stream.connections, stream.pending
         next_segment: str | None = None
         closed = False
@@ -365,7 +365,8 @@ class Drainer:
                     if self.failures % 60 == 1:
                         cause = exc.__cause__ or exc
                         log.error("record sink failed (%s: %s); retrying the batch of %d",
-                                  type(cause).__name__, str(cause).splitlines()[0][:300] if str(cause) else "",
+                                  type(cause).__name__,
+                                  str(cause).splitlines()[0][:300] if str(cause) else "",
                                   len(chunk))
                     if self._stop.wait(1.0):
                         raise

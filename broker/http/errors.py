@@ -39,7 +39,7 @@ _HTTP_ERRORS = {
 
 def status_of(error: errors.BrokerError) -> int:
     for cls in type(error).__mro__:
-        status = STATUS.get(cls)  # type: ignore[call-overload]
+        status = STATUS.get(cls)
         if status is not None:
             return status
     return 400
@@ -88,8 +88,9 @@ def register_error_handlers(app: Flask) -> None:
         response = jsonify({"error": name, "error_description": description})
         response.status_code = code
         response.headers["Cache-Control"] = "no-store"
-        if code == 405 and getattr(error, "valid_methods", None):
-            response.headers["Allow"] = ", ".join(error.valid_methods)
+        valid_methods = getattr(error, "valid_methods", None)      # werkzeug's MethodNotAllowed
+        if code == 405 and valid_methods:
+            response.headers["Allow"] = ", ".join(valid_methods)
         return response
 
     @app.errorhandler(Exception)

@@ -37,7 +37,7 @@ class Limit:
     period: int      # seconds
 
     @classmethod
-    def parse(cls, spec: str) -> "Limit":
+    def parse(cls, spec: str) -> Limit:
         """``"600/60s"``, ``"50/s"``, ``"1000/1m"``."""
         m = _SPEC.match(spec)
         if not m or int(m.group(1)) <= 0:
@@ -75,8 +75,9 @@ class RedisCounter:
             pipe.expire(name, ttl)
             count, _ = pipe.execute()
         except self._errors as exc:
-            raise BackendUnavailable("rate-limit store unavailable",
-                                         detail=f"rate-limit store (redis) failed: {type(exc).__name__}") from exc
+            raise BackendUnavailable(
+                "rate-limit store unavailable",
+                detail=f"rate-limit store (redis) failed: {type(exc).__name__}") from exc
         return int(count)
 
     def peek(self, key: str, window: int) -> int:
@@ -118,8 +119,9 @@ class SQLiteCounter:
             if self._local.calls % 512 == 0:
                 conn.execute("DELETE FROM hits WHERE expires_at < ?", (now,))
         except sqlite3.Error as exc:
-            raise BackendUnavailable("rate-limit store unavailable",
-                                         detail=f"rate-limit store (sqlite) failed: {type(exc).__name__}") from exc
+            raise BackendUnavailable(
+                "rate-limit store unavailable",
+                detail=f"rate-limit store (sqlite) failed: {type(exc).__name__}") from exc
         return int(row[0])
 
     def peek(self, key: str, window: int) -> int:
@@ -127,8 +129,9 @@ class SQLiteCounter:
             row = self._conn().execute("SELECT count FROM hits WHERE key = ? AND window = ?",
                                        (key, window)).fetchone()
         except sqlite3.Error as exc:
-            raise BackendUnavailable("rate-limit store unavailable",
-                                     detail=f"rate-limit store (sqlite) failed: {type(exc).__name__}") from exc
+            raise BackendUnavailable(
+                "rate-limit store unavailable",
+                detail=f"rate-limit store (sqlite) failed: {type(exc).__name__}") from exc
         return int(row[0]) if row else 0
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from gunicorn.app.base import BaseApplication
+
+if TYPE_CHECKING:
+    from gunicorn._types import _WSGIAppType
 
 
 class BrokerServer(BaseApplication):
@@ -24,10 +27,12 @@ class BrokerServer(BaseApplication):
             if key in self.cfg.settings and value is not None:
                 self.cfg.set(key, value)
 
-    def load(self):
+    def load(self) -> _WSGIAppType:
         from broker import create_app
 
-        return create_app(self.app_config)
+        # A Flask app is a WSGI app; gunicorn's stubs spell start_response more narrowly
+        # than Flask's, so the two types do not meet.
+        return cast("_WSGIAppType", create_app(self.app_config))
 
 
 def default_workers() -> int:

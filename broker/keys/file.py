@@ -12,14 +12,13 @@ so relying parties with a cached JWKS already have it); the current key goes on 
 then and is retired at that moment. A retired key's public half stays in the JWKS for
 ``retention`` seconds after it (the longest credential lifetime the policies allow, plus
 leeway) so tokens it signed verify until they expire. The first key of a keyring signs at
-once (an entry without ``activates_at`` activated when it was created). Replicas sharing the state directory (or mounted key files) share the keyring; each
-process re-reads ``keyring.json`` when it changes.
+once (an entry without ``activates_at`` activated when it was created). Replicas sharing the
+state directory (or mounted key files) share the keyring; each process re-reads
+``keyring.json`` when it changes.
 """
 from __future__ import annotations
 
-import base64
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -35,9 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from broker.keys import (  # noqa: F401 (re-exported)
-    ACCESS_TOKEN_TYP, KEY_ACTIVATION_DELAY, Signer, TokenNotOurs, jwk_thumbprint,
-)
+from broker.keys import ACCESS_TOKEN_TYP, KEY_ACTIVATION_DELAY, Signer, TokenNotOurs, jwk_thumbprint  # noqa: F401 (re-exported)
 
 ALGORITHM = "ES256"
 
@@ -91,7 +88,8 @@ class FileSigner:
     def _read_ring(self) -> dict[str, Any]:
         try:
             with open(self._ring_path) as fh:
-                return json.load(fh)
+                ring: dict[str, Any] = json.load(fh)
+                return ring
         except FileNotFoundError:
             return {"keys": []}
 
@@ -171,6 +169,7 @@ class FileSigner:
 
     def sign(self, claims: dict[str, Any], *, typ: str = ACCESS_TOKEN_TYP) -> str:
         key = self._active()
+        assert key.private is not None          # _active() picks only keys with a private half
         return jwt.encode(claims, key.private, algorithm=ALGORITHM,
                           headers={"kid": key.kid, "typ": typ})
 
@@ -178,6 +177,7 @@ class FileSigner:
         """A compact JWS (ES256, ``kid`` and ``typ`` in the header) over exactly ``payload``:
         for statements that are not tokens, such as ledger checkpoints."""
         key = self._active()
+        assert key.private is not None          # _active() picks only keys with a private half
         return jwt.api_jws.encode(payload, key.private, algorithm=ALGORITHM,
                                   headers={"kid": key.kid, "typ": typ})
 

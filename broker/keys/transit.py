@@ -18,7 +18,8 @@ signs only ``activation_delay`` seconds after Transit created it
 the previous version goes on signing, so relying parties with a cached JWKS already have the
 new key. The JWKS holds every live version (``>= min_decryption_version``) that is the latest
 or was superseded (its successor activated) less than ``retention`` seconds ago (the longest
-credential lifetime plus leeway, as for the file signer), built from Transit's public keys. The key's metadata is re-read at most every :data:`KEY_REFRESH`
+credential lifetime plus leeway, as for the file signer), built from Transit's public keys.
+The key's metadata is re-read at most every :data:`KEY_REFRESH`
 seconds, so a rotation by ``broker keys rotate`` (``transit/keys/<key>/rotate``) anywhere
 reaches every broker within that time; when Vault cannot be reached, the last keys read keep
 being served and verification goes on locally (only signing needs Vault).
@@ -50,7 +51,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 from broker import errors
 from broker.keys import ACCESS_TOKEN_TYP, KEY_ACTIVATION_DELAY, TokenNotOurs
-from broker.vault.client import VaultClient, VaultUnavailable
+from broker.vault.client import VaultClient
 
 log = logging.getLogger("broker.keys.transit")
 

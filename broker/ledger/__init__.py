@@ -5,11 +5,16 @@ PostgreSQL (``postgresql://…``); any database failure surfaces as :class:`Ledg
 """
 from __future__ import annotations
 
+from broker.ledger.backends import open_ledger
 from broker.ledger.errors import LedgerUnavailable
 from broker.ledger.events import (
-    GENESIS_HASH, CredentialRecord, Event, EventDraft, VerifyReport, utc_timestamp,
+    GENESIS_HASH,
+    CredentialRecord,
+    Event,
+    EventDraft,
+    VerifyReport,
+    utc_timestamp,
 )
-from broker.ledger.backends import open_ledger
 from broker.ledger.store import Ledger
 
 __all__ = [

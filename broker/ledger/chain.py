@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from json.encoder import encode_basestring as _ENCODE_BASESTRING   # the C speedup
+from json.encoder import encode_basestring as _ENCODE_BASESTRING  # the C speedup
 from typing import Any
 
 from broker.ledger.events import GENESIS_HASH, Event, EventDraft, VerifyReport
 from broker.ledger.rows import (
-    SQL_EVENTS_AFTER_HEAD, SQL_EVENTS_UP_TO, SQL_HEAD, Reader, event_from_row, run_id_of,
+    SQL_EVENTS_AFTER_HEAD,
+    SQL_EVENTS_UP_TO,
+    SQL_HEAD,
+    Reader,
+    Row,
+    event_from_row,
+    run_id_of,
 )
 
 
@@ -23,8 +29,9 @@ class Sealer:
 
     The hash covers exactly :meth:`Event.canonical_bytes` (the canonical body is assembled from
     the canonical texts of its values, keys in sorted order), and the row parameters are
-    :func:`~broker.ledger.rows.event_params` of the sealed event, without serialising ``run``/``authorizer``/``details`` twice per event, and serialising a ``run``
-    or ``authorizer`` object shared by many drafts (one credential's usage) only once.
+    :func:`~broker.ledger.rows.event_params` of the sealed event, without serialising
+    ``run``/``authorizer``/``details`` twice per event, and serialising a ``run`` or
+    ``authorizer`` object shared by many drafts (one credential's usage) only once.
     """
 
     # The settings of broker.common.canonical.canonical_json, as one reusable encoder.
@@ -107,29 +114,48 @@ def verify_chain(read: Reader, *, batch: int = 2000) -> VerifyReport:
     while True:
         rows = read(SQL_EVENTS_UP_TO, (expected, head_seq, batch))
         for row in rows:
-            seq = int(row[0])
-            count = expected - 1
-            if seq > expected:
-                return VerifyReport(False, count, seq, f"missing event(s) before seq {seq}"
-                                    f" (expected seq {expected})")
-            if seq < expected:   # only possible for a first row with seq < 1
-                return VerifyReport(False, count, seq, f"unexpected seq {seq}")
-            try:
-                event = event_from_row(row)
-                recomputed = event.computed_hash()
-            except (TypeError, ValueError):
-                return VerifyReport(False, count, seq, "row cannot be decoded")
-            if event.hash != recomputed:
-                return VerifyReport(False, count, seq, "hash mismatch")
-            if event.prev_hash != prev_hash:
-                return VerifyReport(False, count, seq,
-                                    "prev_hash does not link to the previous event")
-            prev_hash = event.hash
+            bad, row_hash = _check_row(row, expected, prev_hash)
+            if bad is not None:
+                return bad
+            prev_hash = row_hash
             expected += 1
         if len(rows) < batch:
             break
     last_seq = expected - 1
-    if last_seq != head_seq or prev_hash != head_hash:
+    bad = _check_head(read, last_seq, prev_hash, head_seq, head_hash)
+    if bad is not None:
+        return bad
+    return VerifyReport(ok=True, count=last_seq)
+
+
+def _check_row(row: Row, expected: int, prev_hash: str) -> tuple[VerifyReport | None, str]:
+    """``(report, "")`` for a row that does not verify as event ``expected`` after
+    ``prev_hash``, else ``(None, its hash)``."""
+    seq = int(row[0])
+    count = expected - 1
+    if seq > expected:
+        return VerifyReport(False, count, seq, f"missing event(s) before seq {seq}"
+                            f" (expected seq {expected})"), ""
+    if seq < expected:   # only possible for a first row with seq < 1
+        return VerifyReport(False, count, seq, f"unexpected seq {seq}"), ""
+    try:
+        event = event_from_row(row)
+        recomputed = event.computed_hash()
+    except (TypeError, ValueError):
+        return VerifyReport(False, count, seq, "row cannot be decoded"), ""
+    if event.hash != recomputed:
+        return VerifyReport(False, count, seq, "hash mismatch"), ""
+    if event.prev_hash != prev_hash:
+        return VerifyReport(False, count, seq,
+                            "prev_hash does not link to the previous event"), ""
+    return None, event.hash
+
+
+def _check_head(read: Reader, last_seq: int, last_hash: str, head_seq: int, head_hash: str
+                ) -> VerifyReport | None:
+    """The last event must be ``ledger_head`` (else a deleted last row) and nothing may lie
+    beyond it."""
+    if last_seq != head_seq or last_hash != head_hash:
         if last_seq < head_seq:
             detail = f"missing event(s) after seq {last_seq}"
         else:
@@ -141,4 +167,4 @@ def verify_chain(read: Reader, *, batch: int = 2000) -> VerifyReport:
         seq = int(beyond[0][0])
         return VerifyReport(False, last_seq, seq,
                             f"head does not match last event: event {seq} lies beyond the head")
-    return VerifyReport(ok=True, count=last_seq)
+    return None

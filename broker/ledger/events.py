@@ -8,7 +8,7 @@ chain at that row. The first event's ``prev_hash`` is :data:`GENESIS_HASH`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from broker.common.canonical import canonical_json, sha256_hex
@@ -37,7 +37,7 @@ def utc_timestamp(when: float | None = None) -> str:
 
     The date-and-time part is formatted once per second (a drain of many records from the same
     second formats it once); the microseconds come from the same rounding ``datetime`` uses."""
-    dt = datetime.now(timezone.utc) if when is None else datetime.fromtimestamp(when, timezone.utc)
+    dt = datetime.now(UTC) if when is None else datetime.fromtimestamp(when, UTC)
     second = (dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second)
     cached_second, text = _SECOND[0]
     if cached_second != second:

@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from broker.errors import LedgerUnavailable
-
 from broker.ledger.events import Event, EventDraft
 from broker.ledger.rows import Statement
 

@@ -3,8 +3,9 @@
 A chain write is one transaction that locks the single ``ledger_head`` row with
 ``SELECT … FOR UPDATE``; concurrent writers queue on that row lock, so each one reads the head
 the previous one committed. The transaction is sent in pipeline mode, in two round trips after
-the pool's connection check (only for a connection idle for a while): ``BEGIN`` + head lock (+ guard), then insert event + move head
-(+ extra) + ``COMMIT``. The lock is therefore held for about one round trip plus the commit.
+the pool's connection check (only for a connection idle for a while): ``BEGIN`` + head lock
+(+ guard), then insert event + move head (+ extra) + ``COMMIT``. The lock is therefore held
+for about one round trip plus the commit.
 
 Connections come from a small :class:`psycopg_pool.ConnectionPool` per process (autocommit,
 so a read is a single round trip; writes open their transaction explicitly).
@@ -13,21 +14,29 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
+from broker.ledger.chain import Sealer
 from broker.ledger.errors import LedgerUnavailable
-from broker.ledger.events import Event, EventDraft, utc_timestamp
-from broker.ledger.schema import LATEST_VERSION, MIGRATIONS, PG_SCHEMA_LOCK_KEY, SCHEMA_VERSION_DDL
-from broker.ledger.chain import Reader, Sealer
-from broker.ledger.rows import (
-    SQL_HEAD, SQL_INSERT_EVENT, SQL_MOVE_HEAD, Params, Row, Statement, Transaction, json_text,
-)
+from broker.ledger.events import utc_timestamp
 from broker.ledger.group import Item
+from broker.ledger.rows import (
+    SQL_HEAD,
+    SQL_INSERT_EVENT,
+    SQL_MOVE_HEAD,
+    Params,
+    Reader,
+    Row,
+    Transaction,
+    json_text,
+)
+from broker.ledger.schema import LATEST_VERSION, MIGRATIONS, PG_SCHEMA_LOCK_KEY, SCHEMA_VERSION_DDL
 from broker.ledger.store import Ledger
 
 SQL_HEAD_FOR_UPDATE = SQL_HEAD + " FOR UPDATE"

@@ -3,7 +3,8 @@ placeholders; the SQLite backend turns them into ``?``) and the row codecs."""
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from broker.common.canonical import canonical_json
 from broker.ledger.events import CredentialRecord, Event

@@ -12,18 +12,26 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, Iterator, Sequence
+from typing import Any
 
+from broker.ledger.chain import Sealer
 from broker.ledger.errors import LedgerUnavailable
-from broker.ledger.events import Event, EventDraft, utc_timestamp
-from broker.ledger.schema import LATEST_VERSION, MIGRATIONS, SCHEMA_VERSION_DDL
-from broker.ledger.chain import Reader, Sealer
-from broker.ledger.rows import (
-    SQL_HEAD, SQL_INSERT_EVENT, SQL_MOVE_HEAD, Params, Row, Statement, Transaction, json_text,
-)
+from broker.ledger.events import utc_timestamp
 from broker.ledger.group import Item
+from broker.ledger.rows import (
+    SQL_HEAD,
+    SQL_INSERT_EVENT,
+    SQL_MOVE_HEAD,
+    Params,
+    Reader,
+    Row,
+    Transaction,
+    json_text,
+)
+from broker.ledger.schema import LATEST_VERSION, MIGRATIONS, SCHEMA_VERSION_DDL
 from broker.ledger.store import Ledger
 
 MIN_SQLITE = (3, 35, 0)   # UPDATE … RETURNING

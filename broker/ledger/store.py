@@ -27,16 +27,47 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, overload
 
-from broker.ledger.chain import Reader, Sealer, verify_chain
+from broker.ledger.chain import Sealer, verify_chain
 from broker.ledger.errors import LedgerUnavailable
+from broker.ledger.events import (
+    EVENT_TYPES,
+    KEYED_EVENT_TYPES,
+    CredentialRecord,
+    Event,
+    EventDraft,
+    VerifyReport,
+    utc_timestamp,
+)
 from broker.ledger.group import GroupCommitter, Item
-from broker.ledger.events import EVENT_TYPES, KEYED_EVENT_TYPES, CredentialRecord, Event, EventDraft, VerifyReport, utc_timestamp
 from broker.ledger.rows import (
-    CREDENTIAL_COLUMNS, EVENT_COLUMNS, EVENT_INSERT_COLUMNS, SQL_ANCESTORS, SQL_CHILDREN,
-    SQL_COUNT, SQL_DESCENDANTS, SQL_EVENTS_FOR_CREDENTIAL, SQL_EVENTS_FROM, SQL_GET_CREDENTIAL,
-    SQL_HEAD, SQL_INSERT_CREDENTIAL, SQL_INSERT_EVENT, SQL_INSERT_USAGE_LINE, SQL_IS_REVOKED,
-    SQL_MOVE_HEAD, SQL_SET_ENDED, SQL_SET_REVOKED, SQL_SET_REVOKED_AND_ENDED, USAGE_LINE_COLUMNS,
-    Params, Row, Statement, Transaction, credential_from_row, credential_params, event_from_row,
+    CREDENTIAL_COLUMNS,
+    EVENT_COLUMNS,
+    EVENT_INSERT_COLUMNS,
+    SQL_ANCESTORS,
+    SQL_CHILDREN,
+    SQL_COUNT,
+    SQL_DESCENDANTS,
+    SQL_EVENTS_FOR_CREDENTIAL,
+    SQL_EVENTS_FROM,
+    SQL_GET_CREDENTIAL,
+    SQL_HEAD,
+    SQL_INSERT_CREDENTIAL,
+    SQL_INSERT_EVENT,
+    SQL_INSERT_USAGE_LINE,
+    SQL_IS_REVOKED,
+    SQL_MOVE_HEAD,
+    SQL_SET_ENDED,
+    SQL_SET_REVOKED,
+    SQL_SET_REVOKED_AND_ENDED,
+    USAGE_LINE_COLUMNS,
+    Params,
+    Reader,
+    Row,
+    Statement,
+    Transaction,
+    credential_from_row,
+    credential_params,
+    event_from_row,
 )
 
 #: Keys per ``IN (…)`` probe of ``usage_lines`` (well under SQLite's variable limit).
@@ -85,7 +116,7 @@ class Ledger(abc.ABC):
                     extra: Sequence[Statement]) -> Event | None:
         """One event through the group committer: shares a transaction with whatever other
         threads of this process are appending at the same moment."""
-        group = self.__dict__.get("_group")
+        group: GroupCommitter | None = self.__dict__.get("_group")
         if group is None:
             group = self.__dict__.setdefault("_group", GroupCommitter(self._commit_guarded))
         return group.submit(Item(draft=draft, guard=guard, extra=tuple(extra)))
@@ -157,6 +188,7 @@ class Ledger(abc.ABC):
         the credential is unknown or already revoked. With ``ended_at`` (the backend resource
         was removed before this call) ``ended_at`` is set too, unless already set."""
         check_draft(draft, credential_id)
+        guard: Statement
         if ended_at is None:
             guard = (SQL_SET_REVOKED, (int(revoked_at), credential_id))
         else:
@@ -386,7 +418,8 @@ class Ledger(abc.ABC):
         ASCII) and that ran in ``[since, until)`` (RFC 3339 UTC as
         :func:`~broker.ledger.events.utc_timestamp` writes it, compared with the time the
         database logged), ``seq > after_seq``, in seq order, at most ``limit``."""
-        where, params = ["u.seq > %s", "e.type = 'usage'"], [int(after_seq)]
+        where: list[str] = ["u.seq > %s", "e.type = 'usage'"]
+        params: list[Any] = [int(after_seq)]
         if statement:
             escaped = statement.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append("lower(u.statement) LIKE %s ESCAPE '\\'")
@@ -430,7 +463,8 @@ class Ledger(abc.ABC):
         """Events matching every given filter with ``seq > after_seq``, in ``seq`` order, at
         most ``limit``. ``since``/``until`` bound ``ts`` as ``[since, until)``."""
         limit = _bounded(limit, "limit", 1, 100_000)
-        where, params = ["seq > %s"], [int(after_seq)]
+        where: list[str] = ["seq > %s"]
+        params: list[Any] = [int(after_seq)]
         for column, value in (("type", type), ("principal", principal),
                               ("credential_id", credential_id), ("run_id", run_id)):
             if value is not None:
@@ -485,7 +519,7 @@ class Ledger(abc.ABC):
                 return verify_chain(read, batch=batch)
 
     # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> "Ledger":
+    def __enter__(self) -> Ledger:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -93,6 +93,7 @@ def reaper_wanted(ctx: BrokerContext) -> bool:
 
 
 def _end_event(record: CredentialRecord, result: Ended, *, now: int) -> EventDraft:
+    details: dict[str, Any]
     if record.revoked_at is not None and record.expires_at > now:
         type_, details = "revoke", {"result": "ended", "cause": "revocation completed by the reaper"}
     else:
@@ -139,8 +140,8 @@ def reap_once(ctx: Any, *, now: float | None = None, orphans: bool = True,
         for record in records[:BATCH]:
             groups[(record.target_type, record.target)].append(record)
             attempted.add(record.credential_id)
-        for (kind, target), batch in groups.items():
-            _end_group(ctx, reapers[kind], target, batch, report, now=moment)
+        for (kind_name, target), batch in groups.items():
+            _end_group(ctx, reapers[kind_name], target, batch, report, now=moment)
         if len(records) < BATCH:
             break
     if orphans:
@@ -257,7 +258,7 @@ class ReaperThread:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nhb-reaper", daemon=True)
 
-    def start(self) -> "ReaperThread":
+    def start(self) -> ReaperThread:
         self._thread.start()
         return self
 

@@ -25,10 +25,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from broker import errors
-from broker.ledger import LedgerUnavailable
 from broker.ledger.events import CredentialRecord, EventDraft
 
 if TYPE_CHECKING:

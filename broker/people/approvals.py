@@ -28,16 +28,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from broker import errors
-from broker.common.durations import format_duration
 from broker.attestation.person import Person, is_run_actor, may_approve
+from broker.common.durations import format_duration
 from broker.common.ids import new_credential_id
 from broker.ledger import LedgerUnavailable
-from broker.people.store import ApprovalRecord
 from broker.ledger.events import Event, EventDraft, utc_timestamp
+from broker.people.store import ApprovalRecord
 from broker.policy.model import ApprovalRule, IssuerConfig, Policy
 
 if TYPE_CHECKING:
@@ -115,8 +115,8 @@ def request_approval(ctx: BrokerContext, *, policy: Policy, rule: ApprovalRule, 
                      scopes: tuple[str, ...], ttl: int, attestation_sha256: str,
                      now: float) -> tuple[ApprovalRecord, Event]:
     """Record a new approval request and its ``approval_requested`` event (the attempt's one
-    event), which is returned with the request. Refuses (``unauthorized_client``) when ``not_self`` cannot be checked because the
-    run names no actor."""
+    event), which is returned with the request. Refuses (``unauthorized_client``) when
+    ``not_self`` cannot be checked because the run names no actor."""
     if rule.not_self and not run.get("actor"):
         raise errors.PolicyDenied(
             "this exchange needs an approval, which this run cannot get",
@@ -222,7 +222,6 @@ def decide(ctx: BrokerContext, approval_id: str, person: Person, *, approve: boo
     reason = " ".join((reason or "").split())[:MAX_REASON] or None
     if not approve and not reason:
         raise errors.RequestMalformed("a denial needs a reason")
-    idp = ctx.policy_set.human_idp
     for _ in range(5):          # compare-and-set: re-read when another decision won the race
         approval = ctx.people.get_approval(approval_id)
         if approval is None:
@@ -231,54 +230,13 @@ def decide(ctx: BrokerContext, approval_id: str, person: Person, *, approve: boo
         if status != "pending":
             raise errors.RequestMalformed(f"the request is {_STATUS_WORDS.get(status, status)}: "
                                         "there is nothing to decide")
-        policy = next((p for p in ctx.policy_set.policies if p.name == approval.policy_name), None)
-        rule = policy.approval if policy is not None else None
-        # Denying is the safe direction: any approver may deny (even the run's actor, or one
-        # who approved before); approving needs every check.
-        refusal, blocks_deny = None, True
-        if policy is None or rule is None or policy.digest != approval.policy_digest:
-            refusal = "the policy changed since the request; it can no longer be approved"
-        elif not may_approve(rule, person):
-            refusal = "you are not an approver of this request"
-        elif any(v.get("email") == person.email for v in approval.votes):
-            refusal, blocks_deny = "you already approved this request", False
-        elif rule.not_self and idp is not None:
-            mine = is_run_actor(idp, person, approval.run.get("actor"))
-            if mine is True:
-                refusal, blocks_deny = "you cannot approve a run you started (not_self)", False
-            elif mine is None:
-                refusal, blocks_deny = ("cannot establish that you are not the run's actor "
-                                        "(not_self): the IdP gave no username and the run's "
-                                        "login is not mapped"), False
+        refusal, blocks_deny = _decision_refusal(ctx, approval, person)
         if refusal is not None and (approve or blocks_deny):
             _record_refused_decision(ctx, approval, person, approve=approve, reason=refusal, via=via)
-            raise errors.PermissionDenied(refusal, detail=f"approval {approval_id}: {person.email}: {refusal}")
-        at = int(now)
-        if approve:
-            votes = [*approval.votes, {"email": person.email, "username": person.username,
-                                       "at": utc_timestamp(at), "reason": reason}]
-            complete = len(votes) >= approval.required
-            status_new = "approved" if complete else "pending"
-            draft = EventDraft(type="approved", principal=approval.principal, run=approval.run,
-                               target=approval.target, details={
-                                   "approval_id": approval_id, "approver": person.email,
-                                   "approver_username": person.username, "reason": reason,
-                                   "votes": len(votes), "required": approval.required,
-                                   "complete": complete, "policy": approval.policy_name,
-                                   "via": via})
-            event = ctx.people.record_approval_decision(approval, draft,
-                            status=status_new, votes=votes,
-                            decided_at=at if complete else None,
-                            decided_by=person.email if complete else None, reason=None, now=at)
-        else:
-            draft = EventDraft(type="denied", principal=approval.principal, run=approval.run,
-                               target=approval.target, details={
-                                   "approval_id": approval_id, "approver": person.email,
-                                   "approver_username": person.username, "reason": reason,
-                                   "policy": approval.policy_name, "via": via})
-            event = ctx.people.record_approval_decision(approval, draft,
-                            status="denied", votes=approval.votes, decided_at=at,
-                            decided_by=person.email, reason=reason, now=at)
+            raise errors.PermissionDenied(refusal,
+                                          detail=f"approval {approval_id}: {person.email}: {refusal}")
+        draft, event = _record_decision(ctx, approval, person, approve=approve, reason=reason,
+                                        via=via, at=int(now))
         if event is not None:
             log.info("%s approval_id=%s by=%s", draft.type, approval_id, person.email)
             updated = ctx.people.get_approval(approval_id)
@@ -286,6 +244,66 @@ def decide(ctx: BrokerContext, approval_id: str, person: Person, *, approve: boo
             return updated
     raise errors.BackendUnavailable("the request is being decided by someone else; try again",
                                         detail=f"approval {approval_id}: decision lost 5 races")
+
+
+def _decision_refusal(ctx: BrokerContext, approval: ApprovalRecord, person: Person
+                      ) -> tuple[str | None, bool]:
+    """Why ``person`` may not decide ``approval`` (None: they may), and whether that refusal
+    also blocks a denial. Denying is the safe direction: any approver may deny (even the run's
+    actor, or one who approved before); approving needs every check."""
+    idp = ctx.policy_set.human_idp
+    policy = next((p for p in ctx.policy_set.policies if p.name == approval.policy_name), None)
+    rule = policy.approval if policy is not None else None
+    if policy is None or rule is None or policy.digest != approval.policy_digest:
+        return "the policy changed since the request; it can no longer be approved", True
+    if not may_approve(rule, person):
+        return "you are not an approver of this request", True
+    if any(v.get("email") == person.email for v in approval.votes):
+        return "you already approved this request", False
+    if rule.not_self and idp is not None:
+        mine = is_run_actor(idp, person, approval.run.get("actor"))
+        if mine is True:
+            return "you cannot approve a run you started (not_self)", False
+        if mine is None:
+            return ("cannot establish that you are not the run's actor "
+                    "(not_self): the IdP gave no username and the run's "
+                    "login is not mapped"), False
+    return None, True
+
+
+def _record_decision(ctx: BrokerContext, approval: ApprovalRecord, person: Person, *,
+                     approve: bool, reason: str | None, via: str, at: int
+                     ) -> tuple[EventDraft, Event | None]:
+    """Record one vote (``approved``; the request is approved once it has enough) or the
+    denial (``denied``) if the request is still as read; the event is None when another
+    decision won the race."""
+    approval_id = approval.approval_id
+    if approve:
+        votes = [*approval.votes, {"email": person.email, "username": person.username,
+                                   "at": utc_timestamp(at), "reason": reason}]
+        complete = len(votes) >= approval.required
+        status_new = "approved" if complete else "pending"
+        draft = EventDraft(type="approved", principal=approval.principal, run=approval.run,
+                           target=approval.target, details={
+                               "approval_id": approval_id, "approver": person.email,
+                               "approver_username": person.username, "reason": reason,
+                               "votes": len(votes), "required": approval.required,
+                               "complete": complete, "policy": approval.policy_name,
+                               "via": via})
+        event = ctx.people.record_approval_decision(approval, draft,
+                        status=status_new, votes=votes,
+                        decided_at=at if complete else None,
+                        decided_by=person.email if complete else None, reason=None, now=at)
+    else:
+        draft = EventDraft(type="denied", principal=approval.principal, run=approval.run,
+                           target=approval.target, details={
+                               "approval_id": approval_id, "approver": person.email,
+                               "approver_username": person.username, "reason": reason,
+                               "policy": approval.policy_name, "via": via})
+        event = ctx.people.record_approval_decision(approval, draft,
+                        status="denied", votes=approval.votes, decided_at=at,
+                        decided_by=person.email, reason=reason, now=at)
+    return draft, event
 
 
 def _record_refused_decision(ctx: BrokerContext, approval: ApprovalRecord, person: Person, *,

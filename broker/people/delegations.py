@@ -28,24 +28,19 @@ A mint under a grant is guarded by the grant being live at commit, so none slips
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import re
 import time
-from typing import Any, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from broker import errors
-from broker.common.canonical import canonical_json, sha256_hex
 from broker.attestation.person import Person
+from broker.common.canonical import canonical_json, sha256_hex
 from broker.common.ids import is_credential_id, new_credential_id
-from broker.ledger import LedgerUnavailable
-from broker.people.store import DelegationRecord
 from broker.ledger.events import EventDraft, utc_timestamp
-from broker.policy.evaluate import person_matches
 from broker.lifecycle.revocation import revoke_descendants, revoke_one
-from broker.keys import TokenNotOurs
+from broker.people.store import DelegationRecord
+from broker.policy.evaluate import person_matches
 
 if TYPE_CHECKING:
     from broker.app import BrokerContext

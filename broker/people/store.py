@@ -20,8 +20,9 @@ disagree. Two writes are not events: the poll clock of an approval (``last_poll_
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from broker.common.canonical import canonical_json
 from broker.ledger.events import CredentialRecord, Event, EventDraft
@@ -97,7 +98,7 @@ class ApprovalRecord:
                 self.credential_id, self.consumed_at, self.last_poll_ms, _json(self.details))
 
     @classmethod
-    def from_row(cls, row: Sequence[Any]) -> "ApprovalRecord":
+    def from_row(cls, row: Sequence[Any]) -> ApprovalRecord:
         (approval_id, status, version, created_at, expires_at, principal, run, issuer, target,
          requested_scope, requested_ttl, scope, ttl, policy_name, policy_digest, required, votes,
          decided_at, decided_by, reason, credential_id, consumed_at, last_poll_ms, details) = row
@@ -138,7 +139,7 @@ class DelegationRecord:
                 self.revoked_by, self.uses, _json(self.details))
 
     @classmethod
-    def from_row(cls, row: Sequence[Any]) -> "DelegationRecord":
+    def from_row(cls, row: Sequence[Any]) -> DelegationRecord:
         (delegation_id, granted_by, agent, targets, scopes, created_at, expires_at, revoked_at,
          revoked_by, uses, details) = row
         return cls(delegation_id=delegation_id, granted_by=granted_by, agent=agent,

@@ -10,12 +10,28 @@ from __future__ import annotations
 
 from broker.policy.evaluate import evaluate, evaluate_delegation, person_matches
 from broker.policy.load import (
-    ALLOWED_EXTRA_POLICY_KEYS, FUTURE_POLICY_KEYS, check_policy_dir, load_policy_dir,
-    load_policy_files, load_policy_text,
+    ALLOWED_EXTRA_POLICY_KEYS,
+    FUTURE_POLICY_KEYS,
+    check_policy_dir,
+    load_policy_dir,
+    load_policy_files,
+    load_policy_text,
 )
 from broker.policy.model import (
-    ApprovalRule, ClaimMatcher, Client, Decision, DeriveRule, HumanIdP, IssuerConfig, MayAct, Policy,
-    PolicySet, SourceRef, Target, claim_text, claim_value,
+    ApprovalRule,
+    ClaimMatcher,
+    Client,
+    Decision,
+    DeriveRule,
+    HumanIdP,
+    IssuerConfig,
+    MayAct,
+    Policy,
+    PolicySet,
+    SourceRef,
+    Target,
+    claim_text,
+    claim_value,
 )
 from broker.policy.problems import PolicyError, Problem
 from broker.policy.targets import TARGET_TYPES, TargetContext, TargetSchema, register_target_type

@@ -20,7 +20,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from broker.policy.model import (
-    DELEGATION_SUBJECT_TOKENS, MAX_DERIVE_DEPTH, ApprovalRule, ClaimMatcher, DeriveRule, MayAct,
+    DELEGATION_SUBJECT_TOKENS,
+    MAX_DERIVE_DEPTH,
+    ApprovalRule,
+    ClaimMatcher,
+    DeriveRule,
+    MayAct,
     claim_text,
 )
 from broker.policy.patterns import compile_exact, compile_glob, compile_regex
@@ -28,7 +33,17 @@ from broker.policy.presets import ASYMMETRIC_ALGORITHMS, PRESETS
 from broker.policy.source import Located, type_name
 from broker.policy.walk import INVALID, Walker, valid
 from broker.targets.keys import (
-    Anything, Block, Boolean, Choice, Custom, Duration, Integer, Key, ListOf, Strings, TargetSchema,
+    Anything,
+    Block,
+    Boolean,
+    Choice,
+    Custom,
+    Duration,
+    Integer,
+    Key,
+    ListOf,
+    Strings,
+    TargetSchema,
     Text,
 )
 
@@ -523,8 +538,9 @@ MAY_ACT = Block({
     "match": Key(Custom(lambda w, node, label: read_match(w, node, "may_act.match")), required=True,
                  missing="may_act: missing required key 'match' (claims of the actor's attestation)"),
     "subject_tokens": Key(ListOf(
-        Choice(DELEGATION_SUBJECT_TOKENS, message=f"{{label}} entries are "
-                                                  f"{' or '.join(DELEGATION_SUBJECT_TOKENS)}, each once, got {{shown}}"),
+        Choice(DELEGATION_SUBJECT_TOKENS,
+               message=f"{{label}} entries are {' or '.join(DELEGATION_SUBJECT_TOKENS)}, each once,"
+                       " got {shown}"),
         allow_empty=False, unique=True,
         not_list=f"{{label}} must be a non-empty list of {', '.join(DELEGATION_SUBJECT_TOKENS)}, got {{got}}",
         empty=f"{{label}} must be a non-empty list of {', '.join(DELEGATION_SUBJECT_TOKENS)}, got {{got}}",
@@ -535,17 +551,17 @@ MAY_ACT = Block({
     build=lambda v: MayAct(issuer=v["issuer"], match=v["match"], subject_tokens=tuple(v["subject_tokens"])))
 
 DERIVE_TARGET = Text(message="{label} must be a target name, got {got}")
-_DERIVE_NAMES = dict(bad_item="{label} must be a list of non-empty strings, got {got}")
+_DERIVE_BAD_ITEM = "{label} must be a list of non-empty strings, got {got}"
 DERIVE_ENTRY = Block({
     "target": Key(_reference("target", DERIVE_TARGET), required=True,
                   missing="derive: an entry mapping needs 'target'"),
     "scopes": Key(Strings(allow_empty=True, item=Text(
         pattern=_SCOPE, mismatch="derive: scope {value!r} must not contain spaces, '\"' or '\\'"),
-        **_DERIVE_NAMES)),
+        bad_item=_DERIVE_BAD_ITEM)),
     "max_ttl": Key(Duration()),
     "from": Key(_reference("target", Strings(
         not_list="{label} must be a non-empty list of strings, got {got}",
-        empty="{label} must be a non-empty list of strings, got {got}", **_DERIVE_NAMES))),
+        empty="{label} must be a non-empty list of strings, got {got}", bad_item=_DERIVE_BAD_ITEM))),
 }, name="derive", join=": ",
     build=lambda v: DeriveRule(target=v["target"], scopes=v.get("scopes"), max_ttl=v.get("max_ttl"),
                                from_targets=v.get("from")))
@@ -571,8 +587,8 @@ EXTRA_POLICY_KEYS: dict[str, Key] = {
 
 
 def policy_block(extra_keys: frozenset[str]) -> Block:
-    return Block({**POLICY_CORE, **{k: EXTRA_POLICY_KEYS.get(k, Key(Anything())) for k in sorted(extra_keys)}},
-                 check=_policy_check)
+    extra = {k: EXTRA_POLICY_KEYS.get(k, Key(Anything())) for k in sorted(extra_keys)}
+    return Block({**POLICY_CORE, **extra}, check=_policy_check)
 
 
 # ---------------------------------------------------------------------------- kind: client

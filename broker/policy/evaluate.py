@@ -23,7 +23,7 @@ from typing import Any
 
 from broker import errors
 from broker.common.durations import format_duration
-from broker.policy.model import Decision, IssuerConfig, Policy, PolicySet, Target, claim_value
+from broker.policy.model import ClaimMatcher, Decision, IssuerConfig, Policy, PolicySet, Target, claim_value
 
 _MAX_LISTED = 3
 
@@ -117,7 +117,7 @@ def _short(text: str, limit: int = 120) -> str:
     return _clip(repr(text), limit)
 
 
-def person_matches(matcher: Any, value: Any) -> bool:
+def person_matches(matcher: ClaimMatcher, value: Any) -> bool:
     """A delegation policy's ``match`` against a person claim: a list (``groups``) matches when
     any of its entries does (docs/approvals.md)."""
     if isinstance(value, (list, tuple)):

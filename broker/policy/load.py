@@ -94,14 +94,12 @@ from typing import Any
 from broker.common.canonical import canonical_json, sha256_hex
 from broker.policy import documents
 from broker.policy.documents import PERSON_CLAIMS
-from broker.policy.model import (
-    Client, HumanIdP, IssuerConfig, Policy, PolicySet, SourceRef, Target,
-)
+from broker.policy.model import Client, HumanIdP, IssuerConfig, Policy, PolicySet, SourceRef, Target
 from broker.policy.problems import PolicyError, Problem
 from broker.policy.source import Located, read_documents, type_name
 from broker.policy.targets import TARGET_TYPES, TargetContext
 from broker.policy.walk import INVALID, Walker
-from broker.targets.keys import TargetSchema
+from broker.targets.keys import TargetSchema, Text
 
 KINDS = ("issuer", "target", "policy", "client", "human-idp")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -247,7 +245,8 @@ class _Loader:
     def _document(self, node: Located, file: str, base_dir: Path) -> None:
         if not node.is_mapping:
             self.problems.append(Problem(
-                file, node.line, f"a policy document must be a mapping with a 'kind', got {type_name(node.data)}"))
+                file, node.line,
+                f"a policy document must be a mapping with a 'kind', got {type_name(node.data)}"))
             return
         kind_node = node.get("kind")
         if kind_node is None:
@@ -289,7 +288,7 @@ class _Loader:
         schema: TargetSchema | None = None
         type_node = node.get("type")
         if type_node is not None:
-            type_ = doc.read(documents.Text(), type_node, "type")
+            type_ = doc.read(Text(), type_node, "type")
             if type_ is not INVALID:
                 schema = self.target_types.get(type_)
                 if schema is None:
@@ -375,9 +374,9 @@ class _Loader:
                 listing = ", ".join(sorted(known))
             if ref.data not in known:
                 doc.error(ref.line, f"unknown {kind} {ref.data!r} (defined {kind}s: {listing or 'none'})")
-        for name, ref in self.declared["human-idp"].items():
+        for name, source in self.declared["human-idp"].items():
             if name in self.declared["issuer"]:
-                self.problems.append(Problem(ref.file, ref.line, (
+                self.problems.append(Problem(source.file, source.line, (
                     f"human-idp {name!r}: the name is already used by issuer {name!r} "
                     f"({self.declared['issuer'][name]}); policies name either by it")))
         for doc, policy in self.policy_checks:

@@ -112,7 +112,7 @@ class MayAct:
     (the RFC 8693 ``actor_token``). ``subject_tokens``: ``delegation`` (a broker-issued
     delegation token) and/or ``id_token`` (the person's ID token itself)."""
     issuer: str
-    match: tuple["ClaimMatcher", ...]
+    match: tuple[ClaimMatcher, ...]
     subject_tokens: tuple[str, ...] = ("delegation",)
 
 

@@ -1,8 +1,8 @@
 """What a failed policy load reports: every problem, each with its ``file:line``."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,14 @@ Mapping keys are taken as written (``on:`` is the string ``"on"``, not YAML 1.1'
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, cast
 
 import yaml
 from yaml.constructor import SafeConstructor
-from yaml.events import AliasEvent, MappingStartEvent, ScalarEvent, SequenceStartEvent
+from yaml.error import Mark
+from yaml.events import AliasEvent, Event, MappingStartEvent, ScalarEvent, SequenceStartEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 _TAG = "tag:yaml.org,2002:"
@@ -43,8 +45,8 @@ class Located:
     """
     data: Any
     line: int
-    items: dict[str, tuple[int, "Located"]] | None = None
-    elements: list["Located"] | None = None
+    items: dict[str, tuple[int, Located]] | None = None
+    elements: list[Located] | None = None
     reported: bool = False      # the reader already reported this value; checks stay quiet
 
     @property
@@ -59,7 +61,7 @@ class Located:
         assert self.items is not None
         return self.items[key][0] if key in self.items else self.line
 
-    def get(self, key: str) -> "Located | None":
+    def get(self, key: str) -> Located | None:
         if self.items is None or key not in self.items:
             return None
         return self.items[key][1]
@@ -72,13 +74,17 @@ class _StrictLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._report = report
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node:  # type: ignore[override]
-        event = self.peek_event()
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        # types-PyYAML leaves the pure-Python parser's event methods unannotated
+        event: Event = self.peek_event()  # type: ignore[no-untyped-call]
+        assert event.start_mark is not None       # the pure-Python parser marks every event
         line = event.start_mark.line + 1
         if isinstance(event, AliasEvent):
-            self.get_event()
+            self.get_event()  # type: ignore[no-untyped-call]
             self._report(line, f"YAML aliases (*{event.anchor}) are not allowed in policy files")
-            return ScalarNode(_ALIAS, "", event.start_mark, event.end_mark)
+            # the stubs allow libyaml's Mark too; SafeLoader's marks are yaml.error.Mark
+            return ScalarNode(_ALIAS, "", cast("Mark", event.start_mark),
+                              cast("Mark | None", event.end_mark))
         if isinstance(event, (ScalarEvent, SequenceStartEvent, MappingStartEvent)) and event.anchor:
             self._report(line, f"YAML anchors (&{event.anchor}) are not allowed in policy files")
             event.anchor = None
@@ -128,33 +134,46 @@ def _locate(node: Node, report: ReportFn) -> Located:
         return Located([e.data for e in elements], line, elements=elements,
                        reported=node.tag != _SEQ)
     if isinstance(node, MappingNode):
-        if node.tag != _MAP:
-            report(line, f"YAML tag {node.tag} is not allowed in policy files")
-        items: dict[str, tuple[int, Located]] = {}
-        for key_node, value_node in node.value:
-            key_line = key_node.start_mark.line + 1
-            if not isinstance(key_node, ScalarNode):
-                report(key_line, "mapping keys must be plain strings")
-                continue
-            if key_node.tag == _ALIAS:
-                continue        # already reported
-            if key_node.tag == _MERGE:
-                report(key_line, "YAML merge keys (<<) are not allowed in policy files")
-                continue
-            if key_node.tag not in (_STR, _INT, _BOOL, _NULL, _FLOAT, _TIMESTAMP):
-                report(key_line, f"YAML tag {key_node.tag} is not allowed in policy files")
-                continue
-            key = key_node.value
-            if key == "":
-                report(key_line, "empty mapping key")
-                continue
-            if key in items:
-                report(key_line, f"duplicate key {key!r} (first at line {items[key][0]})")
-                continue
-            items[key] = (key_line, _locate(value_node, report))
-        return Located({k: v.data for k, (_, v) in items.items()}, line, items=items,
-                       reported=node.tag != _MAP)
+        return _locate_mapping(node, line, report)
     raise TypeError(f"unexpected YAML node {node!r}")  # pragma: no cover - PyYAML has no others
+
+
+def _locate_mapping(node: MappingNode, line: int, report: ReportFn) -> Located:
+    if node.tag != _MAP:
+        report(line, f"YAML tag {node.tag} is not allowed in policy files")
+    items: dict[str, tuple[int, Located]] = {}
+    for key_node, value_node in node.value:
+        key_line = key_node.start_mark.line + 1
+        key = _mapping_key(key_node, key_line, items, report)
+        if key is not None:
+            items[key] = (key_line, _locate(value_node, report))
+    return Located({k: v.data for k, (_, v) in items.items()}, line, items=items,
+                   reported=node.tag != _MAP)
+
+
+def _mapping_key(key_node: Node, key_line: int, items: dict[str, tuple[int, Located]],
+                 report: ReportFn) -> str | None:
+    """The key of a mapping entry, or None (reported, unless an alias already was) when the
+    entry is dropped."""
+    if not isinstance(key_node, ScalarNode):
+        report(key_line, "mapping keys must be plain strings")
+        return None
+    if key_node.tag == _ALIAS:
+        return None        # already reported
+    if key_node.tag == _MERGE:
+        report(key_line, "YAML merge keys (<<) are not allowed in policy files")
+        return None
+    if key_node.tag not in (_STR, _INT, _BOOL, _NULL, _FLOAT, _TIMESTAMP):
+        report(key_line, f"YAML tag {key_node.tag} is not allowed in policy files")
+        return None
+    key: str = key_node.value
+    if key == "":
+        report(key_line, "empty mapping key")
+        return None
+    if key in items:
+        report(key_line, f"duplicate key {key!r} (first at line {items[key][0]})")
+        return None
+    return key
 
 
 def _scalar(node: ScalarNode, report: ReportFn) -> Any:

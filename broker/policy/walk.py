@@ -14,8 +14,21 @@ from typing import Any
 from broker.common.durations import parse_duration
 from broker.policy.source import Located, type_name
 from broker.targets.keys import (
-    ABSENT, Anything, Block, Boolean, Choice, Custom, Duration, FilePath, Integer, ListOf, MapOf,
-    Spec, Strings, Text, Value,
+    ABSENT,
+    Anything,
+    Block,
+    Boolean,
+    Choice,
+    Custom,
+    Duration,
+    FilePath,
+    Integer,
+    ListOf,
+    MapOf,
+    Spec,
+    Strings,
+    Text,
+    Value,
 )
 
 
@@ -228,7 +241,7 @@ def _list_of(w: Walker, spec: ListOf, node: Located, label: str) -> Any:
         return INVALID
     if spec.unique:
         seen: list[Any] = []
-        for element, value in zip(node.elements, values):
+        for element, value in zip(node.elements, values, strict=True):
             if value in seen:
                 return w.say(element, spec.twice, label)
             seen.append(value)

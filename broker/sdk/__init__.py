@@ -50,6 +50,7 @@ Errors
 """
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -62,14 +63,14 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import psycopg
 
 __all__ = [
-    "AttestationProvider", "AttestationUnavailable", "Broker", "BrokerError", "BrokerUnreachable", "Credential",
-    "DetectedAttestation", "CREDENTIAL_ID_HEADER", "detect_attestation",
+    "AttestationProvider", "AttestationUnavailable", "Broker", "BrokerError", "BrokerUnreachable",
+    "Credential", "DetectedAttestation", "CREDENTIAL_ID_HEADER", "detect_attestation",
 ]
 
 log = logging.getLogger("broker.sdk")
@@ -145,7 +146,8 @@ class AttestationUnavailable(BrokerError):
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """A token is never re-sent to wherever a redirect points."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                         headers: http.client.HTTPMessage, newurl: str) -> urllib.request.Request | None:
         return None
 
 
@@ -187,7 +189,8 @@ class DetectedAttestation:
     token: str = field(repr=False)
 
 
-def detect_attestation(audience: str | None = None, *, subject_token_file: str | os.PathLike[str] | None = None,
+def detect_attestation(audience: str | None = None, *,
+                       subject_token_file: str | os.PathLike[str] | None = None,
                        gitlab_token_var: str | None = None,
                        k8s_token_file: str | os.PathLike[str] | None = None,
                        environ: Mapping[str, str] | None = None,
@@ -259,7 +262,8 @@ def _github_id_token(request_url: str, request_token: str, audience: str | None,
     if status != 200 or body is None or not isinstance(body.get("value"), str) or not body["value"]:
         raise AttestationUnavailable(f"the GitHub ID-token endpoint answered HTTP {status} "
                                      "without a token")
-    return body["value"]
+    token: str = body["value"]
+    return token
 
 
 class AttestationProvider:
@@ -294,7 +298,7 @@ class _Issued:
     secret: dict[str, Any] | None = field(repr=False)
 
     @classmethod
-    def from_response(cls, body: Mapping[str, Any]) -> "_Issued":
+    def from_response(cls, body: Mapping[str, Any]) -> _Issued:
         try:
             now = time.time()
             secret = body.get("credential")
@@ -375,7 +379,7 @@ class Broker:
     # -- credentials -----------------------------------------------------------------------
     def credential(self, target: str, *, scope: str | Iterable[str] | None = None,
                    ttl: str | int | None = None, auto_renew: bool = False,
-                   renew_margin: float | None = None) -> "Credential":
+                   renew_margin: float | None = None) -> Credential:
         """Mint a credential for ``target`` from this workload's attestation.
 
         Use it as a context manager (revoked on exit) or call :meth:`Credential.close`.
@@ -395,7 +399,7 @@ class Broker:
 
     def act_for(self, delegation_token: str, target: str, *, scope: str | Iterable[str] | None = None,
                 ttl: str | int | None = None, subject_token_type: str = TOKEN_TYPE_JWT,
-                auto_renew: bool = False, renew_margin: float | None = None) -> "Credential":
+                auto_renew: bool = False, renew_margin: float | None = None) -> Credential:
         """Mint a credential for ``target`` acting for a person (RFC 8693 ``actor_token``):
         ``delegation_token`` is the person's delegation token (or their ID token, with
         ``subject_token_type=urn:ietf:params:oauth:token-type:id_token``, where a policy allows
@@ -502,7 +506,7 @@ class Credential:
 
     def __init__(self, broker: Broker, issued: _Issued, *, target: str,
                  reissue: Callable[[], _Issued], auto_renew: bool = False,
-                 renew_margin: float | None = None, parent: "Credential | None" = None) -> None:
+                 renew_margin: float | None = None, parent: Credential | None = None) -> None:
         self._broker = broker
         self._issued = issued
         self._previous: list[_Issued] = []
@@ -558,7 +562,7 @@ class Credential:
             return self._issued.parent_id
 
     @property
-    def parent(self) -> "Credential | None":
+    def parent(self) -> Credential | None:
         return self._parent
 
     @property
@@ -607,7 +611,7 @@ class Credential:
             params["sslmode"] = secret["sslmode"]
         return {k: v for k, v in params.items() if v is not None}
 
-    def connect(self, **kwargs: Any) -> "psycopg.Connection[Any]":
+    def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
         """A new ``psycopg`` connection with this credential (psycopg is imported here)."""
         try:
             import psycopg
@@ -617,7 +621,7 @@ class Credential:
 
     def derive(self, target: str, *, scope: str | Iterable[str] | None = None,
                ttl: str | int | None = None, auto_renew: bool = False,
-               renew_margin: float | None = None) -> "Credential":
+               renew_margin: float | None = None) -> Credential:
         """Exchange this credential for a narrower child credential for ``target``, linked to it.
 
         The child is revoked when this credential is (the broker cascades); use it as a
@@ -721,7 +725,7 @@ class Credential:
 
     close = revoke
 
-    def __enter__(self) -> "Credential":
+    def __enter__(self) -> Credential:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

@@ -53,8 +53,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from broker.sdk import (
-    DEFAULT_GITLAB_TOKEN_VAR, DEFAULT_K8S_TOKEN_FILE, AttestationUnavailable, Broker, BrokerError,
-    BrokerUnreachable, Credential, detect_attestation,
+    DEFAULT_GITLAB_TOKEN_VAR,
+    DEFAULT_K8S_TOKEN_FILE,
+    AttestationUnavailable,
+    Broker,
+    BrokerError,
+    BrokerUnreachable,
+    Credential,
+    detect_attestation,
 )
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3

@@ -3,7 +3,12 @@ in one registry (:mod:`broker.targets.registry`)."""
 from __future__ import annotations
 
 from broker.targets.base import (
-    Capabilities, CredentialIssuer, Ended, IssuedCredential, IssueRequest, ReconcileReport,
+    Capabilities,
+    CredentialIssuer,
+    Ended,
+    IssuedCredential,
+    IssueRequest,
+    ReconcileReport,
     TargetKind,
 )
 from broker.targets.registry import KINDS, build_kinds

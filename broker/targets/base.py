@@ -76,11 +76,17 @@ class Capabilities:
 
 
 class Ended(Protocol):
-    """What ending one credential's resource did (the reaper records it)."""
-    role: str | None                # the resource's name (a database role, a generated user)
-    existed: bool
-    sessions_terminated: int
-    busy: bool                      # another process was ending it: try again later
+    """What ending one credential's resource did (the reaper records it); read-only, so a
+    frozen dataclass is one."""
+
+    @property
+    def role(self) -> str | None: ...            # the resource's name (a database role, a generated user)
+    @property
+    def existed(self) -> bool: ...
+    @property
+    def sessions_terminated(self) -> int: ...
+    @property
+    def busy(self) -> bool: ...                  # another process was ending it: try again later
 
 
 @dataclass

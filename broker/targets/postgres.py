@@ -49,11 +49,11 @@ import os
 import re
 import secrets
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from broker import errors
@@ -61,9 +61,19 @@ from broker.common.ids import is_credential_id
 from broker.gateway.config import ConfigError as GatewayConfigError
 from broker.gateway.config import ListenerConfig
 from broker.gateway.login import minted_role_password
-from broker.targets.base import Capabilities, IssuedCredential, IssueRequest, TargetKind
+from broker.targets.base import Capabilities, Ended, IssuedCredential, IssueRequest, TargetKind
 from broker.targets.keys import (
-    Anything, Block, Choice, Custom, FilePath, Integer, Key, ListOf, MapOf, TargetSchema, Text,
+    Anything,
+    Block,
+    Choice,
+    Custom,
+    FilePath,
+    Integer,
+    Key,
+    ListOf,
+    MapOf,
+    TargetSchema,
+    Text,
     Value,
 )
 from broker.vault.client import validate_kv_secret
@@ -72,6 +82,8 @@ if TYPE_CHECKING:
     from broker.ledger.events import CredentialRecord
 
 log = logging.getLogger("broker.targets.postgres")
+
+T = TypeVar("T")
 
 KIND = "postgres"
 ROLE_PREFIX = "nhb_"
@@ -206,7 +218,7 @@ def _lock_key(text: str) -> int:
 
 
 def _rfc3339(epoch: int) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _Scrubber(logging.Filter):
@@ -242,7 +254,7 @@ class _Scrubber(logging.Filter):
             record.msg, record.args = cleaned, None
             if exc_text is not None:
                 # Keep the exception's type and scrubbed text; drop the traceback's raw frames.
-                record.msg = f"{cleaned} ({type(record.exc_info[1]).__name__}: {exc_text})"
+                record.msg = f"{cleaned} ({type(record.exc_info[1]).__name__}: {exc_text})"  # type: ignore[index]
                 record.exc_info, record.exc_text = None, None
         return True
 
@@ -300,7 +312,8 @@ class _TargetDB:
             if not dsn:
                 raise errors.BackendMisconfigured(
                     "target is not usable",
-                    detail=f"postgres target {self.name!r}: environment variable {env} (admin DSN) is not set")
+                    detail=f"postgres target {self.name!r}: environment variable {env} "
+                           "(admin DSN) is not set")
             return dsn
         path = self.options.get("admin_dsn_file", "")
         try:
@@ -336,7 +349,8 @@ class _TargetDB:
                 raise errors.BackendMisconfigured(
                     "target is not usable",
                     detail=f"postgres target {self.name!r}: the admin DSN is malformed") from None
-            SCRUBBER.add(dsn, conninfo.get("password"))
+            password = conninfo.get("password")
+            SCRUBBER.add(dsn, str(password) if password is not None else None)
             self._conninfo = conninfo
             self._pool = ConnectionPool(
                 dsn, min_size=1, max_size=self.pool_size, open=False, timeout=self.timeout,
@@ -380,7 +394,7 @@ class _TargetDB:
             pool.close(timeout=2)
 
     # -- running statements --------------------------------------------------------------
-    def run(self, work, *, action: str):
+    def run(self, work: Callable[[Any], T], *, action: str) -> T:
         """Run ``work(conn)`` on a pooled connection; retry once on a connection the server
         dropped; map driver errors to refusals a client may see (details are safe)."""
         import psycopg
@@ -580,19 +594,22 @@ class PostgresKind(TargetKind):
 
     def _end_role(self, db: _TargetDB, role: str, options: dict[str, Any], *,
                   try_lock: bool) -> EndResult:
-        return db.run(lambda conn: end_role(conn, role, reassign_to=options.get("reassign_owned_to"),
-                                            try_lock=try_lock),
-                      action="end role")
+        def work(conn: Any) -> EndResult:
+            return end_role(conn, role, reassign_to=options.get("reassign_owned_to"),
+                            try_lock=try_lock)
+        return db.run(work, action="end role")
 
     # -- reaper support --------------------------------------------------------------------
-    def end_many(self, target_name: str, records: list[CredentialRecord]) -> Iterator[tuple[CredentialRecord, EndResult | Exception]]:
+    def end_many(self, target_name: str, records: list[CredentialRecord]
+                 ) -> Iterator[tuple[CredentialRecord, EndResult | Exception]]:
         """End several credentials of one target on one connection, under the target's sweep
         lock (skipped, yielding nothing, when another reaper holds it)."""
         target = self._targets.get(target_name)
         if target is None:
             for record in records:
                 yield record, errors.BackendUnavailable(
-                    "target not configured", detail=f"postgres target {target_name!r} is not in the policy set")
+                    "target not configured",
+                    detail=f"postgres target {target_name!r} is not in the policy set")
             return
         db = self._db(target)
         results: list[tuple[CredentialRecord, EndResult | Exception]] = []
@@ -632,10 +649,11 @@ class PostgresKind(TargetKind):
     def credential_id_of_resource(self, resource: str) -> str | None:
         return credential_id_of_role(resource)
 
-    def end_orphans(self, target_name: str, roles: Iterable[str]) -> list[tuple[str, EndResult | Exception]]:
+    def end_orphans(self, target_name: str, roles: Iterable[str]
+                    ) -> list[tuple[str, Ended | Exception]]:
         target = self._targets[target_name]
         db = self._db(target)
-        out: list[tuple[str, EndResult | Exception]] = []
+        out: list[tuple[str, Ended | Exception]] = []
 
         def work(conn: Any) -> None:
             with _session_lock(conn, _lock_key(f"nhb-reaper:{target_name}"), wait=False) as got:

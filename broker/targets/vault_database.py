@@ -48,20 +48,25 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from broker import errors
 from broker.ledger.events import EventDraft, utc_timestamp
-from broker.targets.base import (
-    Capabilities, IssuedCredential, IssueRequest, ReconcileReport, TargetKind,
-)
+from broker.targets.base import Capabilities, IssuedCredential, IssueRequest, ReconcileReport, TargetKind
 from broker.targets.keys import Anything, Key, TargetSchema, Text
 from broker.targets.postgres import DEFAULT_PORT, connect_block, database_credential
 from broker.vault.client import (
-    VaultClient, VaultNotFound, VaultRefused, VaultSettings, is_vault_path, settings_from_block,
-    settings_from_config, validate_vault_block, vault_client,
+    VaultClient,
+    VaultNotFound,
+    VaultRefused,
+    VaultSettings,
+    is_vault_path,
+    settings_from_block,
+    settings_from_config,
+    validate_vault_block,
+    vault_client,
 )
 
 if TYPE_CHECKING:
@@ -115,7 +120,7 @@ VAULT_DATABASE_KEYS = POLICY_KEYS.allowed_keys
 # ---------------------------------------------------------------------------- helpers
 
 def _rfc3339(epoch: float) -> str:
-    return datetime.fromtimestamp(int(epoch), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -436,7 +441,7 @@ def credential_id_for_username(ledger: Any, username: str, *, at: float | None =
     """The credential whose Vault-generated database user is ``username`` (recorded at mint
     in the credential's indexed ``backend_user``), or None. ``at`` (epoch seconds, e.g. when
     the database logged the line) narrows the search to credentials alive then, ± ``slack``."""
-    record = ledger.credential_by_backend_user(username, at=at, slack=slack)
+    record: CredentialRecord | None = ledger.credential_by_backend_user(username, at=at, slack=slack)
     if record is None or record.target_type != KIND:
         return None
     return record.credential_id

@@ -31,14 +31,16 @@ import re
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, cast
 
 import jwt
 
 from broker.common.canonical import canonical_json
 from broker.ledger.events import utc_timestamp
-from broker.ledger.store import Ledger, Reader
+from broker.ledger.rows import Reader
+from broker.ledger.store import Ledger
 from broker.transparency.tree import LedgerTree
 
 log = logging.getLogger("broker.transparency.checkpoints")
@@ -159,7 +161,8 @@ def verify_signature(unverified: Checkpoint, jwks: dict[str, Any]) -> bytes:
             decoded = jwt.api_jws.decode_complete(unverified.signature, key, algorithms=[alg])
         except jwt.PyJWTError:
             continue
-        return decoded["payload"]
+        payload: bytes = decoded["payload"]
+        return payload
     raise CheckpointError("checkpoint signature does not verify")
 
 
@@ -181,11 +184,14 @@ def verify_checkpoint(unverified_checkpoint: Any, jwks: dict[str, Any], *,
 def sign_checkpoint(signer: Any, *, issuer: str, tree_size: int, root_hash: bytes,
                     timestamp: str | None = None) -> Checkpoint:
     """Sign the statement for ``(tree_size, root_hash)`` with the signer's active key."""
-    statement = dict(tree_size=int(tree_size), root_hash=bytes(root_hash).hex(),
-                     timestamp=timestamp or utc_timestamp(), issuer=issuer.rstrip("/"))
-    signature = signer.sign_bytes(statement_bytes(**statement), typ=CHECKPOINT_TYP)
+    tree_size, root_hex = int(tree_size), bytes(root_hash).hex()
+    timestamp, issuer = timestamp or utc_timestamp(), issuer.rstrip("/")
+    signature = signer.sign_bytes(statement_bytes(tree_size=tree_size, root_hash=root_hex,
+                                                  timestamp=timestamp, issuer=issuer),
+                                  typ=CHECKPOINT_TYP)
     key_id = jwt.get_unverified_header(signature)["kid"]     # our own, fresh signature
-    return Checkpoint(**statement, key_id=key_id, signature=signature)
+    return Checkpoint(tree_size=tree_size, root_hash=root_hex, timestamp=timestamp, issuer=issuer,
+                      key_id=key_id, signature=signature)
 
 
 def _row_checkpoint(row: Sequence[Any]) -> Checkpoint:
@@ -307,6 +313,7 @@ def local_checkpoint_keys(state_dir: str) -> dict[str, Any]:
     of checkpoint keys plus the public halves of the file signer's keyring (kept only under
     their RFC 7638 thumbprint, which is how the file signer names them)."""
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
     from jwt.algorithms import ECAlgorithm
 
     keys_dir = os.path.join(os.path.abspath(state_dir), "keys")
@@ -325,7 +332,9 @@ def local_checkpoint_keys(state_dir: str) -> dict[str, Any]:
                 private = serialization.load_pem_private_key(fh.read(), password=None)
         except (OSError, KeyError, ValueError, TypeError):
             continue
-        jwk = ECAlgorithm.to_jwk(private.public_key(), as_dict=True)   # type: ignore[arg-type]
+        # the file signer's keyring holds only EC (ES256) keys
+        public = cast("ec.EllipticCurvePublicKey", private.public_key())
+        jwk = ECAlgorithm.to_jwk(public, as_dict=True)
         kid = _jwk_thumbprint(jwk)
         if kid is not None and kid == entry.get("kid"):
             found.setdefault(kid, {**jwk, "kid": kid, "alg": ALGORITHM, "use": "sig"})
@@ -423,7 +432,7 @@ class Checkpointer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nhi-checkpointer", daemon=True)
 
-    def start(self) -> "Checkpointer":
+    def start(self) -> Checkpointer:
         self._thread.start()
         return self
 

@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.transparency import merkle
-from broker.transparency.checkpoints import CheckpointError, stored_checkpoints, verify_checkpoint
 from broker.ledger.events import VerifyReport
 from broker.ledger.store import Ledger
+from broker.transparency import merkle
+from broker.transparency.checkpoints import CheckpointError, stored_checkpoints, verify_checkpoint
 from broker.transparency.note import Verifier, matching
 from broker.transparency.signed_notes import StoredCosignature, check_cosignature, stored_cosignatures
 from broker.transparency.tree import TreeReport, verify_tree

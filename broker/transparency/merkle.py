@@ -31,7 +31,7 @@ becomes complete (so the store can persist it) and the root at any size.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 HASH_SIZE = 32
 LEAF_PREFIX = b"\x00"
@@ -247,6 +247,21 @@ def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: by
     hashes = [_check_hash(p, f"proof hash {i}") for i, p in enumerate(proof)]
     if size1 > size2:
         raise InvalidProof(f"first size {size1} is larger than second size {size2}")
+    if size1 == size2 or size1 == 0:
+        _verify_trivial_consistency(size1, size2, hashes, root1, root2)
+        return
+    fr, sr = _consistency_roots(size1, size2, hashes, root1)
+    if sr != root2:
+        raise InvalidProof("consistency proof does not lead to the second root")
+    if fr != root1:
+        raise ForkedLog(f"the tree of size {size2} does not extend the tree of size {size1}:"
+                        " its first entries hash to a different root",
+                        size1=size1, size2=size2, root1=root1, root2=root2, computed_root1=fr)
+
+
+def _verify_trivial_consistency(size1: int, size2: int, hashes: list[bytes], root1: bytes,
+                                root2: bytes) -> None:
+    """Equal sizes, or from the empty tree: the proof must be empty."""
     if size1 == size2:
         if hashes:
             raise InvalidProof("trees of equal size need an empty consistency proof")
@@ -254,12 +269,16 @@ def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: by
             raise ForkedLog(f"two different roots for tree size {size1}", size1=size1,
                             size2=size2, root1=root1, root2=root2)
         return
-    if size1 == 0:
-        if hashes:
-            raise InvalidProof("a consistency proof from the empty tree is empty")
-        if root1 != EMPTY_ROOT:
-            raise InvalidProof("the root of the empty tree is SHA-256 of the empty string")
-        return
+    if hashes:
+        raise InvalidProof("a consistency proof from the empty tree is empty")
+    if root1 != EMPTY_ROOT:
+        raise InvalidProof("the root of the empty tree is SHA-256 of the empty string")
+
+
+def _consistency_roots(size1: int, size2: int, hashes: list[bytes], root1: bytes
+                       ) -> tuple[bytes, bytes]:
+    """RFC 9162 §2.1.4.2 steps 2-7 for ``0 < size1 < size2``: the roots ``(fr, sr)`` the
+    proof leads to for the first and the second tree."""
     if not hashes:
         raise InvalidProof("empty consistency proof")
     if size1 & (size1 - 1) == 0:                  # 2. an exact power of two: prepend root1
@@ -285,12 +304,7 @@ def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: by
         sn >>= 1
     if sn != 0:                                   # 7.
         raise InvalidProof("consistency proof is too short")
-    if sr != root2:
-        raise InvalidProof("consistency proof does not lead to the second root")
-    if fr != root1:
-        raise ForkedLog(f"the tree of size {size2} does not extend the tree of size {size1}:"
-                        " its first entries hash to a different root",
-                        size1=size1, size2=size2, root1=root1, root2=root2, computed_root1=fr)
+    return fr, sr
 
 
 # -- incremental building ---------------------------------------------------------------------

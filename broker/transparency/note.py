@@ -84,7 +84,7 @@ class Verifier:
                 return None
             if len(signature) != 72:
                 raise NoteError("an Ed25519 cosignature is 8 + 64 bytes")
-            (timestamp,) = struct.unpack(">Q", signature[:8])
+            timestamp: int = struct.unpack(">Q", signature[:8])[0]
             if timestamp >= 1 << 63:
                 raise NoteError("cosignature timestamp out of range")
             public.verify(signature[8:], cosigned_message(text, timestamp))

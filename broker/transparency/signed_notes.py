@@ -32,10 +32,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from broker.ledger.events import utc_timestamp
-from broker.ledger.store import Ledger, Reader
+from broker.ledger.rows import Reader
+from broker.ledger.store import Ledger
 from broker.transparency.note import (
-    CheckpointText, Note, NoteError, SignatureLine, Verifier, matching, origin_for, parse_note,
-    sign_note, verifier_for,
+    CheckpointText,
+    Note,
+    NoteError,
+    SignatureLine,
+    Verifier,
+    matching,
+    origin_for,
+    parse_note,
+    sign_note,
+    verifier_for,
 )
 
 log = logging.getLogger("broker.transparency.signed_notes")

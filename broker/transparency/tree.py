@@ -20,14 +20,15 @@ tile its subtrees: at most about 2 log2(n) rows, fetched in one query.
 """
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from broker.common.canonical import sha256_hex
-from broker.transparency import merkle
 from broker.ledger.errors import LedgerUnavailable
 from broker.ledger.events import GENESIS_HASH
-from broker.ledger.store import EVENT_COLUMNS, Ledger, Reader, Row, event_from_row
+from broker.ledger.rows import EVENT_COLUMNS, Reader, Row, event_from_row
+from broker.ledger.store import Ledger
+from broker.transparency import merkle
 
 SQL_MERKLE_SIZE = "SELECT size FROM merkle_head WHERE id = 1"
 SQL_SIZES = ("SELECT m.size, l.seq FROM merkle_head m, ledger_head l"
@@ -180,7 +181,8 @@ class LedgerTree:
         rows = read(SQL_EVENT_HASH, (seq,))
         if not rows:
             raise TreeIntegrityError(f"event {seq}, already in the tree, is missing", seq=seq)
-        return rows[0][0]
+        event_hash: str = rows[0][0]
+        return event_hash
 
     # -- reading -----------------------------------------------------------------------------
     def _nodes(self, plans: Sequence[_Plan]) -> dict[tuple[int, int], bytes]:
@@ -309,7 +311,6 @@ def verify_tree(read: Reader, *, sizes: Iterable[int] = (), proof_from: int | No
     plan = (_Plan(merkle.consistency_ranges(proof_from, head))
             if proof_from is not None and 0 <= proof_from <= head else None)
     capture = plan.keys() if plan is not None else set()
-    captured: dict[tuple[int, int], bytes] = {}
     roots: dict[int, bytes] = {}
     if wanted and wanted[0] == 0:
         roots[0] = merkle.EMPTY_ROOT
@@ -319,9 +320,7 @@ def verify_tree(read: Reader, *, sizes: Iterable[int] = (), proof_from: int | No
                           f" ledger has only {head} events", first_bad_seq=head + 1,
                           ledger_size=head)
     compact = merkle.CompactRange()
-    cursors: dict[int, _LevelCursor] = {}
-    checked = 0
-    bad: TreeReport | None = None
+    nodes = _NodeCheck(read, tree_size, batch, capture)
     seq = 0
     while seq < head:
         chunk = read(SQL_EVENT_RANGE, (seq, min(head, seq + batch)))
@@ -329,37 +328,60 @@ def verify_tree(read: Reader, *, sizes: Iterable[int] = (), proof_from: int | No
             break
         for row in chunk:
             if int(row[0]) != seq + 1:
-                return TreeReport(False, tree_size, checked, f"event {seq + 1} is missing",
+                return TreeReport(False, tree_size, nodes.checked, f"event {seq + 1} is missing",
                                   first_bad_seq=seq + 1, roots=roots, ledger_size=head)
             seq += 1
             try:
                 leaf = event_from_row(row).canonical_bytes()
             except (TypeError, ValueError):
-                return TreeReport(False, tree_size, checked, f"event {seq} cannot be decoded",
+                return TreeReport(False, tree_size, nodes.checked, f"event {seq} cannot be decoded",
                                   first_bad_seq=seq, roots=roots, ledger_size=head)
             for level, idx, computed in compact.append(merkle.leaf_hash(leaf)):
-                if (level, idx) in capture:
-                    captured[(level, idx)] = computed
-                if bad is not None or seq > tree_size:
-                    continue
-                cursor = cursors.get(level)
-                if cursor is None:
-                    cursor = cursors[level] = _LevelCursor(read, level, batch)
-                stored = cursor.get(idx)
-                checked += 1
-                if stored != computed:
-                    first = (idx << level) + 1
-                    what = "missing" if stored is None else "differs from the events"
-                    bad = TreeReport(False, tree_size, checked,
-                                     f"stored merkle node (level {level}, index {idx}) {what}"
-                                     f" (covers events {first}..{(idx + 1) << level})",
-                                     first_bad_seq=first)
+                nodes.add(seq, level, idx, computed)
             while pending and pending[0] == compact.size:
                 roots[pending.pop(0)] = compact.root()
     if seq != head:
-        return TreeReport(False, tree_size, checked, f"event {seq + 1} is missing",
+        return TreeReport(False, tree_size, nodes.checked, f"event {seq + 1} is missing",
                           first_bad_seq=seq + 1, roots=roots, ledger_size=head)
-    consistency = plan.hashes(captured) if plan is not None else None
+    consistency = plan.hashes(nodes.captured) if plan is not None else None
+    return _final_report(read, nodes, roots, head, consistency)
+
+
+class _NodeCheck:
+    """Compares each recomputed node of the stored tree with the stored one (remembering the
+    first mismatch) and captures the nodes a consistency proof needs."""
+
+    def __init__(self, read: Reader, tree_size: int, batch: int,
+                 capture: Collection[tuple[int, int]]) -> None:
+        self.read, self.tree_size, self.batch, self.capture = read, tree_size, batch, capture
+        self.cursors: dict[int, _LevelCursor] = {}
+        self.captured: dict[tuple[int, int], bytes] = {}
+        self.checked = 0
+        self.bad: TreeReport | None = None
+
+    def add(self, seq: int, level: int, idx: int, computed: bytes) -> None:
+        if (level, idx) in self.capture:
+            self.captured[(level, idx)] = computed
+        if self.bad is not None or seq > self.tree_size:
+            return
+        cursor = self.cursors.get(level)
+        if cursor is None:
+            cursor = self.cursors[level] = _LevelCursor(self.read, level, self.batch)
+        stored = cursor.get(idx)
+        self.checked += 1
+        if stored != computed:
+            first = (idx << level) + 1
+            what = "missing" if stored is None else "differs from the events"
+            self.bad = TreeReport(False, self.tree_size, self.checked,
+                                  f"stored merkle node (level {level}, index {idx}) {what}"
+                                  f" (covers events {first}..{(idx + 1) << level})",
+                                  first_bad_seq=first)
+
+
+def _final_report(read: Reader, nodes: _NodeCheck, roots: dict[int, bytes], head: int,
+                  consistency: list[bytes] | None) -> TreeReport:
+    """Every event hashed: the first bad node, else a wrong count of stored nodes, else ok."""
+    tree_size, checked, bad = nodes.tree_size, nodes.checked, nodes.bad
     if bad is not None:
         return TreeReport(bad.ok, bad.tree_size, bad.checked_nodes, bad.reason,
                           bad.first_bad_seq, roots, head, consistency)

@@ -25,7 +25,8 @@ import base64
 import binascii
 import json
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from broker.transparency import merkle
 from broker.transparency.checkpoints import Checkpoint, CheckpointError, load_json, verify_checkpoint

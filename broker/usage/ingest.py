@@ -23,14 +23,21 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from broker.common.ids import is_credential_id
 from broker.ledger.events import CredentialRecord, EventDraft
 from broker.usage.pglog import (
-    DEFAULT_PREFIX, ROLE_PREFIX, LogEntry, activity_of, make_parser, utc_time,
+    DEFAULT_PREFIX,
+    ROLE_PREFIX,
+    Activity,
+    LogEntry,
+    activity_of,
+    make_parser,
+    utc_time,
 )
 from broker.usage.redact import redact_sql
 
@@ -81,7 +88,7 @@ class UsageIngester:
         if credential_id in self._credentials:
             self._credentials.move_to_end(credential_id)
             return self._credentials[credential_id]
-        record = self.ledger.get_credential(credential_id)
+        record: CredentialRecord | None = self.ledger.get_credential(credential_id)
         self._credentials[credential_id] = record
         if len(self._credentials) > _CACHE_SIZE:
             self._credentials.popitem(last=False)
@@ -109,15 +116,7 @@ class UsageIngester:
     # -- entries ---------------------------------------------------------------------------
     def add(self, entry: LogEntry) -> None:
         user = entry.user or ""
-        credential_id = self._ids.get(user)
-        if credential_id is None:
-            cid = user[len(ROLE_PREFIX):]
-            if user.startswith(ROLE_PREFIX) and is_credential_id(cid):
-                credential_id = cid
-            else:                          # a user Vault's database engine generated, or none
-                credential_id = self._generated_user(user) or ""
-            if len(self._ids) < _CACHE_SIZE:
-                self._ids[user] = credential_id
+        credential_id = self._credential_id_of(user)
         if not credential_id:
             return
         stats = self.stats
@@ -132,34 +131,8 @@ class UsageIngester:
         else:
             key = "pg:sha256:" + hashlib.sha256((entry.raw or repr(entry)).encode("utf-8")).hexdigest()
         statement = redact_sql(activity.statement)
-        details: dict[str, Any] = {"source": self.source, "kind": activity.kind, "role": user,
-                                   "line_key": key}
-        if statement:
-            details["statement"] = statement
-        if entry.database:
-            details["database"] = entry.database
-        if entry.session_id:
-            details["session_id"] = entry.session_id
-        if entry.line_num is not None:
-            details["session_line"] = entry.line_num
-        if entry.client:
-            details["client"] = entry.client
-        if at:
-            details["at"] = at
-        if activity.command_tag:
-            details["command_tag"] = activity.command_tag
-        if activity.duration_ms is not None:
-            details["duration_ms"] = activity.duration_ms
-        if activity.kind == "error":
-            if activity.error:
-                # An error can echo the statement ("syntax error at or near \"hunter2\""): when
-                # the statement held a secret, the message is withheld, as the gateway does.
-                details["error"] = (WITHHELD if statement != activity.statement
-                                    else redact_sql(activity.error))
-            if entry.sqlstate:
-                details["sqlstate"] = entry.sqlstate
-        if entry.application:
-            details["application"] = entry.application
+        details = _usage_details(self.source, entry, activity, user=user, key=key,
+                                 statement=statement, at=at)
         record = self._credential(credential_id)
         if record is None:
             stats.unknown_credentials += 1
@@ -173,6 +146,19 @@ class UsageIngester:
         if len(self._pending) >= self.batch_size:
             self.flush()
 
+    def _credential_id_of(self, user: str) -> str:
+        """The credential id a database user stands for ("" for none), remembered per user."""
+        credential_id = self._ids.get(user)
+        if credential_id is None:
+            cid = user[len(ROLE_PREFIX):]
+            if user.startswith(ROLE_PREFIX) and is_credential_id(cid):
+                credential_id = cid
+            else:                          # a user Vault's database engine generated, or none
+                credential_id = self._generated_user(user) or ""
+            if len(self._ids) < _CACHE_SIZE:
+                self._ids[user] = credential_id
+        return credential_id
+
     def flush(self) -> int:
         """Write what is pending; returns the number of events appended."""
         if not self._pending:
@@ -182,6 +168,43 @@ class UsageIngester:
         self.stats.recorded += len(events)
         self.stats.duplicates += len(pending) - len(events)
         return len(events)
+
+
+def _usage_details(source: str, entry: LogEntry, activity: Activity, *, user: str, key: str,
+                   statement: str | None, at: str | None) -> dict[str, Any]:
+    """A usage event's ``details``: what the log line says, without empty fields."""
+    details: dict[str, Any] = {"source": source, "kind": activity.kind, "role": user, "line_key": key}
+    if statement:
+        details["statement"] = statement
+    if entry.database:
+        details["database"] = entry.database
+    if entry.session_id:
+        details["session_id"] = entry.session_id
+    if entry.line_num is not None:
+        details["session_line"] = entry.line_num
+    if entry.client:
+        details["client"] = entry.client
+    if at:
+        details["at"] = at
+    if activity.command_tag:
+        details["command_tag"] = activity.command_tag
+    if activity.duration_ms is not None:
+        details["duration_ms"] = activity.duration_ms
+    if activity.kind == "error":
+        _add_error(details, entry, activity, redacted=statement != activity.statement)
+    if entry.application:
+        details["application"] = entry.application
+    return details
+
+
+def _add_error(details: dict[str, Any], entry: LogEntry, activity: Activity, *,
+               redacted: bool) -> None:
+    if activity.error:
+        # An error can echo the statement ("syntax error at or near \"hunter2\""): when the
+        # statement held a secret, the message is withheld, as the gateway does.
+        details["error"] = WITHHELD if redacted else redact_sql(activity.error)
+    if entry.sqlstate:
+        details["sqlstate"] = entry.sqlstate
 
 
 # ---------------------------------------------------------------------------- reading files
@@ -222,7 +245,7 @@ class _Tail:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.handle = open(path, "r", encoding="utf-8", errors="replace", newline="")
+        self.handle = open(path, encoding="utf-8", errors="replace", newline="")
         self.inode = os.fstat(self.handle.fileno()).st_ino
         self.partial = ""
 
@@ -271,26 +294,15 @@ def read_lines(path: str | Path, fmt: str, *, follow: bool = False, poll: float 
     truncated and recreated; for a folder, a newer file appearing), yielding :data:`IDLE`
     whenever nothing new has come, until ``should_stop()``."""
     path = Path(path)
-    folder = path if path.is_dir() else None
-    done: set[str] = set()
-
-    def next_file() -> Path | None:
-        if folder is None:
-            return path if str(path) not in done else None
-        for candidate in _log_files(folder, fmt):
-            if str(candidate) not in done:
-                return candidate
-        return None
-
-    current = next_file()
-    if current is None and not follow:
-        return
-    while current is None:                       # following a folder that has no file yet
-        if should_stop():
+    files = _Files(path, fmt)
+    folder = files.folder
+    current = files.next()
+    if current is None:
+        if not follow:
             return
-        yield IDLE
-        time.sleep(poll)
-        current = next_file()
+        current = yield from _first_file(files, poll, should_stop)
+        if current is None:
+            return
     tail = _Tail(current)
     on_file(str(current))
     try:
@@ -300,12 +312,7 @@ def read_lines(path: str | Path, fmt: str, *, follow: bool = False, poll: float 
                 yield from lines
                 continue
             # at the end of the current file
-            newer = None
-            if folder is not None:
-                done.add(str(tail.path))
-                newer = next_file()
-                if newer is None:
-                    done.discard(str(tail.path))
+            newer = files.newer(tail.path)
             if newer is not None:
                 yield from tail.rest()
                 tail.close()
@@ -318,12 +325,10 @@ def read_lines(path: str | Path, fmt: str, *, follow: bool = False, poll: float 
             if folder is None and tail.replaced():
                 yield from tail.rest()
                 tail.close()
-                try:
-                    tail = _Tail(path)
-                except FileNotFoundError:
-                    tail = _wait_for(path, poll, should_stop)
-                    if tail is None:
-                        return
+                reopened = _reopen(path, poll, should_stop)
+                if reopened is None:
+                    return
+                tail = reopened
                 on_file(str(path))
                 continue
             if should_stop():
@@ -333,6 +338,55 @@ def read_lines(path: str | Path, fmt: str, *, follow: bool = False, poll: float 
             time.sleep(poll)
     finally:
         tail.close()
+
+
+class _Files:
+    """Which file :func:`read_lines` reads next: ``path`` itself, or a folder's log files
+    oldest first, each once."""
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path = path
+        self.fmt = fmt
+        self.folder = path if path.is_dir() else None
+        self.done: set[str] = set()
+
+    def next(self) -> Path | None:
+        if self.folder is None:
+            return self.path if str(self.path) not in self.done else None
+        for candidate in _log_files(self.folder, self.fmt):
+            if str(candidate) not in self.done:
+                return candidate
+        return None
+
+    def newer(self, finished: Path) -> Path | None:
+        """In a folder, the file after ``finished`` (which is then done), if one has come."""
+        if self.folder is None:
+            return None
+        self.done.add(str(finished))
+        newer = self.next()
+        if newer is None:
+            self.done.discard(str(finished))
+        return newer
+
+
+def _first_file(files: _Files, poll: float,
+                should_stop: Callable[[], bool]) -> Generator[None, None, Path | None]:
+    """Following a folder that has no file yet: :data:`IDLE` until one comes (or a stop)."""
+    while not should_stop():
+        yield IDLE
+        time.sleep(poll)
+        current = files.next()
+        if current is not None:
+            return current
+    return None
+
+
+def _reopen(path: Path, poll: float, should_stop: Callable[[], bool]) -> _Tail | None:
+    """The file that now has the rotated file's name, once it exists (None on a stop)."""
+    try:
+        return _Tail(path)
+    except FileNotFoundError:
+        return _wait_for(path, poll, should_stop)
 
 
 def _wait_for(path: Path, poll: float, should_stop: Callable[[], bool]) -> _Tail | None:

@@ -13,9 +13,10 @@ import csv
 import io
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Iterable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, Protocol
 
 ROLE_PREFIX = "nhb_"
 #: Users whose log entries are read: the broker's own roles, and the users that Vault/OpenBao's
@@ -54,7 +55,7 @@ class LogEntry:
 
 _TIME = re.compile(r"(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?(?: (\S+))?$")
 _OFFSET = re.compile(r"([+-])(\d\d):?(\d\d)?$")
-_ZONES: dict[str, timezone | None] = {"UTC": timezone.utc, "GMT": timezone.utc, "Z": timezone.utc}
+_ZONES: dict[str, timezone | None] = {"UTC": UTC, "GMT": UTC, "Z": UTC}
 
 
 def _zone(name: str) -> timezone | None:
@@ -83,7 +84,7 @@ def utc_time(logged: str | None, *, epoch: float | None = None) -> str | None:
     None when it cannot be read. Set ``log_timezone = 'UTC'`` (docs/postgres.md): named zone
     abbreviations other than UTC/GMT are resolved through zoneinfo at today's offset."""
     if epoch is not None:
-        return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     if not logged:
         return None
     match = _TIME.match(logged)
@@ -92,12 +93,12 @@ def utc_time(logged: str | None, *, epoch: float | None = None) -> str | None:
     day, clock, fraction, zone_name = match.groups()
     micros = (fraction or "").ljust(6, "0")
     zone = _zone(zone_name or "UTC")
-    if zone is timezone.utc:
+    if zone is UTC:
         return f"{day}T{clock}.{micros}Z"            # the common case, without datetime
     if zone is None:
         return None
     moment = datetime.strptime(f"{day} {clock}.{micros}", "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=zone)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # ---------------------------------------------------------------------------- jsonlog
@@ -272,7 +273,7 @@ class StderrParser:
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self._regex = prefix_regex(prefix)
-        self._current: dict | None = None
+        self._current: dict[str, Any] | None = None
         self._raw: list[str] = []
 
     def feed(self, line: str) -> list[LogEntry]:
@@ -307,7 +308,7 @@ class StderrParser:
         if not user.startswith(USER_PREFIXES):
             return []
         message, statement = "", None
-        for label, lines in zip(current["attached"], current["message_parts"]):
+        for label, lines in zip(current["attached"], current["message_parts"], strict=True):
             joined = "\n".join(lines)
             if label is None:
                 message = joined
@@ -331,7 +332,15 @@ class StderrParser:
             epoch=float(epoch) if epoch else None)]
 
 
-def make_parser(fmt: str, *, prefix: str = DEFAULT_PREFIX):
+class LogParser(Protocol):
+    """What the parser of every log format does: lines in, entries out."""
+
+    def feed(self, line: str) -> list[LogEntry]: ...
+
+    def flush(self, *, final: bool = True) -> list[LogEntry]: ...
+
+
+def make_parser(fmt: str, *, prefix: str = DEFAULT_PREFIX) -> LogParser:
     if fmt == "jsonlog":
         return JsonlogParser()
     if fmt == "csvlog":
@@ -361,8 +370,8 @@ class Activity:
 
 
 _EXECUTE = re.compile(r"execute (?:fetch from )?[^:\s]*(?:/[^:\s]*)?: ", re.DOTALL)
-_DURATION = re.compile(r"duration: (\d+(?:\.\d+)?) ms(?:  (statement|execute [^:]*|parse [^:]*|bind [^:]*): (.*))?",
-                       re.DOTALL)
+_DURATION = re.compile(
+    r"duration: (\d+(?:\.\d+)?) ms(?:  (statement|execute [^:]*|parse [^:]*|bind [^:]*): (.*))?", re.DOTALL)
 _TAG = re.compile(r"[A-Z][A-Z ]*[A-Z]|[A-Z]")
 
 
@@ -375,34 +384,39 @@ def activity_of(entry: LogEntry) -> Activity | None:
     """The statement, connection or error in ``entry``; None for anything else (a bare
     ``duration`` line, parse/bind steps, notices …)."""
     severity = entry.severity
-    message = entry.message
     if severity == "LOG":
-        if message.startswith("statement: "):
-            return Activity("statement", statement=message[11:], command_tag=_tag(entry))
-        if message.startswith("execute "):
-            match = _EXECUTE.match(message)
-            if match:
-                return Activity("statement", statement=message[match.end():], command_tag=_tag(entry))
-            return None
-        if message.startswith("duration: "):
-            match = _DURATION.fullmatch(message)
-            if match and match.group(2) and not match.group(2).startswith(("parse", "bind")):
-                return Activity("statement", statement=match.group(3),
-                                duration_ms=float(match.group(1)), command_tag=_tag(entry))
-            return None
-        if message.startswith("AUDIT: "):                  # pgaudit
-            try:
-                fields = next(csv.reader(io.StringIO(message[7:])))
-            except (csv.Error, StopIteration):
-                return None
-            if len(fields) >= 8:
-                return Activity("statement", statement=fields[7], command_tag=fields[4] or None)
-            return None
-        if message.startswith("connection authorized: "):
-            return Activity("connect")
-        if message.startswith("disconnection: "):
-            return Activity("disconnect")
-        return None
+        return _logged_activity(entry, entry.message)
     if severity in ("ERROR", "FATAL", "PANIC"):
-        return Activity("error", statement=entry.statement, error=message, command_tag=_tag(entry))
+        return Activity("error", statement=entry.statement, error=entry.message, command_tag=_tag(entry))
+    return None
+
+
+def _logged_activity(entry: LogEntry, message: str) -> Activity | None:
+    """What a ``LOG`` line says: a statement (plain, extended protocol, with its duration, or
+    pgaudit's), a connection or a disconnection."""
+    if message.startswith("statement: "):
+        return Activity("statement", statement=message[11:], command_tag=_tag(entry))
+    if message.startswith("execute "):
+        match = _EXECUTE.match(message)
+        if match:
+            return Activity("statement", statement=message[match.end():], command_tag=_tag(entry))
+        return None
+    if message.startswith("duration: "):
+        match = _DURATION.fullmatch(message)
+        if match and match.group(2) and not match.group(2).startswith(("parse", "bind")):
+            return Activity("statement", statement=match.group(3),
+                            duration_ms=float(match.group(1)), command_tag=_tag(entry))
+        return None
+    if message.startswith("AUDIT: "):                  # pgaudit
+        try:
+            fields = next(csv.reader(io.StringIO(message[7:])))
+        except (csv.Error, StopIteration):
+            return None
+        if len(fields) >= 8:
+            return Activity("statement", statement=fields[7], command_tag=fields[4] or None)
+        return None
+    if message.startswith("connection authorized: "):
+        return Activity("connect")
+    if message.startswith("disconnection: "):
+        return Activity("disconnect")
     return None

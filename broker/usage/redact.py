@@ -15,8 +15,9 @@ A literal after ``PASSWORD`` becomes ``'***'`` (``U&'***'`` for a Unicode litera
 ``'…'`` literal holding a connection string or URI keeps its text with only the secret replaced
 (``'host=db password=*** user=u'``, ``'postgresql://app:***@db/x'``); any other literal holding one
 (``E'…'``, ``U&'…'``, dollar-quoted: escapes could hide where the secret ends) becomes ``'***'``
-whole. The rest stays, so the auditor still sees what was done. A statement that does not lex or parse (an unterminated quoted
-password, ``PASSWORD secret`` unquoted) is redacted conservatively: everything from the first
+whole. The rest stays, so the auditor still sees what was done. A statement that does not lex
+or parse (an unterminated quoted password, ``PASSWORD secret`` unquoted) is redacted
+conservatively: everything from the first
 ``password`` onwards becomes ``***`` (and, with no such word, everything from the first ``U&'``,
 ``E'`` or URI). The fast path — no ``password``, ``://``, ``U&`` or backslash anywhere — costs one
 regular-expression search and no parsing.
@@ -24,6 +25,7 @@ regular-expression search and no parsing.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from pglast import parser as _pg
 
@@ -68,7 +70,7 @@ def redact_statement(text: str) -> tuple[str, bool]:
     return "".join(out), True
 
 
-def _follows_password(text: str, tokens: list, i: int) -> bool:
+def _follows_password(text: str, tokens: list[Any], i: int) -> bool:
     j = i - 1
     while j >= 0 and tokens[j].name in _SKIP_BEFORE_LITERAL:
         j -= 1

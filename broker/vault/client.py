@@ -172,29 +172,7 @@ def validate_vault_block(ctx: Any, key: str = "vault") -> Iterator[Any]:
     if not isinstance(block, dict):
         yield ctx.problem(key, f"{key} must be a mapping (addr or addr_env, and auth or token_env)")
         return
-    for name in block:
-        if name not in VAULT_BLOCK_KEYS:
-            yield ctx.problem(key, f"{key}: unknown key {name!r} (allowed: {', '.join(sorted(VAULT_BLOCK_KEYS))})")
-    if ("addr" in block) == ("addr_env" in block):
-        yield ctx.problem(key, f"{key}: exactly one of addr or addr_env is required")
-    if "addr" in block and (not isinstance(block["addr"], str)
-                            or not re.match(r"https?://[^\s]+$", block["addr"])):
-        yield ctx.problem(key, f"{key}.addr must be an http(s) URL")
-    for name in ("addr_env", "token_env"):
-        if name in block and (not isinstance(block[name], str) or not _ENV_NAME.fullmatch(block[name])):
-            yield ctx.problem(key, f"{key}.{name} must be an environment variable name")
-    for name in ("token_file", "ca_cert"):
-        if name in block:
-            if not isinstance(block[name], str) or not block[name]:
-                yield ctx.problem(key, f"{key}.{name} must be a file path")
-            else:
-                block[name] = str((ctx.base_dir / block[name]).resolve())
-    if "namespace" in block and (not isinstance(block["namespace"], str) or not block["namespace"]):
-        yield ctx.problem(key, f"{key}.namespace must be a non-empty string")
-    if "timeout" in block:
-        t = block["timeout"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 120:
-            yield ctx.problem(key, f"{key}.timeout must be a number of seconds from 0 to 120")
+    yield from _block_problems(ctx, key, block)
     auth = block.get("auth")
     has_token = "token_env" in block or "token_file" in block
     if "token_env" in block and "token_file" in block:
@@ -205,6 +183,32 @@ def validate_vault_block(ctx: Any, key: str = "vault") -> Iterator[Any]:
         return
     if has_token:
         yield ctx.problem(key, f"{key}: give auth or token_env/token_file, not both")
+    yield from _auth_problems(ctx, key, auth)
+
+
+def _block_problems(ctx: Any, key: str, block: dict[str, Any]) -> Iterator[Any]:
+    """The ``vault:`` block's own keys (everything but ``auth``)."""
+    for name in block:
+        if name not in VAULT_BLOCK_KEYS:
+            yield ctx.problem(key, f"{key}: unknown key {name!r} "
+                                   f"(allowed: {', '.join(sorted(VAULT_BLOCK_KEYS))})")
+    if ("addr" in block) == ("addr_env" in block):
+        yield ctx.problem(key, f"{key}: exactly one of addr or addr_env is required")
+    if "addr" in block and (not isinstance(block["addr"], str)
+                            or not re.match(r"https?://[^\s]+$", block["addr"])):
+        yield ctx.problem(key, f"{key}.addr must be an http(s) URL")
+    yield from _env_name_problems(ctx, key, key, block, ("addr_env", "token_env"))
+    yield from _file_problems(ctx, key, key, block, ("token_file", "ca_cert"))
+    if "namespace" in block and (not isinstance(block["namespace"], str) or not block["namespace"]):
+        yield ctx.problem(key, f"{key}.namespace must be a non-empty string")
+    if "timeout" in block:
+        t = block["timeout"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 120:
+            yield ctx.problem(key, f"{key}.timeout must be a number of seconds from 0 to 120")
+
+
+def _auth_problems(ctx: Any, key: str, auth: Any) -> Iterator[Any]:
+    """The ``vault.auth`` block: its method, the keys that method allows, their values."""
     if not isinstance(auth, dict):
         yield ctx.problem(key, f"{key}.auth must be a mapping with a method")
         return
@@ -216,22 +220,24 @@ def validate_vault_block(ctx: Any, key: str = "vault") -> Iterator[Any]:
         if name not in AUTH_KEYS[method]:
             yield ctx.problem(key, f"{key}.auth: unknown key {name!r} for method {method} "
                                    f"(allowed: {', '.join(sorted(AUTH_KEYS[method]))})")
-    for name in ("role_id_env", "secret_id_env", "jwt_env", "token_env"):
-        if name in auth and (not isinstance(auth[name], str) or not _ENV_NAME.fullmatch(auth[name])):
-            yield ctx.problem(key, f"{key}.auth.{name} must be an environment variable name")
-    for name in ("role_id_file", "secret_id_file", "jwt_file", "token_file"):
-        if name in auth:
-            if not isinstance(auth[name], str) or not auth[name]:
-                yield ctx.problem(key, f"{key}.auth.{name} must be a file path")
-            else:
-                auth[name] = str((ctx.base_dir / auth[name]).resolve())
+    yield from _env_name_problems(ctx, key, f"{key}.auth", auth,
+                                  ("role_id_env", "secret_id_env", "jwt_env", "token_env"))
+    yield from _file_problems(ctx, key, f"{key}.auth", auth,
+                              ("role_id_file", "secret_id_file", "jwt_file", "token_file"))
     if "mount" in auth and (not isinstance(auth["mount"], str) or not is_vault_path(auth["mount"])):
         yield ctx.problem(key, f"{key}.auth.mount must be a Vault mount path like 'approle'")
+    yield from _auth_method_problems(ctx, key, method, auth)
+
+
+def _auth_method_problems(ctx: Any, key: str, method: str, auth: dict[str, Any]) -> Iterator[Any]:
+    """What each auth method needs (exactly one source of each secret)."""
     if method == "approle":
         if sum(k in auth for k in ("role_id", "role_id_env", "role_id_file")) != 1:
-            yield ctx.problem(key, f"{key}.auth: approle needs exactly one of role_id, role_id_env, role_id_file")
+            yield ctx.problem(key, f"{key}.auth: approle needs exactly one of role_id, role_id_env, "
+                                   "role_id_file")
         if sum(k in auth for k in ("secret_id_env", "secret_id_file")) != 1:
-            yield ctx.problem(key, f"{key}.auth: approle needs exactly one of secret_id_file, secret_id_env")
+            yield ctx.problem(key, f"{key}.auth: approle needs exactly one of secret_id_file, "
+                                   "secret_id_env")
     elif method in ("kubernetes", "jwt"):
         if not isinstance(auth.get("role"), str) or not auth.get("role"):
             yield ctx.problem(key, f"{key}.auth: {method} needs role")
@@ -239,6 +245,24 @@ def validate_vault_block(ctx: Any, key: str = "vault") -> Iterator[Any]:
             yield ctx.problem(key, f"{key}.auth: jwt needs exactly one of jwt_file, jwt_env")
     elif method == "token" and sum(k in auth for k in ("token_env", "token_file")) != 1:
         yield ctx.problem(key, f"{key}.auth: token needs exactly one of token_env, token_file")
+
+
+def _env_name_problems(ctx: Any, key: str, where: str, block: dict[str, Any],
+                       names: tuple[str, ...]) -> Iterator[Any]:
+    for name in names:
+        if name in block and (not isinstance(block[name], str) or not _ENV_NAME.fullmatch(block[name])):
+            yield ctx.problem(key, f"{where}.{name} must be an environment variable name")
+
+
+def _file_problems(ctx: Any, key: str, where: str, block: dict[str, Any],
+                   names: tuple[str, ...]) -> Iterator[Any]:
+    """Problems of file-path keys; a good one is resolved in place against the policy folder."""
+    for name in names:
+        if name in block:
+            if not isinstance(block[name], str) or not block[name]:
+                yield ctx.problem(key, f"{where}.{name} must be a file path")
+            else:
+                block[name] = str((ctx.base_dir / block[name]).resolve())
 
 
 def is_vault_path(value: str) -> bool:
@@ -315,7 +339,8 @@ def _read_secret(*, env: str | None = None, path: str | None = None, what: str, 
                                detail=f"vault ({source}): cannot read {what} file {path}: "
                                       f"{type(exc).__name__}") from None
         if not value:
-            raise VaultRefused("target is not usable", detail=f"vault ({source}): {what} file {path} is empty")
+            raise VaultRefused("target is not usable",
+                               detail=f"vault ({source}): {what} file {path} is empty")
         return value
     raise VaultRefused("target is not usable", detail=f"vault ({source}): no {what} configured")
 
@@ -341,8 +366,9 @@ class VaultClient:
 
         s = self.settings
         verify: Any = s.ca_cert if s.ca_cert else True
+        # the stub says int; hvac hands the timeout to requests, which takes seconds as a float
         return hvac.Client(url=s.resolved_addr(), namespace=s.namespace, verify=verify,
-                           timeout=s.timeout)
+                           timeout=s.timeout)  # type: ignore[arg-type]
 
     def _login(self) -> None:
         """Make a client and a token (caller holds the lock)."""

@@ -10,12 +10,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-
-from tests.support.attestation import AUDIENCE, issuer_config, policy_set
 from broker.attestation import AttestationError, JWKSCache, SQLiteReplayGuard
 from broker.attestation.verify import verify_subject_token
 from broker.devtools.dev_issuer import DevIssuer
 from broker.policy import load_policy_dir
+from tests.support.attestation import AUDIENCE, issuer_config, policy_set
 
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 

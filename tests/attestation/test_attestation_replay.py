@@ -13,12 +13,7 @@ from contextlib import closing
 
 import pytest
 
-from broker.attestation import (
-    RedisReplayGuard,
-    ReplayStoreUnavailable,
-    SQLiteReplayGuard,
-    open_replay_guard,
-)
+from broker.attestation import RedisReplayGuard, ReplayStoreUnavailable, SQLiteReplayGuard, open_replay_guard
 from broker.attestation.replay import ReplayGuard
 from broker.errors import BackendUnavailable
 from broker.http.errors import body_of, status_of

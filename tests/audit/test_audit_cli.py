@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from typing import Any
 
 import pytest
 
@@ -96,7 +97,7 @@ def test_export_jsonl_and_ocsf(local):
     ocsf = [json.loads(line) for line in broker("export", "--since", "1h", "--format", "ocsf",
                                                 env=env).stdout.splitlines()]
     assert len(ocsf) == len(events)
-    by_type = {}
+    by_type: dict[str, Any] = {}
     for record in ocsf:
         by_type.setdefault(record["unmapped"]["ledger"]["type"], record)
     assert (by_type["mint"]["class_uid"], by_type["mint"]["activity_id"], by_type["mint"]["status_id"]) == (3002, 1, 1)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.oauth import AUDIENCE, AUDITOR, basic, exchange_form
 from broker.audit.ocsf import OCSF_VERSION, to_ocsf
 from broker.ledger import Event
+from tests.support.oauth import AUDIENCE, AUDITOR, basic, exchange_form
 from tests.support.ocsf_schema import ocsf_problems
 from tests.support.standards import app, client, ledger, make_app, policy_dir  # noqa: F401 (fixtures)
 

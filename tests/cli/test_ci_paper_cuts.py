@@ -8,10 +8,10 @@ import shlex
 import subprocess
 import sys
 
-from tests.support.oauth import claims_of
-from tests.support.server import REPO
-from tests.cli.test_ci_exchange import AUDIENCE, clean_env, github_env, parse_github_file
 from broker.sdk import Broker
+from tests.cli.test_ci_exchange import clean_env, github_env, parse_github_file
+from tests.support.oauth import AUDIENCE, claims_of
+from tests.support.server import REPO
 
 BLOCKED = ("flask", "werkzeug", "jwt", "cryptography", "authlib", "yaml", "click", "rich",
            "gunicorn", "psycopg", "psycopg_pool", "redis", "requests", "hvac")

@@ -3,6 +3,8 @@ chain, narrowing, introspection and the mint/revoke race (the revocation cascade
 self-revocation: tests/lifecycle/test_revocation.py)."""
 from __future__ import annotations
 
+import itertools
+
 from broker.ledger.events import EventDraft
 from tests.support.fanout import SERVICE, derive, derive_form, introspect, mint_root
 from tests.support.oauth import claims_of
@@ -23,7 +25,7 @@ def test_a_chain_three_deep_is_linked_narrowed_and_records_its_actors(client, de
     assert [c["scope"] for c in claims] == ["deploy", "reports:read reports:write", "reports:read",
                                             "billing:read"]
     assert [c["aud"] for c in claims[1:3]] == ["https://reports.internal"] * 2
-    for parent, kid in zip(claims, claims[1:]):
+    for parent, kid in itertools.pairwise(claims):
         assert kid["exp"] <= parent["exp"]
         assert kid["parent_id"] == parent["jti"]
         assert kid["act"]["sub"] == parent["jti"] and kid["act"]["target"] == parent["target"]

@@ -84,7 +84,7 @@ def test_an_unrecordable_mint_issues_nothing(ctx, dev_issuer):
         raise errors.LedgerUnavailable("ledger database error during record_mint")
 
     ctx.issuers["jwt"] = Undoable()
-    ctx.ledger.record_mint = down      # type: ignore[method-assign]
+    ctx.ledger.record_mint = down
     with pytest.raises(errors.LedgerUnavailable) as caught:
         exchange(ctx, request(dev_issuer.mint_github(audience=AUDIENCE)))
     assert caught.value.description == "the ledger is unavailable; nothing was issued"

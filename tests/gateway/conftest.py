@@ -2,17 +2,25 @@
 real gateway process (``python -m broker.gateway.devserver``) in front of it."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-
+from tests.gateway.gw_support import (
+    CREDENTIAL,
+    ROLE,
+    ROLE_PASSWORD,
+    TOKEN,
+    GatewayProcess,
+    tokens,
+    write_config,
+)
 from tests.support.pg_cluster import Cluster, free_port, start_cluster
-from tests.gateway.gw_support import CREDENTIAL, ROLE, ROLE_PASSWORD, TOKEN, GatewayProcess, tokens, write_config
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Cluster:
+def cluster() -> Iterator[Cluster]:
     c = start_cluster(ssl=True, logging=False, max_connections=100)
     import psycopg
 
@@ -24,7 +32,7 @@ def cluster() -> Cluster:
 
 
 @pytest.fixture
-def gateway(cluster: Cluster, tmp_path: Path) -> GatewayProcess:
+def gateway(cluster: Cluster, tmp_path: Path) -> Iterator[GatewayProcess]:
     gw = write_config(tmp_path, port=free_port(), upstream_port=cluster.port, tokens=tokens())
     gw.start()
     yield gw

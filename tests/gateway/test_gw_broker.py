@@ -21,6 +21,7 @@ import pytest
 import requests
 from psycopg import sql
 
+from broker.devtools.dev_issuer import DevIssuer
 from tests.support.oauth import AUDIENCE, AUDITOR, GRANT, JWT_TYPE, basic, sha
 from tests.support.pg_cluster import Cluster, free_port
 from tests.support.server import REPO, running_broker
@@ -38,7 +39,7 @@ class Stack:
     dbname: str
     ledger_dsn: str
     env: dict[str, str]
-    dev_issuer: object
+    dev_issuer: DevIssuer
     crash_port: int
     root: Path
 
@@ -343,7 +344,9 @@ def test_service_role_logs_in_with_the_shared_login_named_by_the_credential(stac
     cred, cid = minted["credential"], minted["credential_id"]
     assert cred["port"] == stack.service_port and cred["username"] == f"nhb_{cid}"
     with _connect(cred, autocommit=True) as conn:
-        user, app_name = conn.execute("SELECT current_user, current_setting('application_name')").fetchone()
+        row = conn.execute("SELECT current_user, current_setting('application_name')").fetchone()
+    assert row is not None
+    user, app_name = row
     assert user == "gw_service" and app_name == cid
     usage = _wait(lambda: _events(stack, credential_id=cid, type="usage"))
     assert usage and usage[0]["details"]["source"] == "gateway"
@@ -428,7 +431,7 @@ def _all_usage(stack: Stack, cid: str, prefix: str) -> dict[str, list[dict]]:
     """Every gateway usage event of ``cid`` whose statement starts with ``prefix``, by value
     (pages through /v1/events with its cursor)."""
     found: dict[str, list[dict]] = {}
-    params: dict[str, object] = {"credential_id": cid, "type": "usage", "limit": 1000}
+    params: dict[str, str | int] = {"credential_id": cid, "type": "usage", "limit": 1000}
     while True:
         response = requests.get(f"{stack.url}/v1/events", params=params, headers=basic(*AUDITOR),
                                 timeout=60)

@@ -10,8 +10,8 @@ import time
 
 import psycopg
 
-from tests.support.pg_cluster import free_port
 from tests.gateway.gw_support import CREDENTIAL, TOKEN, tokens, write_config
+from tests.support.pg_cluster import free_port
 
 PREFIX = "insert into crash_hits values ('"
 
@@ -64,7 +64,7 @@ def test_kill9_of_the_whole_gateway_under_load(cluster, tmp_path):
         admin.execute("alter table crash_hits owner to gw_app")
     gw = write_config(tmp_path, port=free_port(), upstream_port=cluster.port, tokens=tokens(), workers=2)
     gw.start()
-    stop, sent = threading.Event(), []
+    stop, sent = threading.Event(), list[str]()
     threads = [threading.Thread(target=_load, args=(gw.port, stop, f"t{n}", sent)) for n in range(4)]
     for t in threads:
         t.start()
@@ -94,7 +94,7 @@ def test_kill9_of_one_worker_is_recovered_while_the_gateway_runs(cluster, tmp_pa
     gw = write_config(tmp_path, port=free_port(), upstream_port=cluster.port, tokens=tokens(), workers=1)
     gw.start()
     try:
-        stop, sent = threading.Event(), []
+        stop, sent = threading.Event(), list[str]()
         threads = [threading.Thread(target=_load, args=(gw.port, stop, f"w{n}", sent)) for n in range(2)]
         for t in threads:
             t.start()

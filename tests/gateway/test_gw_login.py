@@ -8,8 +8,8 @@ import time
 import psycopg
 import pytest
 
-from tests.support.pg_cluster import free_port, self_signed
 from tests.gateway.gw_support import CREDENTIAL, ROLE, TOKEN, running, tokens, write_config
+from tests.support.pg_cluster import free_port, self_signed
 
 
 def test_wrong_token_is_refused_without_echoing_it(gateway):
@@ -96,7 +96,8 @@ def test_upstream_tls_per_sslmode(cluster, tmp_path, sslmode):
         with psycopg.connect(f"postgresql://{CREDENTIAL}:{TOKEN}@127.0.0.1:{gw.port}/gwdb") as conn:
             pid = conn.execute("select pg_backend_pid()").fetchone()[0]
             with psycopg.connect(cluster.dsn("gwdb")) as admin:
-                (ssl,) = admin.execute("select ssl from pg_stat_ssl where pid = %s", (pid,)).fetchone()
+                (ssl,) = admin.execute("select ssl from pg_stat_ssl where pid = %s",
+                                       (pid,)).fetchone() or (None,)
         assert ssl is (sslmode == "require")
         connect = next(r for r in gw.wait_records(lambda rs: any(r["type"] == "connect" for r in rs))
                        if r["type"] == "connect")
@@ -112,7 +113,7 @@ def test_service_role_sets_application_name_to_the_credential(cluster, tmp_path)
             pid = conn.execute("select pg_backend_pid()").fetchone()[0]
             with psycopg.connect(cluster.dsn("gwdb")) as admin:
                 (name,) = admin.execute("select application_name from pg_stat_activity where pid = %s",
-                                        (pid,)).fetchone()
+                                        (pid,)).fetchone() or (None,)
     assert name == CREDENTIAL
 
 

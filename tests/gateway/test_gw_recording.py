@@ -11,8 +11,8 @@ import time
 import psycopg
 import pytest
 
-from tests.support.pg_cluster import free_port
 from tests.gateway.gw_support import CREDENTIAL, ROLE, ROLE_PASSWORD, TOKEN, running, tokens, write_config
+from tests.support.pg_cluster import free_port
 
 SECRETS = {
     "ALTER ROLE gw_app PASSWORD 'Sekrit-quoted-1'": "Sekrit-quoted-1",

@@ -11,10 +11,10 @@ from broker.gateway import protocol as p
 from broker.gateway.config import ConfigError, ListenerConfig
 from broker.gateway.login import LoginRefused, minted_role_password
 from broker.gateway.recording import Statements, parameters_fragment
-from broker.usage.redact import redact_statement
 from broker.gateway.scram import ScramClient, ScramError, md5_password
 from broker.gateway.server import CancelKeys
 from broker.gateway.spool import Drainer, SpoolWriter
+from broker.usage.redact import redact_statement
 
 
 def test_startup_roundtrip_and_special_requests():

@@ -160,7 +160,7 @@ def test_bad_attestations_are_invalid_grant_and_recorded(client, dev_issuer, led
 
 def test_every_attempt_is_exactly_one_event_and_no_secret_reaches_the_ledger(client, dev_issuer, ledger):
     tokens, access_tokens = [], []
-    for i in range(4):
+    for _ in range(4):
         token = dev_issuer.mint_github(audience="nhi-broker-test")
         tokens.append(token)
         access_tokens.append(client.post("/token", data=exchange_form(token)).get_json()["access_token"])

@@ -14,8 +14,7 @@ from authlib.oauth2.rfc9068 import JWTBearerTokenValidator
 from authlib.oidc.discovery import OpenIDProviderMetadata
 
 from tests.support.oauth import AUDIENCE, GRANT, JWT_TYPE, exchange_form, sha
-from tests.support.standards import BROKER_ISSUER
-from tests.support.standards import app, client, ledger, make_app, policy_dir  # noqa: F401 (fixtures)
+from tests.support.standards import BROKER_ISSUER, app, client, ledger, make_app, policy_dir  # noqa: F401 (fixtures)
 
 SPACED = ("spaced-client", "a secret with spaces+and+plus signs")
 

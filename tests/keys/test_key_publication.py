@@ -9,10 +9,10 @@ import time
 
 import jwt
 
-from tests.support.oauth import AUDIENCE, exchange_form
-from tests.support.server import REPO
 from broker.keys import JWKS_MAX_AGE, KEY_ACTIVATION_DELAY
 from broker.keys.file import FileSigner
+from tests.support.oauth import AUDIENCE, exchange_form
+from tests.support.server import REPO
 from tests.support.standards import app, client, ledger, make_app, policy_dir  # noqa: F401 (fixtures)
 
 CLAIMS = {"iss": "https://broker.test", "sub": "s", "jti": "j", "iat": 1, "exp": 2**31}

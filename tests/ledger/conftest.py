@@ -7,7 +7,8 @@ back, the way a tamperer would.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -35,9 +36,9 @@ def run_raw_sql(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[
             return cur.fetchall()
         finally:
             conn.close()
-    with psycopg.connect(url, autocommit=True) as conn:
-        cur = conn.execute(sql, params or None)
-        return cur.fetchall() if cur.description else []
+    with psycopg.connect(url, autocommit=True) as pg:
+        result = pg.execute(sql, params or None)
+        return result.fetchall() if result.description else []
 
 
 @pytest.fixture

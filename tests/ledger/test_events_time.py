@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import random
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from broker.ledger.events import utc_timestamp
 
 
 def _reference(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def test_equal_to_datetime_formatting() -> None:

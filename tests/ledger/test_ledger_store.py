@@ -1,20 +1,14 @@
 """The ledger store's API on both backends: appends, atomic credential writes, queries."""
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
 import pytest
 
 from broker.common.ids import new_credential_id
-from broker.ledger import (
-    GENESIS_HASH,
-    CredentialRecord,
-    EventDraft,
-    Ledger,
-    LedgerUnavailable,
-    open_ledger,
-)
+from broker.ledger import GENESIS_HASH, CredentialRecord, EventDraft, Ledger, LedgerUnavailable, open_ledger
 from broker.ledger.schema import LATEST_VERSION, MIGRATIONS
 
 NOW = 1_900_000_000
@@ -60,7 +54,7 @@ def test_append_assigns_contiguous_seq_and_links_hashes(ledger: Ledger) -> None:
 
     assert [e.seq for e in events] == [1, 2, 3, 4, 5]
     assert events[0].prev_hash == GENESIS_HASH
-    for before, after in zip(events, events[1:]):
+    for before, after in itertools.pairwise(events):
         assert after.prev_hash == before.hash
         assert after.ts >= before.ts
     assert all(e.hash == e.computed_hash() for e in events)

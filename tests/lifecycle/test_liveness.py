@@ -3,6 +3,7 @@ an ancestor's expiry, revocation or end makes every descendant inactive and unde
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -44,7 +45,7 @@ def test_an_ancestor_that_is_no_longer_live_makes_the_grandchild_inactive_and_un
 
 
 def _record(cid: str, *, parent: str | None = None, expires: int = 2_000_000_000,
-            authorizer: dict | None = None, **states: int) -> CredentialRecord:
+            authorizer: dict | None = None, **states: Any) -> CredentialRecord:
     return CredentialRecord(credential_id=cid, parent_id=parent, principal="p", run={},
                             authorizer=authorizer or {"type": "policy"}, target="t",
                             target_type="jwt", scope="", issued_at=1, expires_at=expires, **states)

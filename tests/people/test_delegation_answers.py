@@ -3,10 +3,10 @@ credential derived from one, the usage hit, the credential record and the lineag
 acting agent (``act``: its principal, issuer and run) beside the person."""
 from __future__ import annotations
 
+from broker.ledger.events import EventDraft
+from tests.people.test_delegation_flow import act, grant
 from tests.support.oauth import AUDITOR, basic, claims_of
 from tests.support.people import AGENT, agent_job
-from tests.people.test_delegation_flow import act, grant
-from broker.ledger.events import EventDraft
 
 
 def _statement(ledger, credential_id: str, text: str) -> None:

@@ -14,8 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.policy import PolicyError, PolicySet, Problem, load_policy_text
-from broker.policy import documents
+from broker.policy import PolicyError, PolicySet, Problem, documents, load_policy_text
 from broker.policy.load import KINDS
 from broker.targets.keys import Block, Key, ListOf, MapOf
 from broker.targets.registry import KINDS as TARGET_KINDS

@@ -5,13 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.policy import (
-    PolicyError,
-    Problem,
-    check_policy_dir,
-    load_policy_dir,
-    load_policy_text,
-)
+from broker.policy import PolicyError, Problem, check_policy_dir, load_policy_dir, load_policy_text
 from broker.policy.presets import PRESETS
 from tests.policy.policy_support import CLIENT_SECRET_SHA256, dedent
 

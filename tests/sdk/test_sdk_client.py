@@ -74,7 +74,7 @@ def test_refusals_carry_the_brokers_error_code(http_broker, sdk):
         assert caught.value.error == "invalid_target"
         with pytest.raises(BrokerError) as caught:
             root.derive("reports-api", ttl="2h")
-        assert caught.value.error == "invalid_request" and "outlives" in caught.value.description
+        assert caught.value.error == "invalid_request" and "outlives" in (caught.value.description or "")
     static = Broker(http_broker.url, subject_token=http_broker.dev_issuer.mint_github(audience=AUDIENCE))
     static.credential("deploy-api").close()
     with pytest.raises(BrokerError) as caught:           # an attestation is single-use

@@ -12,14 +12,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from broker.sdk import (
-    AttestationUnavailable,
-    Broker,
-    BrokerError,
-    Credential,
-    _Issued,
-    detect_attestation,
-)
+from broker.sdk import AttestationUnavailable, Broker, BrokerError, Credential, _Issued, detect_attestation
 from tests.support.oauth import claims_of
 from tests.support.server import REPO
 
@@ -71,7 +64,8 @@ def test_detection_order_and_sources(tmp_path, dev_issuer):
     ]:
         with pytest.raises(AttestationUnavailable) as caught:
             detect_attestation(environ=environ, k8s_token_file=tmp_path / "absent")
-        assert message in caught.value.description and caught.value.error == "attestation_unavailable"
+        assert message in (caught.value.description or "")
+        assert caught.value.error == "attestation_unavailable"
     with pytest.raises(AttestationUnavailable):
         detect_attestation(subject_token_file=tmp_path / "absent")
 

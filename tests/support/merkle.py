@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import psycopg
 
@@ -230,13 +231,13 @@ def raw_sql(url: str, statements: list[tuple[str, tuple[Any, ...]]],
             return rows
         finally:
             conn.close()
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(url) as pg:
         rows = []
         for sql, params in statements:
-            cur = conn.execute(sql, params or None)
-            rows = cur.fetchall() if cur.description else []
+            result = pg.execute(sql, params or None)
+            rows = result.fetchall() if result.description else []
         if many:
-            with conn.cursor() as cur:
+            with pg.cursor() as cur:
                 cur.executemany(many[0], many[1])
         return rows
 

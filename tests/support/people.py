@@ -121,7 +121,7 @@ class Job:
     claims: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, issuer: DevIssuer, **overrides: Any) -> "Job":
+    def start(cls, issuer: DevIssuer, **overrides: Any) -> Job:
         return cls(issuer, DevIssuer.github_claims(**overrides))
 
     def attestation(self) -> str:

@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import requests
 
@@ -35,8 +36,8 @@ def running_broker(env: dict[str, str], *, workers: int = 2, timeout: float = 30
     full_env = {**os.environ, "BROKER_ISSUER": base, **env}
     with contextlib.ExitStack() as stack:
         # A file, never a pipe: a chatty server must not block on a full pipe buffer.
-        out = stack.enter_context(open(log_path, "wb") if log_path is not None
-                                  else tempfile.TemporaryFile())
+        out: IO[bytes] = stack.enter_context(open(log_path, "wb") if log_path is not None
+                                             else tempfile.TemporaryFile())
         proc = subprocess.Popen(
             [sys.executable, "-m", "broker.cli", "serve", "--port", str(port), "--workers", str(workers)],
             env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)

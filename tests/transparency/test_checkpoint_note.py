@@ -21,8 +21,7 @@ from werkzeug.wrappers import Request, Response
 
 from tests.support.oauth import AUDITOR, basic
 from tests.support.server import REPO
-from tests.support.standards import BROKER_ISSUER
-from tests.support.standards import app, client, ledger, make_app, policy_dir  # noqa: F401 (fixtures)
+from tests.support.standards import BROKER_ISSUER, app, client, ledger, make_app, policy_dir  # noqa: F401 (fixtures)
 
 # -- an independent signed-note verifier, from the specifications ----------------------------
 

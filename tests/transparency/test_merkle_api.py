@@ -13,11 +13,7 @@ import pytest
 from broker.common.canonical import canonical_json
 from broker.keys.file import FileSigner
 from broker.transparency import merkle
-from broker.transparency.checkpoints import (
-    CheckpointError,
-    local_checkpoint_keys,
-    verify_checkpoint,
-)
+from broker.transparency.checkpoints import CheckpointError, local_checkpoint_keys, verify_checkpoint
 from tests.support.merkle import fill, independent_verify_consistency, independent_verify_inclusion, raw_sql
 from tests.support.oauth import AUDITOR, INTROSPECTOR, basic
 
@@ -149,7 +145,7 @@ def test_checkpoint_verifies_with_the_published_jwks_using_pyjwt(app, database_u
     assert verify_checkpoint(checkpoint, jwks, issuer="http://broker.test").tree_size == 7
 
     # The broker's own credential check never takes a checkpoint for a token it minted.
-    from broker.keys.file import TokenNotOurs
+    from broker.keys import TokenNotOurs
     with pytest.raises(TokenNotOurs):
         app.extensions["broker"].signer.verify(checkpoint["signature"])
 

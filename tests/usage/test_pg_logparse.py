@@ -1,6 +1,8 @@
 """Log parsing and redaction on their own: lines as PostgreSQL writes them."""
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from broker.usage import activity_of, parse_lines, redact_sql
@@ -120,7 +122,7 @@ def test_follow_tails_a_file_across_rotation_and_records_each_line_once(tmp_path
     log = tmp_path / "postgresql.json"
     log.write_text("".join(_json_line(n) for n in range(1, 4)))
     stop = threading.Event()
-    result = {}
+    result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.update(stats=ingest_postgres_log(
         ledger, log, follow=True, poll=0.05, should_stop=stop.is_set)))
     thread.start()

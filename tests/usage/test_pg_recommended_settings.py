@@ -51,7 +51,7 @@ def test_docs_recommend_these_settings() -> None:
 @pytest.mark.parametrize("fmt, suffix", [("jsonlog", ".json"), ("csvlog", ".csv"), ("stderr", "")])
 def test_every_hit_has_its_command_tag_and_duration(cluster: Cluster, tmp_path, fmt, suffix) -> None:
     marker = f"{fmt}-{time.time_ns()}"
-    with psycopg.connect(cluster.dsn("postgres").replace(f"postgres@", f"{ROLE}:pw-0123456789@"),
+    with psycopg.connect(cluster.dsn("postgres").replace("postgres@", f"{ROLE}:pw-0123456789@"),
                          autocommit=True) as conn:
         conn.execute(f"UPDATE accounts SET balance = balance + 1 WHERE id = 1 /* {marker} */")
         conn.execute(f"SELECT balance FROM accounts /* {marker} */")
@@ -62,6 +62,6 @@ def test_every_hit_has_its_command_tag_and_duration(cluster: Cluster, tmp_path, 
             ingest_postgres_log(ledger, path, fmt=fmt, prefix=PREFIX)
         hits = [e for e in ledger.iter_events()
                 if e.type == "usage" and marker in str(e.details.get("statement"))]
-    tags = sorted(h.details.get("command_tag") for h in hits)
+    tags = sorted(str(h.details.get("command_tag")) for h in hits)
     assert tags == ["SELECT", "UPDATE"], [h.details for h in hits]
     assert all(isinstance(h.details.get("duration_ms"), float) for h in hits)

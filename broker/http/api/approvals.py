@@ -23,11 +23,11 @@ from flask import Blueprint, request
 from werkzeug.datastructures import MultiDict
 
 from broker import errors
+from broker.attestation.person import HumanTokenRefused, Person, may_approve, verify_id_token
+from broker.common.durations import parse_duration
+from broker.http.api.common import authenticate_client, broker_context, form_params, single
 from broker.people import approvals
 from broker.people import delegations as delegation
-from broker.http.api.common import authenticate_client, broker_context, form_params, single
-from broker.common.durations import parse_duration
-from broker.attestation.person import HumanTokenRefused, Person, may_approve, verify_id_token
 
 bp = Blueprint("people_api", __name__)
 
@@ -65,7 +65,7 @@ def _optional_form() -> Any:
 
 
 @bp.get("/v1/approvals")
-def list_approvals() -> tuple[dict, int, dict]:
+def list_approvals() -> tuple[dict[str, Any], int, dict[str, str]]:
     person = authenticate_person()
     status = request.args.get("status", "pending")
     if status not in _STATUSES:
@@ -76,13 +76,13 @@ def list_approvals() -> tuple[dict, int, dict]:
                                 now=int(now), pickup_window=approvals.PICKUP_WINDOW, limit=200)
     rules = {p.name: p.approval for p in ctx.policy_set.policies if p.approval is not None}
     mine = [r for r in records if rules.get(r.policy_name) is not None
-            and may_approve(rules[r.policy_name], person)]       # type: ignore[arg-type]
+            and may_approve(rules[r.policy_name], person)]
     return ({"approvals": [approvals.approval_json(ctx, r, now=now, person=person) for r in mine]},
             200, NO_STORE)
 
 
 @bp.get("/v1/approvals/<approval_id>")
-def get_approval(approval_id: str) -> tuple[dict, int, dict]:
+def get_approval(approval_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     person = authenticate_person()
     ctx = broker_context()
     record = ctx.people.get_approval(approval_id) \
@@ -92,7 +92,7 @@ def get_approval(approval_id: str) -> tuple[dict, int, dict]:
     return approvals.approval_json(ctx, record, person=person), 200, NO_STORE
 
 
-def _decide(approval_id: str, *, approve: bool) -> tuple[dict, int, dict]:
+def _decide(approval_id: str, *, approve: bool) -> tuple[dict[str, Any], int, dict[str, str]]:
     person = authenticate_person()
     params = _optional_form()
     reason = single(params, "reason", required=not approve)
@@ -102,17 +102,17 @@ def _decide(approval_id: str, *, approve: bool) -> tuple[dict, int, dict]:
 
 
 @bp.post("/v1/approvals/<approval_id>/approve")
-def approve(approval_id: str) -> tuple[dict, int, dict]:
+def approve(approval_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     return _decide(approval_id, approve=True)
 
 
 @bp.post("/v1/approvals/<approval_id>/deny")
-def deny(approval_id: str) -> tuple[dict, int, dict]:
+def deny(approval_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     return _decide(approval_id, approve=False)
 
 
 @bp.post("/v1/delegations")
-def create_delegation() -> tuple[dict, int, dict]:
+def create_delegation() -> tuple[dict[str, Any], int, dict[str, str]]:
     person = authenticate_person()
     params = form_params()
     agent = single(params, "agent")
@@ -130,7 +130,7 @@ def create_delegation() -> tuple[dict, int, dict]:
 
 
 @bp.get("/v1/delegations")
-def list_delegations() -> tuple[dict, int, dict]:
+def list_delegations() -> tuple[dict[str, Any], int, dict[str, str]]:
     person = authenticate_person()
     ctx = broker_context()
     records = ctx.people.list_delegations(granted_by=person.email, limit=200)
@@ -138,7 +138,7 @@ def list_delegations() -> tuple[dict, int, dict]:
 
 
 @bp.post("/v1/delegations/<delegation_id>/revoke")
-def revoke_delegation(delegation_id: str) -> tuple[dict, int, dict]:
+def revoke_delegation(delegation_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     ctx = broker_context()
     if request.headers.get("Authorization", "").lower().startswith("basic "):
         client = authenticate_client(permission="revoke")

@@ -1,13 +1,15 @@
 """The audit API for clients that ``may: [audit]``."""
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, request
 
 from broker import errors
-from broker.http.api.common import authenticate_client, broker_context
 from broker.audit.acting import ActingAgents
-from broker.http.api.usage import usage_json
 from broker.common.ids import is_credential_id
+from broker.http.api.common import authenticate_client, broker_context
+from broker.http.api.usage import usage_json
 from broker.ledger.events import utc_timestamp
 
 bp = Blueprint("audit", __name__, url_prefix="/v1")
@@ -30,7 +32,7 @@ def _int_arg(name: str, default: int, *, lo: int, hi: int) -> int:
 
 
 @bp.get("/credentials/<credential_id>")
-def credential(credential_id: str) -> tuple[dict, int, dict]:
+def credential(credential_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     authenticate_client(permission="audit")
     for name in request.args:
         if name not in CREDENTIAL_PARAMS:

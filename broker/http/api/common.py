@@ -5,7 +5,7 @@ import base64
 import hashlib
 import hmac
 import threading
-from typing import Any, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 from flask import current_app, request
@@ -24,7 +24,8 @@ install_log_sanitizer()      # client values in any broker log line are escaped 
 
 
 def broker_context() -> BrokerContext:
-    return current_app.extensions["broker"]
+    ctx: BrokerContext = current_app.extensions["broker"]
+    return ctx
 
 
 def form_params() -> Any:
@@ -46,7 +47,8 @@ def single(params: Any, name: str, *, required: bool = True) -> str | None:
         if required:
             raise errors.RequestMalformed(f"parameter {name} is required")
         return None
-    return values[0]
+    value: str = values[0]
+    return value
 
 
 _DUMMY_DIGEST = hashlib.sha256(b"nhi-broker: no such client").hexdigest()
@@ -86,7 +88,8 @@ def client_auth_limiter() -> FailureLimiter | None:
                 ctx.extras["client_auth_failures"] = open_failure_limiter(
                     config.get("CLIENT_AUTH_FAILURE_LIMIT"), redis_url=cfg.redis_url(config),
                     state_dir=cfg.state_dir(config))
-    return ctx.extras["client_auth_failures"]
+    limiter: FailureLimiter | None = ctx.extras["client_auth_failures"]
+    return limiter
 
 
 def authenticate_client(*, permission: str) -> Client:

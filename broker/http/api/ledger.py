@@ -10,18 +10,29 @@ from __future__ import annotations
 import base64
 import logging
 import re
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 from flask import Blueprint, current_app, request
 
 from broker import config as cfg
 from broker import errors
 from broker.http.api.common import authenticate_client, broker_context
-from broker.ledger import LedgerUnavailable
 from broker.transparency.checkpoints import (
-    CheckpointRefused, checkpoint_now, cosign_all, latest_checkpoint, publish_all, witness_list,
+    CheckpointRefused,
+    checkpoint_now,
+    cosign_all,
+    latest_checkpoint,
+    publish_all,
+    witness_list,
 )
 from broker.transparency.signed_notes import (
-    NOTE_CONTENT_TYPE, checkpoint_text, cosignatures_for, note_verifier, signed_note, witness_keys,
+    NOTE_CONTENT_TYPE,
+    checkpoint_text,
+    cosignatures_for,
+    note_verifier,
+    signed_note,
+    witness_keys,
 )
 from broker.transparency.tree import LedgerTree, TreeIntegrityError
 
@@ -52,8 +63,11 @@ def _only(*allowed: str) -> None:
     if unknown:
         raise errors.RequestMalformed("unknown parameter (allowed: " + (", ".join(allowed) or "none") + ")")
 
+P = ParamSpec("P")
+T = TypeVar("T")
 
-def _tree_call(fn, *args, **kwargs):
+
+def _tree_call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     try:
         return fn(*args, **kwargs)
     except (TreeIntegrityError, CheckpointRefused) as exc:
@@ -66,7 +80,7 @@ def _ledger_size(tree: LedgerTree) -> int:
 
 
 @bp.get("/checkpoint")
-def checkpoint() -> tuple[dict, int, dict]:
+def checkpoint() -> tuple[dict[str, Any], int, dict[str, str]]:
     """A signed checkpoint of the whole ledger (the stored one if the ledger has not grown)."""
     authenticate_client(permission="audit")
     _only()
@@ -83,7 +97,7 @@ def checkpoint() -> tuple[dict, int, dict]:
 
 
 @bp.get("/checkpoint/note")
-def checkpoint_note() -> tuple[str, int, dict]:
+def checkpoint_note() -> tuple[str, int, dict[str, str]]:
     """The latest checkpoint as a C2SP tlog-checkpoint signed note: the broker's Ed25519 note
     signature and the witnesses' cosignatures (signs a checkpoint first if there is none)."""
     authenticate_client(permission="audit")
@@ -100,7 +114,7 @@ def checkpoint_note() -> tuple[str, int, dict]:
 
 
 @bp.get("/checkpoint/note-key")
-def checkpoint_note_key() -> tuple[str, int, dict]:
+def checkpoint_note_key() -> tuple[str, int, dict[str, str]]:
     """The verifier key (vkey) of the broker's checkpoint notes: public, like the JWKS (but,
     like every /v1/ answer, not to be cached by intermediaries: no-store)."""
     _only()
@@ -109,7 +123,7 @@ def checkpoint_note_key() -> tuple[str, int, dict]:
 
 
 @bp.get("/proof/inclusion")
-def inclusion() -> tuple[dict, int, dict]:
+def inclusion() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Event ``seq`` is leaf ``seq - 1`` of the tree of the first ``size`` events
     (default: the whole ledger)."""
     authenticate_client(permission="audit")
@@ -137,7 +151,7 @@ def inclusion() -> tuple[dict, int, dict]:
 
 
 @bp.get("/proof/consistency")
-def consistency() -> tuple[dict, int, dict]:
+def consistency() -> tuple[dict[str, Any], int, dict[str, str]]:
     """The tree of the first ``to`` events (default: the whole ledger) extends the tree of
     the first ``from`` events."""
     authenticate_client(permission="audit")

@@ -8,15 +8,17 @@ comes first (401 ``invalid_client`` / 403 ``access_denied``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC
+from typing import Any, TypeVar
 
 from flask import Blueprint, request
 
 from broker import errors
-from broker.http.api.common import authenticate_client, broker_context
 from broker.audit import views
 from broker.audit.params import check_text, decode_cursor, parse_instant
 from broker.common.ids import is_credential_id
+from broker.http.api.common import authenticate_client, broker_context
 from broker.ledger.events import EVENT_TYPES, utc_timestamp
 
 bp = Blueprint("lineage", __name__, url_prefix="/v1")
@@ -62,12 +64,14 @@ class Query:
         if since is not None and until is not None and since >= until:
             raise errors.RequestMalformed("since must be before until")
 
+T = TypeVar("T")
+
 
 def _printable(name: str) -> str:
     return name if name.isascii() and name.isprintable() and len(name) <= 40 else "(unprintable)"
 
 
-def _parsed(parse: Callable[..., Any], raw: str, name: str) -> Any:
+def _parsed(parse: Callable[[str], T], raw: str, name: str) -> T:
     try:
         return parse(raw)
     except ValueError as exc:
@@ -97,7 +101,7 @@ def _tree_args(query: Query) -> dict[str, int]:
 
 
 @bp.get("/credentials/<credential_id>/lineage")
-def lineage(credential_id: str) -> tuple[dict, int, dict]:
+def lineage(credential_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     authenticate_client(permission="audit")
     query = Query(_TREE_PARAMS)
     _credential_id(credential_id)
@@ -105,7 +109,7 @@ def lineage(credential_id: str) -> tuple[dict, int, dict]:
 
 
 @bp.get("/runs/<path:run_id>")
-def run(run_id: str) -> tuple[dict, int, dict]:
+def run(run_id: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     authenticate_client(permission="audit")
     query = Query(_TREE_PARAMS)
     _parsed(lambda v: check_text(v, "run id", max_len=256), run_id, "run id")
@@ -113,7 +117,7 @@ def run(run_id: str) -> tuple[dict, int, dict]:
 
 
 @bp.get("/principals/<path:principal>")
-def principal(principal: str) -> tuple[dict, int, dict]:
+def principal(principal: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     authenticate_client(permission="audit")
     query = Query({"since", "until", "limit", "usage_limit"})
     _parsed(lambda v: check_text(v, "principal"), principal, "principal")
@@ -134,7 +138,7 @@ _EVENT_FILTERS = ("type", "principal", "credential_id", "since", "until")
 
 
 @bp.get("/events")
-def events() -> tuple[dict, int, dict]:
+def events() -> tuple[dict[str, Any], int, dict[str, str]]:
     authenticate_client(permission="audit")
     query = Query({*_EVENT_FILTERS, "cursor", "limit"})
     filters = {name: query.text(name) for name in _EVENT_FILTERS}
@@ -152,6 +156,6 @@ def events() -> tuple[dict, int, dict]:
 
 
 def _epoch(ts: str) -> float:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()

@@ -29,20 +29,25 @@ from typing import Any, TypeVar
 from flask import Blueprint, request
 
 from broker import errors
+from broker.common.canonical import sha256_hex
+from broker.common.ids import is_credential_id
+from broker.common.untrusted import clip
+from broker.exchange.mint import token_client_id
 from broker.http.api.common import (
-    _invalid_client, authenticate_client, broker_context, client_address, form_params,
-    presented_client_name, single,
+    _invalid_client,
+    authenticate_client,
+    broker_context,
+    client_address,
+    form_params,
+    presented_client_name,
+    single,
 )
 from broker.http.errors import status_of
-from broker.common.canonical import sha256_hex
-from broker.common.untrusted import clip
-from broker.common.ids import is_credential_id
-from broker.exchange.mint import token_client_id
+from broker.keys import TokenNotOurs
 from broker.ledger import LedgerUnavailable
 from broker.ledger.events import CredentialRecord, EventDraft
 from broker.lifecycle.liveness import credential_liveness
 from broker.lifecycle.revocation import revoke_descendants, revoke_one
-from broker.keys import TokenNotOurs
 
 bp = Blueprint("oauth", __name__)
 log = logging.getLogger("broker.http.api")
@@ -100,7 +105,7 @@ def _event_from(record: CredentialRecord | None, claims: dict[str, Any] | None, 
 
 @bp.post("/introspect")
 @records_refusals("introspect")
-def introspect() -> tuple[dict, int, dict]:
+def introspect() -> tuple[dict[str, Any], int, dict[str, str]]:
     client = authenticate_client(permission="introspect")
     params = form_params()
     token = single(params, "token")
@@ -127,7 +132,7 @@ def introspect() -> tuple[dict, int, dict]:
     if not active:
         return {"active": False}, 200, NO_STORE
     assert claims is not None and record is not None
-    body = {
+    body: dict[str, Any] = {
         "active": True,
         "token_type": "Bearer",
         # RFC 7662 §2.2 / RFC 9068: the workload that made the exchange (tokens minted before
@@ -158,7 +163,7 @@ def _revoke_descendants(record: CredentialRecord, requested_by: dict[str, Any]) 
                    f"complete={result.complete}")
 
 
-def _self_revoke() -> tuple[str, int, dict]:
+def _self_revoke() -> tuple[str, int, dict[str, str]]:
     """The holder revokes its own credential: the token is its own authentication."""
     params = form_params()
     token = single(params, "token", required=False)
@@ -185,7 +190,7 @@ def _self_revoke() -> tuple[str, int, dict]:
 
 @bp.post("/revoke")
 @records_refusals("revoke")
-def revoke() -> tuple[str, int, dict]:
+def revoke() -> tuple[str, int, dict[str, str]]:
     if "Authorization" not in request.headers:
         return _self_revoke()
     client = authenticate_client(permission="revoke")

@@ -7,18 +7,22 @@ exchange a delegation: an agent acting for a person.
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint
 
 from broker import errors
-from broker.http.api.common import broker_context, form_params, single
 from broker.common.durations import parse_duration
 from broker.exchange.pipeline import exchange
 from broker.exchange.request import (
-    ACTOR_TOKEN_TYPES, GRANT_TYPE_TOKEN_EXCHANGE, REQUESTED_TOKEN_TYPES, SUBJECT_TOKEN_TYPES,
+    ACTOR_TOKEN_TYPES,
+    GRANT_TYPE_TOKEN_EXCHANGE,
+    REQUESTED_TOKEN_TYPES,
+    SUBJECT_TOKEN_TYPES,
     ExchangeRequest,
 )
+from broker.http.api.common import broker_context, form_params, single
 
 bp = Blueprint("token", __name__)
 
@@ -140,6 +144,6 @@ def parse_exchange_request() -> ExchangeRequest:
 
 
 @bp.post("/token")
-def token() -> tuple[dict, int, dict]:
+def token() -> tuple[dict[str, Any], int, dict[str, str]]:
     result = exchange(broker_context(), parse_exchange_request())
     return result.to_response(), 200, {"Cache-Control": "no-store", "Pragma": "no-cache"}

@@ -11,15 +11,15 @@ principal, run and authorizer (the policy and its digest) the statement ran unde
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, request
 
 from broker import errors
-from broker.http.api.common import authenticate_client, broker_context
 from broker.audit.acting import ActingAgents
+from broker.http.api.common import authenticate_client, broker_context
 from broker.ledger.events import Event
 
 bp = Blueprint("usage", __name__, url_prefix="/v1")
@@ -36,9 +36,9 @@ def parse_time(name: str, raw: str) -> str:
     text = raw.strip()
     try:
         if _EPOCH.fullmatch(text):
-            moment = datetime.fromtimestamp(float(text), timezone.utc)
+            moment = datetime.fromtimestamp(float(text), UTC)
         elif _DATE.fullmatch(text):
-            moment = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+            moment = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
         else:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
             if moment.tzinfo is None:
@@ -46,7 +46,7 @@ def parse_time(name: str, raw: str) -> str:
     except (ValueError, OverflowError, OSError):
         raise errors.RequestMalformed(
             f"parameter {name} must be RFC 3339 with a zone, a date or epoch seconds") from None
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def usage_json(event: Event, *, agents: ActingAgents | None = None) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def _delegated(authorizer: Any) -> bool:
 
 
 @bp.get("/usage")
-def usage() -> tuple[dict, int, dict]:
+def usage() -> tuple[dict[str, Any], int, dict[str, str]]:
     authenticate_client(permission="audit")
     for name in request.args:
         if name not in PARAMS:

@@ -13,18 +13,20 @@ One metadata document answers at both well-known paths; it validates with Authli
 """
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint
 
-from broker.http.api.common import broker_context
 from broker.exchange.request import GRANT_TYPE_TOKEN_EXCHANGE
-from broker.ledger import LedgerUnavailable
+from broker.http.api.common import broker_context
 from broker.keys import JWKS_MAX_AGE
 from broker.keys.file import ALGORITHM
+from broker.ledger import LedgerUnavailable
 
 bp = Blueprint("wellknown", __name__)
 
 
-def _metadata() -> dict:
+def _metadata() -> dict[str, Any]:
     ctx = broker_context()
     base = ctx.issuer
     # What the signer really uses (ES256 for file keys; EdDSA for an Ed25519 Transit key).
@@ -49,22 +51,22 @@ def _metadata() -> dict:
 
 
 @bp.get("/.well-known/openid-configuration")
-def openid_configuration() -> tuple[dict, int, dict]:
+def openid_configuration() -> tuple[dict[str, Any], int, dict[str, str]]:
     return _metadata(), 200, {"Cache-Control": "public, max-age=300"}
 
 
 @bp.get("/.well-known/oauth-authorization-server")
-def oauth_metadata() -> tuple[dict, int, dict]:
+def oauth_metadata() -> tuple[dict[str, Any], int, dict[str, str]]:
     return _metadata(), 200, {"Cache-Control": "public, max-age=300"}
 
 
 @bp.get("/.well-known/jwks.json")
-def jwks() -> tuple[dict, int, dict]:
+def jwks() -> tuple[dict[str, Any], int, dict[str, str]]:
     return broker_context().signer.jwks(), 200, {"Cache-Control": f"public, max-age={JWKS_MAX_AGE}"}
 
 
 @bp.get("/healthz")
-def healthz() -> tuple[dict, int]:
+def healthz() -> tuple[dict[str, Any], int]:
     try:
         seq, _ = broker_context().ledger.head()
     except LedgerUnavailable:

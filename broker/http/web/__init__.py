@@ -14,15 +14,14 @@ from typing import Any
 from flask import Blueprint, Response, redirect, render_template, request, url_for
 
 from broker import errors
-from broker.http.errors import headers_of, status_of
-from broker.http.api.common import authenticate_client, broker_context
 from broker.audit import views
 from broker.audit.params import check_text, decode_cursor, encode_cursor, parse_instant
 from broker.common.ids import is_credential_id
-from broker.ledger import LedgerUnavailable
-from broker.ledger.events import EVENT_TYPES, utc_timestamp
+from broker.http.api.common import authenticate_client, broker_context
+from broker.http.errors import headers_of, status_of
 from broker.http.web import graph as graph_layout
 from broker.http.web.status import ledger_status
+from broker.ledger.events import EVENT_TYPES, utc_timestamp
 
 bp = Blueprint("web", __name__, url_prefix="/audit", template_folder="templates",
                static_folder="static", static_url_path="/static")
@@ -167,8 +166,8 @@ def events() -> str:
                    limit=PAGE)
     next_url = None
     if body["next_cursor"]:
-        next_url = url_for("web.events", **{k: v for k, v in raw.items() if v is not None},
-                           cursor=encode_cursor(body["events"][-1]["seq"], raw))
+        given: dict[str, Any] = {k: v for k, v in raw.items() if v is not None}
+        next_url = url_for("web.events", **given, cursor=encode_cursor(body["events"][-1]["seq"], raw))
     return _page("audit/events.html", events=body["events"], filters=raw, next_url=next_url,
                  types=sorted(EVENT_TYPES))
 

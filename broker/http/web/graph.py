@@ -54,7 +54,8 @@ def authorizer_text(authorizer: Any) -> tuple[str, str]:
     if not isinstance(authorizer, dict):
         return "unknown authorizer", ""
     kind = str(authorizer.get("type") or "")
-    policy = authorizer.get("policy") if isinstance(authorizer.get("policy"), dict) else {}
+    named_policy = authorizer.get("policy")
+    policy: dict[str, Any] = named_policy if isinstance(named_policy, dict) else {}
     if kind == "human":             # a person's approval (docs/approvals.md)
         approvers = ", ".join(str(a) for a in authorizer.get("approvers") or []) or "?"
         return (f"approved by {approvers}",
@@ -97,9 +98,40 @@ def layout(view: dict[str, Any], *, credential_href: Any) -> Graph:
     """``credential_href(credential_id) -> str`` links credential boxes to their pages."""
     credential = view["credential"]
     chain = list(reversed(view.get("ancestors") or []))            # root first
+    columns = _chain_columns(credential, chain, credential_href)
+
+    # The column after the credential: its children, then its own statements; the next
+    # column: the children's first statements. Every edge goes one column right, so the
+    # boxes never sit on top of an edge.
+    derived, owners = _derived_boxes(view, credential, credential_href)
+    if derived:
+        columns.append(derived)
+    grand: list[tuple[Box, Box]] = []
+    for owner, child in owners:
+        for box in _statement_boxes(child, CHILD_STATEMENTS, prefix=child["credential_id"]):
+            grand.append((owner, box))
+    if grand:
+        columns.append([box for _, box in grand])
+
+    graph = _place(columns)
+    # Edges: along the chain, then from the credential to what derives from it, then from
+    # each child to its statements.
+    chain_end = 2 + len(chain)                   # index of the credential's column
+    for i in range(chain_end):
+        graph.edges.append(_edge(columns[i][0], columns[i + 1][0]))
+    if derived:
+        for box in derived:
+            graph.edges.append(_edge(columns[chain_end][0], box))
+    for owner, box in grand:
+        graph.edges.append(_edge(owner, box))
+    return graph
+
+
+def _chain_columns(credential: dict[str, Any], chain: list[dict[str, Any]],
+                   credential_href: Any) -> list[list[Box]]:
+    """The authorizer, the run, the ancestors (root first) and the credential: one column each."""
     root = chain[0] if chain else credential
     columns: list[list[Box]] = []
-
     label, sub = authorizer_text(root.get("authorizer"))
     columns.append([Box(id="authorizer", kind="authorizer", label=shorten(label, 30),
                         sublabel=shorten(sub, 38), title=f"{label}\n{sub}")])
@@ -110,10 +142,13 @@ def layout(view: dict[str, Any], *, credential_href: Any) -> Graph:
         columns.append([_credential_box(ancestor, "ancestor",
                                         credential_href(ancestor["credential_id"]))])
     columns.append([_credential_box(credential, "credential", None)])
+    return columns
 
-    # The column after the credential: its children, then its own statements; the next
-    # column: the children's first statements. Every edge goes one column right, so the
-    # boxes never sit on top of an edge.
+
+def _derived_boxes(view: dict[str, Any], credential: dict[str, Any], credential_href: Any
+                   ) -> tuple[list[Box], list[tuple[Box, dict[str, Any]]]]:
+    """What derives from the credential (children, "+N more", its own statements) and each
+    child box with its node."""
     children = view.get("descendants") or []
     derived: list[Box] = []
     owners: list[tuple[Box, dict[str, Any]]] = []
@@ -126,15 +161,11 @@ def layout(view: dict[str, Any], *, credential_href: Any) -> Graph:
         derived.append(Box(id="more-children", kind="more", label=f"+{more} more",
                            sublabel="children", title=f"{more} more children"))
     derived.extend(_statement_boxes(credential, MAX_STATEMENTS))
-    if derived:
-        columns.append(derived)
-    grand: list[tuple[Box, Box]] = []
-    for owner, child in owners:
-        for box in _statement_boxes(child, CHILD_STATEMENTS, prefix=child["credential_id"]):
-            grand.append((owner, box))
-    if grand:
-        columns.append([box for _, box in grand])
+    return derived, owners
 
+
+def _place(columns: list[list[Box]]) -> Graph:
+    """Columns left to right, each centred vertically."""
     tallest = max(len(c) for c in columns)
     height = PAD * 2 + tallest * NODE_H + (tallest - 1) * ROW_GAP
     graph = Graph(width=PAD * 2 + len(columns) * NODE_W + (len(columns) - 1) * COL_GAP,
@@ -146,16 +177,6 @@ def layout(view: dict[str, Any], *, credential_href: Any) -> Graph:
             box.x = PAD + i * (NODE_W + COL_GAP)
             box.y = top + j * (NODE_H + ROW_GAP)
             graph.boxes.append(box)
-    # Edges: along the chain, then from the credential to what derives from it, then from
-    # each child to its statements.
-    chain_end = 2 + len(chain)                   # index of the credential's column
-    for i in range(chain_end):
-        graph.edges.append(_edge(columns[i][0], columns[i + 1][0]))
-    if derived:
-        for box in derived:
-            graph.edges.append(_edge(columns[chain_end][0], box))
-    for owner, box in grand:
-        graph.edges.append(_edge(owner, box))
     return graph
 
 

@@ -29,15 +29,14 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from broker import config as cfg
 from broker import errors
-from broker.keys.shared import shared_secret
+from broker.attestation.person import HumanTokenRefused, Person, may_approve, verify_id_token
+from broker.common.durations import parse_duration
+from broker.http.api.common import broker_context
 from broker.http.errors import status_of
+from broker.http.web import CSP
+from broker.keys.shared import shared_secret
 from broker.people import approvals
 from broker.people import delegations as delegation
-from broker.http.api.common import broker_context
-from broker.common.durations import parse_duration
-from broker.attestation.person import HumanTokenRefused, Person, may_approve, verify_id_token
-from broker.ledger import LedgerUnavailable
-from broker.http.web import CSP
 
 log = logging.getLogger("broker.http.web.people")
 
@@ -79,7 +78,6 @@ def client_secret(idp: Any) -> str:
 
 def init_people(app: Flask) -> None:
     """Session settings, the OIDC client (when a human-idp is configured), the blueprint."""
-    from broker import config as cfg
 
     ctx = app.extensions["broker"]
     app.secret_key = session_secret(app.config, cfg.state_dir(app.config))
@@ -194,7 +192,8 @@ def login() -> WerkzeugResponse:
     client = current_app.extensions["people_oauth"].create_client(OAUTH_NAME)
     redirect_uri = f"{broker_context().issuer}/login/callback"
     try:
-        return client.authorize_redirect(redirect_uri)
+        redirect: WerkzeugResponse = client.authorize_redirect(redirect_uri)
+        return redirect
     except Exception as exc:  # noqa: BLE001 - the IdP's discovery document is unreachable
         log.warning("sign-in could not start: %s", type(exc).__name__)
         raise errors.BackendUnavailable("the sign-in provider is unavailable") from None
@@ -248,7 +247,7 @@ def approval_list() -> Any:
     records = ctx.people.list_approvals(status="pending", now=int(now),
                       pickup_window=approvals.PICKUP_WINDOW, limit=200)
     mine = [approvals.approval_json(ctx, r, now=now, person=person) for r in records
-            if rules.get(r.policy_name) is not None and may_approve(rules[r.policy_name], person)]  # type: ignore[arg-type]
+            if rules.get(r.policy_name) is not None and may_approve(rules[r.policy_name], person)]
     return _page("people/approvals.html", approvals=mine)
 
 

@@ -66,7 +66,9 @@ def ledger_status(ledger: Ledger, *, force: bool = False) -> LedgerStatus:
         last = (report, time.time(), (time.perf_counter() - started) * 1000)
         with _lock:
             _last[id(ledger)] = last
-    report, verified_at, duration = last if last else (None, None, None)
+    if last is None:
+        return LedgerStatus(head_seq, None, None, None, _checkpoint(ledger))
+    report, verified_at, duration = last
     return LedgerStatus(head_seq, report, verified_at, duration, _checkpoint(ledger))
 
 

@@ -59,6 +59,7 @@ def test_the_role_carries_expiry_limit_grants_and_who_it_is(client, dev_issuer, 
             "SELECT b.rolname FROM pg_auth_members m JOIN pg_roles b ON b.oid = m.roleid"
             " JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s", (role,))}
         secret = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)).fetchone()[0]
+    assert row is not None
     can_login, limit, valid_until, is_super, createrole, createdb, comment = row
     assert can_login and not is_super and not createrole and not createdb
     assert limit == 3

@@ -58,4 +58,4 @@ def test_problems_name_file_and_line(extra, line, message):
     with pytest.raises(PolicyError) as info:
         load_policy_text(HEAD + extra, "t.yaml")
     problems = [(p.file, p.line, p.message) for p in info.value.problems]
-    assert any(f == "t.yaml" and l == line and message in m for f, l, m in problems), problems
+    assert any(f == "t.yaml" and n == line and message in m for f, n, m in problems), problems
