@@ -58,6 +58,10 @@ _CID_SUFFIX = re.compile(r"([0-9a-hjkmnp-tv-z]{26})$")
 _ACCESS_KEY = re.compile(r"[A-Z0-9]{16,128}")
 _FILE_TIME = re.compile(r"_(\d{8}T\d{4}Z)_")
 _EVENT_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+#: details key <- record key, copied as they are (strings clipped to 200 characters)
+_COPIED = (("region", "awsRegion"), ("client", "sourceIPAddress"), ("account", "recipientAccountId"),
+           ("request_id", "requestID"), ("read_only", "readOnly"), ("event_type", "eventType"))
+_RESOURCE_KEYS = ("type", "ARN", "accountId")
 
 
 @dataclass
@@ -75,7 +79,7 @@ class CloudTrailStats:
 
 
 def _clip(value: Any, limit: int = MAX_TEXT) -> str:
-    text = str(value)
+    text = value if type(value) is str else str(value)
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
@@ -226,11 +230,11 @@ class CloudTrailIngester:
             details["statement"] = statement
         if at:
             details["at"] = at
-        for out, src in (("region", "awsRegion"), ("client", "sourceIPAddress"), ("account", "recipientAccountId"),
-                         ("request_id", "requestID"), ("read_only", "readOnly"), ("event_type", "eventType")):
+        for out, src in _COPIED:
             value = record.get(src)
             if value is not None:
-                details[out] = value if isinstance(value, bool) else _clip(value, 200)
+                details[out] = value if type(value) is bool or (type(value) is str and len(value) <= 200) \
+                    else _clip(value, 200)
         if record.get("userAgent"):
             details["user_agent"] = _clip(record["userAgent"], 200)
         if record.get("errorCode"):
@@ -243,7 +247,7 @@ class CloudTrailIngester:
             details["access_key_id"] = _clip(identity["accessKeyId"], 128)
         resources = record.get("resources")
         if isinstance(resources, list) and resources:
-            details["resources"] = [{k: _clip(r[k], 512) for k in ("type", "ARN", "accountId") if k in r}
+            details["resources"] = [{k: _clip(r[k], 512) for k in _RESOURCE_KEYS if k in r}
                                     for r in resources[:MAX_RESOURCES] if isinstance(r, dict)]
         stats.matched += 1
         if known is None:
