@@ -101,3 +101,26 @@ def test_policy_check_asks_iam_about_the_role(moto, aws_env):
     assert any("names no OIDC provider for the broker's issuer" in w for w in warnings)
     missing = load_policy_text(target().replace("role/deploy", "role/none")).targets["t"]
     assert kind.backend_warnings(missing) == []          # a role IAM will not show says nothing
+
+
+def _yaml_blocks(doc: str) -> list[str]:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[3] / doc).read_text(encoding="utf-8")
+    return re.findall(r"```yaml\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_the_targets_of_the_cloud_doc_and_the_readme_load(tmp_path):
+    (tmp_path / "aws").mkdir()
+    for name in ("deploy-readonly.json", "deploy-write.json"):
+        (tmp_path / "aws" / name).write_text(json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}))
+    blocks = [b for b in _yaml_blocks("docs/cloud.md") + _yaml_blocks("README.md") if b.count("kind:") == 1 and "kind: target" in b
+              and ("type: aws" in b or "type: jwt" in b)]
+    assert len(blocks) >= 4
+    for block in blocks:
+        loaded = load_policy_text(block, "doc.yaml", base_dir=tmp_path)
+        assert len(loaded.targets) == 1
+    aws = load_policy_text(blocks[0], "doc.yaml", base_dir=tmp_path).targets["deploy-aws"]
+    assert aws.options["session_policy"]["Statement"] and "deploy:write" in aws.options["scope_session_policies"]
