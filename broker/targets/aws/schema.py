@@ -58,7 +58,7 @@ TAG_UNSAFE = re.compile(r"[^\w .:/=+\-@]")
 CREDENTIAL_ID_LENGTH = 26
 
 #: Session tags the broker sets on every session (principal_tags of the web-identity token).
-BROKER_TAGS = ("credential_id", "run_id", "authorizer", "policy_digest")
+OWN_TAG_KEYS = ("credential_id", "run_id", "authorizer", "policy_digest")
 
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/(?:[\x21-\x7e]+/)?[\w+=,.@-]{1,64}")
 _REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d{1,2}")
@@ -78,8 +78,8 @@ def _tag_key_problem(key: str) -> str | None:
         return "is not a session tag key (letters, digits, spaces and _ . : / = + - @ only)"
     if key.lower().startswith("aws:"):
         return "uses the prefix 'aws:', which AWS reserves"
-    if key.lower() in BROKER_TAGS:
-        return f"is a tag the broker sets itself ({', '.join(BROKER_TAGS)})"
+    if key.lower() in OWN_TAG_KEYS:
+        return f"is a tag the broker sets itself ({', '.join(OWN_TAG_KEYS)})"
     return None
 
 
@@ -170,10 +170,10 @@ def _check_aws_target(ctx: Any) -> Iterator[Any]:
         options["scope_session_policies"] = parsed
     tags = options.get("tags")
     if isinstance(tags, dict):
-        total = len(tags) + len(BROKER_TAGS)
+        total = len(tags) + len(OWN_TAG_KEYS)
         if total > MAX_SESSION_TAGS:
-            yield ctx.problem("tags", f"tags: {len(tags)} tags and the broker's {len(BROKER_TAGS)} "
-                                      f"({', '.join(BROKER_TAGS)}) are {total}; a session takes at "
+            yield ctx.problem("tags", f"tags: {len(tags)} tags and the broker's {len(OWN_TAG_KEYS)} "
+                                      f"({', '.join(OWN_TAG_KEYS)}) are {total}; a session takes at "
                                       f"most {MAX_SESSION_TAGS}")
         seen: dict[str, str] = {}
         for key in tags:

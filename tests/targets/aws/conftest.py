@@ -128,8 +128,6 @@ def make_broker(tmp_path: Path, dev_issuer, moto: MotoAWS, aws_env, database_url
     """``make_broker(**overrides)``: a broker served over HTTP, registered in IAM as an OIDC
     provider, with the roles ``deploy`` (trusting principals of acme/payments) and ``locked``
     (trusting another repository only)."""
-    started: list[Any] = []
-
     def make(**overrides: Any) -> AwsBroker:
         holder: dict[str, Any] = {}
 
@@ -148,7 +146,6 @@ def make_broker(tmp_path: Path, dev_issuer, moto: MotoAWS, aws_env, database_url
         url, app = stack.enter_context(served(build))
         broker = AwsBroker(url=url, app=app, provider_arn=holder["provider"], roles=holder["roles"],
                            policy_dir=holder["folder"])
-        started.append(broker)
         return broker
 
     import contextlib
