@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= dev,postgres,redis,vault,demo,gateway
+EXTRAS ?= dev,postgres,redis,vault,demo,gateway,aws
 
 .PHONY: demo test services browser bench bench-lineage bench-postgres clean
 

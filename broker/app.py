@@ -70,7 +70,7 @@ def build_context(config: dict[str, Any]) -> BrokerContext:
     replay = open_replay_guard(cfg.redis_url(config), state_dir)
     ctx = BrokerContext(issuer=issuer, policy_set=policy_set, signer=signer, ledger=ledger,
                         jwks=jwks, replay=replay, people=PeopleStore(ledger),
-                        issuers=build_kinds(config, policy_set=policy_set))
+                        issuers=build_kinds(config, policy_set=policy_set, signer=signer))
     ctx.extras["approval_interval"] = int(cfg.number(config, "APPROVAL_POLL_INTERVAL"))
     return ctx
 

@@ -179,7 +179,9 @@ def to_ocsf(event: Event) -> dict[str, Any]:
         out = _gateway_login(event, details)
     elif event.type in ("mint", "deny", "expire"):
         out = _authentication(event, details)
-    elif event.type == "usage" and (details.get("statement") or details.get("database")):
+    elif event.type == "usage" and details.get("source") != "cloudtrail" and (
+            details.get("statement") or details.get("database")):
+        # SQL (gateway, database logs); CloudTrail calls are API Activity below
         out = _datastore_activity(event, details)
     else:
         out = _api_activity(event, details)

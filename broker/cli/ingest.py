@@ -1,10 +1,11 @@
-"""`broker ingest postgres-log PATH [--follow]`: the database's own log → usage events."""
+"""`broker ingest postgres-log|cloudtrail PATH [--follow]`: a database's own log and CloudTrail
+files → usage events."""
 from __future__ import annotations
 
 import json
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -84,3 +85,62 @@ def postgres_log(path: str, fmt: str, prefix: str | None, follow: bool, batch_si
                       f"recorded, {stats.duplicates} already recorded"
                       + (f", {stats.unknown_credentials} of roles unknown to the ledger"
                          if stats.unknown_credentials else ""))
+
+
+@ingest.command("cloudtrail")
+@click.argument("path", type=click.Path(exists=True, dir_okay=True, file_okay=True))
+@click.option("--follow", is_flag=True,
+              help="Keep looking for new log files (e.g. a folder `aws s3 sync` fills).")
+@click.option("--poll", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True,
+              help="Seconds between looks for new files with --follow.")
+@click.option("--batch", "batch_size", type=click.IntRange(1, 100_000), default=1000, show_default=True,
+              help="Usage events per ledger transaction.")
+@click.option("--database-url", default=None, help="Ledger URL (default $BROKER_DATABASE_URL).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def cloudtrail(path: str, follow: bool, poll: float, batch_size: int, database_url: str | None,
+               as_json: bool) -> None:
+    """Read CloudTrail log files at PATH (a file, or a folder searched recursively as S3
+    delivers them: AWSLogs/<account>/CloudTrail/<region>/<yyyy>/<mm>/<dd>/, gzipped or not) and
+    append one usage event per record made with a session of an aws target. Re-reading records
+    nothing twice."""
+    from broker.ledger import LedgerUnavailable, open_ledger
+    from broker.usage.cloudtrail import ingest_cloudtrail
+
+    url = database_url or cfg.database_url(env_config())
+    stopping = {"now": False}
+
+    def stop(*_: object) -> None:
+        stopping["now"] = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        ledger = open_ledger(url)
+    except LedgerUnavailable as exc:
+        err_console.print(f"[red]ledger unreachable[/red] ({cfg.redact_url(url)}): {exc}")
+        sys.exit(3)
+
+    def progress(stats: Any) -> None:
+        if not as_json:
+            console.print(f"recorded {stats.recorded} usage event(s) so far "
+                          f"({stats.records} records in {len(stats.files)} file(s))")
+
+    try:
+        stats = ingest_cloudtrail(ledger, path, follow=follow, poll=poll, batch_size=batch_size,
+                                  should_stop=lambda: stopping["now"],
+                                  on_batch=progress if follow else None)
+    except LedgerUnavailable as exc:
+        err_console.print(f"[red]ledger unavailable[/red]: {exc}")
+        sys.exit(3)
+    finally:
+        ledger.close()
+    if as_json:
+        click.echo(json.dumps(stats.to_dict(), sort_keys=True))
+    else:
+        console.print(f"read {stats.records} records from {len(stats.files)} file(s): "
+                      f"{stats.matched} made with the broker's sessions, {stats.recorded} usage "
+                      f"event(s) recorded, {stats.duplicates} already recorded"
+                      + (f", {stats.unknown_credentials} of credentials unknown to the ledger"
+                         if stats.unknown_credentials else "")
+                      + (f"; {len(stats.unreadable)} file(s) not CloudTrail logs"
+                         if stats.unreadable else ""))

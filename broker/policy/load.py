@@ -92,6 +92,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.common.canonical import canonical_json, sha256_hex
+from broker.common.durations import format_duration
 from broker.policy import documents
 from broker.policy.documents import PERSON_CLAIMS
 from broker.policy.model import Client, HumanIdP, IssuerConfig, Policy, PolicySet, SourceRef, Target
@@ -307,6 +308,10 @@ class _Loader:
                 doc.ok = False
                 self.problems.append(problem)
             options = ctx.options
+        if schema is not None and schema.ttl_check is not None and isinstance(v.get("max_ttl"), int):
+            problem = schema.ttl_check(v["max_ttl"])
+            if problem is not None:
+                doc.error(node.key_line("max_ttl"), f"max_ttl {format_duration(v['max_ttl'])} {problem}")
         if isinstance(audience, str) and doc.name is not None:
             line = node.get("audience").line if node.get("audience") is not None else node.line  # type: ignore[union-attr]
             other = self.audiences.get(audience)
@@ -381,6 +386,7 @@ class _Loader:
                     f"({self.declared['issuer'][name]}); policies name either by it")))
         for doc, policy in self.policy_checks:
             self._check_policy_issuer_kind(doc, policy)
+            self._check_policy_ttls(doc, policy)
         if self.problems:
             order = {file: i for i, file in enumerate(self.files)}
             raise PolicyError(sorted(self.problems, key=lambda p: (order.get(p.file, -1), p.line)))
@@ -395,6 +401,25 @@ class _Loader:
         return PolicySet(issuers=dict(self.issuers), targets=dict(self.targets),
                          policies=tuple(self.policies), clients=dict(self.clients),
                          digest=_digest(digest_input), human_idp=self.human_idp)
+
+    def _check_policy_ttls(self, doc: _Doc, policy: Policy) -> None:
+        """A lifetime the policy (or one of its ``derive`` rules) grants for a target must be
+        one the target's kind can mint (its schema's ``ttl_check``: e.g. AWS sessions last at
+        least 900 s)."""
+        limits = [("max_ttl", policy.max_ttl, name) for name in policy.targets]
+        limits += [("derive", rule.max_ttl, rule.target) for rule in policy.derive]
+        for key, ttl, name in limits:
+            target = self.targets.get(name)
+            schema = self.target_types.get(target.type) if target is not None else None
+            if ttl is None or target is None or schema is None or schema.ttl_check is None:
+                continue
+            granted = min(ttl, target.max_ttl)
+            problem = schema.ttl_check(granted)
+            if problem is not None:
+                what = "max_ttl" if key == "max_ttl" else "derive: max_ttl"
+                doc.error(doc.node.key_line(key), f"{what} {format_duration(ttl)} grants target "
+                                                  f"{name!r} ({target.type}) {format_duration(granted)}, "
+                                                  f"which {problem}")
 
     def _check_policy_issuer_kind(self, doc: _Doc, policy: Policy) -> None:
         """What kind of issuer the policy names decides which of ``approval`` and ``may_act``

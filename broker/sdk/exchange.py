@@ -16,7 +16,11 @@ default); a Kubernetes projected token file. See :func:`broker.sdk.detect_attest
 Variables: ``BROKER_ACCESS_TOKEN``, ``BROKER_CREDENTIAL_ID``, ``BROKER_TARGET``, ``BROKER_SCOPE``,
 ``BROKER_EXPIRES_AT`` (epoch seconds), ``BROKER_PARENT_ID`` (children only); for a database
 credential also ``PGHOST``, ``PGPORT``, ``PGDATABASE``, ``PGUSER``, ``PGPASSWORD``, ``PGSSLMODE``
-(when set) and ``BROKER_DSN``; any other field of the credential as ``BROKER_CREDENTIAL_<FIELD>``.
+(when set) and ``BROKER_DSN``; for an AWS session (``type: aws`` targets) ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION`` and ``AWS_DEFAULT_REGION`` (the
+first three masked in GitHub Actions); for ``mode: token`` ``AWS_ROLE_ARN``,
+``AWS_ROLE_SESSION_NAME``, ``AWS_REGION`` and the token as ``BROKER_CREDENTIAL_WEB_IDENTITY_TOKEN``;
+any other field of the credential as ``BROKER_CREDENTIAL_<FIELD>``.
 
 Output: ``--format env`` (default outside GitHub Actions) prints shell ``export`` lines; assign
 them first, then ``eval`` (``BROKER_ENV="$(broker exchange …)"`` then ``eval "$BROKER_ENV"``), so a
@@ -67,6 +71,12 @@ EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 _PG_FIELDS = (("host", "PGHOST"), ("port", "PGPORT"), ("dbname", "PGDATABASE"),
               ("username", "PGUSER"), ("user", "PGUSER"), ("password", "PGPASSWORD"),
               ("sslmode", "PGSSLMODE"))
+#: An aws credential's fields as the variables every AWS SDK and the CLI read (the access key id
+#: is masked too, as aws-actions/configure-aws-credentials does).
+_AWS_FIELDS = (("access_key_id", "AWS_ACCESS_KEY_ID", True),
+               ("secret_access_key", "AWS_SECRET_ACCESS_KEY", True),
+               ("session_token", "AWS_SESSION_TOKEN", True), ("region", "AWS_REGION", False),
+               ("role_arn", "AWS_ROLE_ARN", False), ("role_session_name", "AWS_ROLE_SESSION_NAME", False))
 _SECRET_WORDS = ("password", "secret", "token", "key", "dsn", "uri", "url")
 _DOTENV_SAFE = re.compile(r"[A-Za-z0-9_./:@+,=-]*")
 
@@ -96,6 +106,14 @@ def credential_variables(cred: Credential) -> list[Variable]:
         variables.append(Variable("BROKER_PARENT_ID", cred.parent_id, secret=False, output="parent-id"))
     secret = cred.secret or {}
     used = {"type", "expires_at"}
+    if secret.get("type") in ("aws", "aws-web-identity"):
+        for field, name, is_secret in _AWS_FIELDS:
+            if secret.get(field) is not None and not any(v.name == name for v in variables):
+                variables.append(Variable(name, str(secret[field]), secret=is_secret,
+                                          output="aws-region" if name == "AWS_REGION" else None))
+                used.add(field)
+        if secret.get("region"):
+            variables.append(Variable("AWS_DEFAULT_REGION", str(secret["region"]), secret=False))
     if "password" in secret:
         for field, name in _PG_FIELDS:
             if secret.get(field) is not None and not any(v.name == name for v in variables):

@@ -19,8 +19,10 @@ A kind is a subclass of :class:`TargetKind` that sets
   :meth:`~TargetKind.credential_id_of_resource`, :meth:`~TargetKind.end_orphans`: resources
   minted by the broker that the ledger may not know), ``check_backend``
   (:meth:`~TargetKind.backend_warnings`: ``broker policy check`` asks the backend whether a
-  target is set up safely). The reaper and the CLI read this declaration; nobody probes a kind
-  with ``getattr``.
+  target is set up safely), ``signs`` (:meth:`~TargetKind.use_signer`: the kind signs tokens of
+  its own with the broker's key, e.g. the web-identity JWT an ``aws`` target sends to STS;
+  :func:`~broker.targets.registry.build_kinds` hands it ``ctx.signer``). The reaper and the CLI
+  read this declaration; nobody probes a kind with ``getattr``.
 
 Kinds import nothing of :mod:`broker.policy` at run time (the loader imports them).
 """
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from broker.targets.keys import TargetSchema
 
 if TYPE_CHECKING:
+    from broker.keys import Signer
     from broker.ledger.events import CredentialRecord
     from broker.policy.model import PolicySet, Target
 
@@ -73,6 +76,7 @@ class Capabilities:
     reconcile: bool = False         # reconcile(): record ends the backend decided on its own
     remove_orphans: bool = False    # minted_resources(), credential_id_of_resource(), end_orphans()
     check_backend: bool = False     # backend_warnings(): `broker policy check` asks the backend
+    signs: bool = False             # use_signer(): it signs tokens of its own with the broker's key
 
 
 class Ended(Protocol):
@@ -159,6 +163,11 @@ class TargetKind:
     def end_orphans(self, target: str, resources: list[str]) -> list[tuple[str, Ended | Exception]]:
         """Remove these resources of ``target``; nothing when another reaper is at it."""
         raise NotImplementedError(f"target kind {self.name!r} does not remove orphans")
+
+    # -- capabilities.signs ------------------------------------------------------------------
+    def use_signer(self, signer: Signer) -> None:
+        """The broker's signer (``ctx.signer``), for the tokens the kind signs itself."""
+        raise NotImplementedError(f"target kind {self.name!r} does not sign")
 
     # -- capabilities.check_backend ----------------------------------------------------------
     def backend_warnings(self, target: Target) -> list[str]:

@@ -187,10 +187,16 @@ class TargetSchema:
     spec; ``validate`` then sees them together (a ``TargetContext`` of the policy loader: the
     values in ``ctx.options``, ``ctx.problem(key, message)`` for problems) for rules that span
     keys, and may fill in defaults. What is left in ``ctx.options`` becomes ``Target.options``.
+
+    ``ttl_check`` judges a lifetime in seconds (a problem, or None when the backend can grant
+    it): the loader applies it to the target's ``max_ttl`` and to the lifetime every policy
+    (and ``derive`` rule) naming the target can grant (the least of its ``max_ttl`` and the
+    target's), so e.g. an AWS session shorter than STS allows fails at load, with ``file:line``.
     """
     name: str
     keys: Mapping[str, Key] = field(default_factory=dict)
     validate: Callable[[Any], Iterable[Any]] | None = None
+    ttl_check: Callable[[int], str | None] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):

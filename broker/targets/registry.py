@@ -9,28 +9,34 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from broker.targets.aws import AWSKind
 from broker.targets.base import TargetKind
 from broker.targets.jwt import JWTKind
 from broker.targets.postgres import PostgresKind
 from broker.targets.vault_database import VaultDatabaseKind
 
 if TYPE_CHECKING:
+    from broker.keys import Signer
     from broker.policy.model import PolicySet
 
 KINDS: dict[str, type[TargetKind]] = {
     "jwt": JWTKind,
     "postgres": PostgresKind,
     "vault-database": VaultDatabaseKind,
+    "aws": AWSKind,
 }
 
 
-def build_kinds(config: Mapping[str, Any], *, policy_set: PolicySet | None = None) -> dict[str, TargetKind]:
-    """One instance of each kind, set up from the configuration and told the policy set's
-    targets of its type."""
+def build_kinds(config: Mapping[str, Any], *, policy_set: PolicySet | None = None,
+                signer: Signer | None = None) -> dict[str, TargetKind]:
+    """One instance of each kind, set up from the configuration, told the policy set's
+    targets of its type and, when it declares ``signs``, given the broker's ``signer``."""
     kinds = {name: kind.from_config(config) for name, kind in KINDS.items()}
-    if policy_set is not None:
-        for kind in kinds.values():
+    for kind in kinds.values():
+        if policy_set is not None:
             kind.attach(policy_set)
+        if signer is not None and kind.capabilities.signs:
+            kind.use_signer(signer)
     return kinds
 
 

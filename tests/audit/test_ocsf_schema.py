@@ -38,6 +38,9 @@ SYNTHETIC = [
     ("usage, database only", _event("usage", database="orders")),
     ("usage introspect", _event("usage", source="introspect", kind="introspect", client="api-gw")),
     ("usage cloudtrail", _event("usage", source="cloudtrail", operation="s3:GetObject")),
+    ("usage cloudtrail with its call as statement",
+     _event("usage", source="cloudtrail", statement="s3.amazonaws.com GetObject",
+            operation="GetObject", event_source="s3.amazonaws.com", source_ip="203.0.113.9")),
     ("introspect", _event("introspect", client="api-gw", active=True)),
     ("introspect refused", _event("introspect", credential_id=None, principal=None, target=None,
                                   result="refused", error="invalid_client", client="mallory",
@@ -89,3 +92,10 @@ def test_the_validator_is_not_vacuous():
     assert ocsf_problems(broken)
     assert ocsf_problems({**record, "actor": {"app_name": "x"}})
     assert ocsf_problems({**record, "severity_id": 1, "severity": "High"})
+
+
+def test_cloudtrail_usage_is_api_activity_not_a_database():
+    event = _event("usage", source="cloudtrail", statement="s3.amazonaws.com GetObject",
+                   operation="GetObject")
+    record = to_ocsf(event)
+    assert record["class_uid"] == 6003 and "database" not in record

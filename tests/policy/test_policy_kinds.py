@@ -21,7 +21,10 @@ TARGETS = {
     "jwt": "",
     "postgres": "admin_dsn_env: PAYMENTS_DB_ADMIN_DSN\ngrants: []\n",
     "vault-database": "role: payments-readonly\n",
+    "aws": "role_arn: arn:aws:iam::123456789012:role/deploy\nregion: eu-west-1\n",
 }
+#: A max_ttl each kind can grant (AWS sessions last at least 15 minutes).
+MAX_TTL = {"aws": "15m"}
 
 
 def test_every_registered_kind_has_an_example_here():
@@ -30,7 +33,7 @@ def test_every_registered_kind_has_an_example_here():
 
 @pytest.mark.parametrize("kind", sorted(TARGETS))
 def test_a_target_of_each_kind_loads_in_a_fresh_interpreter(kind):
-    text = f"kind: target\nname: t\ntype: {kind}\nmax_ttl: 5m\n{TARGETS[kind]}"
+    text = f"kind: target\nname: t\ntype: {kind}\nmax_ttl: {MAX_TTL.get(kind, '5m')}\n{TARGETS[kind]}"
     program = textwrap.dedent(f"""
         import sys
         from broker.policy import load_policy_text
@@ -54,7 +57,7 @@ def test_each_kind_declares_name_keys_and_capabilities(name):
     # A declared capability has its operation implemented, an undeclared one is the base's.
     operations = {"reap": ["end_many"], "reconcile": ["reconcile"],
                   "remove_orphans": ["minted_resources", "credential_id_of_resource", "end_orphans"],
-                  "check_backend": ["backend_warnings"]}
+                  "check_backend": ["backend_warnings"], "signs": ["use_signer"]}
     for capability, methods in operations.items():
         for method in methods:
             implemented = getattr(kind, method) is not getattr(TargetKind, method)
@@ -66,6 +69,7 @@ def test_the_declared_capabilities():
     assert KINDS["postgres"].capabilities == Capabilities(reap=True, remove_orphans=True)
     assert KINDS["vault-database"].capabilities == Capabilities(reap=True, reconcile=True,
                                                                  check_backend=True)
+    assert KINDS["aws"].capabilities == Capabilities(signs=True, check_backend=True)
 
 
 def test_the_loader_takes_target_types_explicitly():
