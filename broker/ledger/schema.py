@@ -234,6 +234,13 @@ _V7_COMMON = (
 )
 
 
+_COSIGNATURES = (
+    "CREATE TABLE IF NOT EXISTS checkpoint_cosignatures ("
+    " origin TEXT NOT NULL, tree_size BIGINT NOT NULL, root_hash TEXT NOT NULL,"
+    " name TEXT NOT NULL, key_id TEXT NOT NULL, signature TEXT NOT NULL,"
+    " received_at TEXT NOT NULL,"
+    " PRIMARY KEY (origin, tree_size, root_hash, name, key_id, signature))")
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         version=1,
@@ -290,6 +297,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="credentials.backend_user; drop redundant indexes",
         postgres=_plain(*_V7_COMMON),
         sqlite=_plain(*_V7_COMMON),
+    ),
+    # Version 8: witnesses' cosignatures of the checkpoint notes (broker/transparency/
+    # signed_notes.py). IF NOT EXISTS: brokers before this version created it on first use.
+    Migration(
+        version=8,
+        description="checkpoint_cosignatures",
+        postgres=_plain(_COSIGNATURES),
+        sqlite=_plain(_COSIGNATURES),
     ),
 )
 

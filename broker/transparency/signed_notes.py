@@ -54,12 +54,7 @@ WITNESS_PREFIX = "tlog-witness+"
 NOTE_CONTENT_TYPE = "text/plain; charset=utf-8"
 MAX_WITNESS_ANSWER = 64 * 1024
 
-SQL_CREATE_COSIGNATURES = (
-    "CREATE TABLE IF NOT EXISTS checkpoint_cosignatures ("
-    " origin TEXT NOT NULL, tree_size BIGINT NOT NULL, root_hash TEXT NOT NULL,"
-    " name TEXT NOT NULL, key_id TEXT NOT NULL, signature TEXT NOT NULL,"
-    " received_at TEXT NOT NULL,"
-    " PRIMARY KEY (origin, tree_size, root_hash, name, key_id, signature))")
+# The table is ledger schema version 8 (broker/ledger/schema.py).
 SQL_INSERT_COSIGNATURE = (
     "INSERT INTO checkpoint_cosignatures (origin, tree_size, root_hash, name, key_id,"
     " signature, received_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
@@ -125,11 +120,6 @@ def signed_note(checkpoint: Any, *, state_dir: str,
 
 
 # -- cosignatures in the ledger database ---------------------------------------------------------
-def _ensure_table(ledger: Ledger) -> None:
-    with ledger.transaction() as tx:
-        tx.execute(SQL_CREATE_COSIGNATURES)
-
-
 def store_cosignatures(ledger: Ledger, text: CheckpointText,
                        lines: Iterable[SignatureLine]) -> int:
     """Keep witness signature lines of checkpoint ``text``; returns how many were offered."""
@@ -138,7 +128,6 @@ def store_cosignatures(ledger: Ledger, text: CheckpointText,
     if not rows:
         return 0
     with ledger.unavailable_on_error("store cosignatures"):
-        _ensure_table(ledger)
         with ledger.transaction() as tx:
             for row in rows:
                 tx.execute(SQL_INSERT_COSIGNATURE, row)
@@ -151,7 +140,6 @@ def _line(name: str, key_id: str, signature: str) -> SignatureLine:
 
 def cosignatures_for(ledger: Ledger, text: CheckpointText) -> list[SignatureLine]:
     with ledger.unavailable_on_error("read cosignatures"):
-        _ensure_table(ledger)
         rows = ledger.read(SQL_COSIGNATURES_FOR, (text.origin, text.tree_size,
                                                   text.root_hash.hex()))
     return [_line(*row) for row in rows]
