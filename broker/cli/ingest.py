@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -13,7 +14,35 @@ from broker import config as cfg
 from broker.cli.common import console, env_config, err_console
 
 if TYPE_CHECKING:
+    from broker.ledger import Ledger
     from broker.usage.ingest import IngestStats
+
+
+def _run(database_url: str | None, ingest_with: Callable[[Ledger, Callable[[], bool]], Any]) -> Any:
+    """Open the ledger, run ``ingest_with(ledger, should_stop)`` until it returns or SIGTERM/SIGINT
+    asks it to stop, close the ledger; exit 3 with one line when the ledger cannot be reached."""
+    from broker.ledger import LedgerUnavailable, open_ledger
+
+    url = database_url or cfg.database_url(env_config())
+    stopping = {"now": False}
+
+    def stop(*_: object) -> None:
+        stopping["now"] = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        ledger = open_ledger(url)
+    except LedgerUnavailable as exc:
+        err_console.print(f"[red]ledger unreachable[/red] ({cfg.redact_url(url)}): {exc}")
+        sys.exit(3)
+    try:
+        return ingest_with(ledger, lambda: stopping["now"])
+    except LedgerUnavailable as exc:
+        err_console.print(f"[red]ledger unavailable[/red]: {exc}")
+        sys.exit(3)
+    finally:
+        ledger.close()
 
 
 @click.group()
@@ -38,7 +67,6 @@ def postgres_log(path: str, fmt: str, prefix: str | None, follow: bool, batch_si
                  database_url: str | None, as_json: bool) -> None:
     """Read PostgreSQL's log at PATH (a file, or the log folder) and append one usage event per
     statement, connection or error of a minted role. Re-reading records nothing twice."""
-    from broker.ledger import LedgerUnavailable, open_ledger
     from broker.usage import DEFAULT_PREFIX, ingest_postgres_log
     from broker.usage.pglog import prefix_regex
 
@@ -48,35 +76,16 @@ def postgres_log(path: str, fmt: str, prefix: str | None, follow: bool, batch_si
         except ValueError as exc:
             err_console.print(f"[red]--prefix:[/red] {exc}", markup=True)
             sys.exit(2)
-    url = database_url or cfg.database_url(env_config())
-    stopping = {"now": False}
-
-    def stop(*_: object) -> None:
-        stopping["now"] = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        ledger = open_ledger(url)
-    except LedgerUnavailable as exc:
-        err_console.print(f"[red]ledger unreachable[/red] ({cfg.redact_url(url)}): {exc}")
-        sys.exit(3)
 
     def progress(stats: IngestStats) -> None:
         if not as_json:
             console.print(f"recorded {stats.recorded} usage event(s) so far "
                           f"({stats.lines} lines read)")
 
-    try:
-        stats = ingest_postgres_log(ledger, path, fmt=None if fmt == "auto" else fmt,
-                                    prefix=prefix or DEFAULT_PREFIX, follow=follow,
-                                    batch_size=batch_size, should_stop=lambda: stopping["now"],
-                                    on_batch=progress if follow else None)
-    except LedgerUnavailable as exc:
-        err_console.print(f"[red]ledger unavailable[/red]: {exc}")
-        sys.exit(3)
-    finally:
-        ledger.close()
+    stats = _run(database_url, lambda ledger, should_stop: ingest_postgres_log(
+        ledger, path, fmt=None if fmt == "auto" else fmt, prefix=prefix or DEFAULT_PREFIX,
+        follow=follow, batch_size=batch_size, should_stop=should_stop,
+        on_batch=progress if follow else None))
     if as_json:
         click.echo(json.dumps(stats.to_dict(), sort_keys=True))
     else:
@@ -103,37 +112,16 @@ def cloudtrail(path: str, follow: bool, poll: float, batch_size: int, database_u
     delivers them: AWSLogs/<account>/CloudTrail/<region>/<yyyy>/<mm>/<dd>/, gzipped or not) and
     append one usage event per record made with a session of an aws target. Re-reading records
     nothing twice."""
-    from broker.ledger import LedgerUnavailable, open_ledger
     from broker.usage.cloudtrail import ingest_cloudtrail
-
-    url = database_url or cfg.database_url(env_config())
-    stopping = {"now": False}
-
-    def stop(*_: object) -> None:
-        stopping["now"] = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        ledger = open_ledger(url)
-    except LedgerUnavailable as exc:
-        err_console.print(f"[red]ledger unreachable[/red] ({cfg.redact_url(url)}): {exc}")
-        sys.exit(3)
 
     def progress(stats: Any) -> None:
         if not as_json:
             console.print(f"recorded {stats.recorded} usage event(s) so far "
                           f"({stats.records} records in {len(stats.files)} file(s))")
 
-    try:
-        stats = ingest_cloudtrail(ledger, path, follow=follow, poll=poll, batch_size=batch_size,
-                                  should_stop=lambda: stopping["now"],
-                                  on_batch=progress if follow else None)
-    except LedgerUnavailable as exc:
-        err_console.print(f"[red]ledger unavailable[/red]: {exc}")
-        sys.exit(3)
-    finally:
-        ledger.close()
+    stats = _run(database_url, lambda ledger, should_stop: ingest_cloudtrail(
+        ledger, path, follow=follow, poll=poll, batch_size=batch_size, should_stop=should_stop,
+        on_batch=progress if follow else None))
     if as_json:
         click.echo(json.dumps(stats.to_dict(), sort_keys=True))
     else:

@@ -5,6 +5,8 @@ import json
 import sqlite3
 import subprocess
 
+import pytest
+
 from tests.support.oauth import exchange_form
 from tests.support.server import REPO, broker_cli
 
@@ -71,3 +73,16 @@ def test_keys_rotate_and_list(tmp_path, policy_dir):
     assert first.returncode == 0 and "new signing key" in first.stdout
     listing = broker("keys", "list", env=env)
     assert listing.returncode == 0 and listing.stdout.count("yes") == 2
+
+
+@pytest.mark.parametrize("command", ["postgres-log", "cloudtrail"])
+def test_ingest_with_the_ledger_unreachable_exits_3_in_one_line(command: str, tmp_path) -> None:
+    """Both ingest commands: an unreachable ledger is one line naming it (password redacted), exit 3."""
+    log = tmp_path / "input.json"
+    log.write_text("")
+    url = "postgresql://ingest:s3cret-pw@127.0.0.1:1/nowhere?connect_timeout=2"
+    result = broker_cli("ingest", command, str(log), "--database-url", url)
+    assert result.returncode == 3, result.stderr
+    assert "ledger unreachable" in result.stderr
+    assert "s3cret-pw" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
