@@ -264,18 +264,15 @@ def parse_parse(body: bytes | bytearray) -> tuple[bytes, bytes]:
     return bytes(body[:i]), bytes(body[i + 1:j])
 
 
-def parse_bind(body: bytes | bytearray) -> tuple[bytes, bytes, list[bytes | None]]:
-    """Bind message → ``(portal name, statement name, parameter values)`` (``None`` is NULL)."""
-    i = body.index(0)
-    j = body.index(0, i + 1)
-    portal, statement = bytes(body[:i]), bytes(body[i + 1:j])
-    pos = j + 1
+def _formats_then_values(body: bytes | bytearray, pos: int) -> list[bytes | None]:
+    """The tail Bind and FunctionCall share: Int16 format codes (skipped), then Int16 n and n
+    values, each an Int32 length (-1 is NULL) and that many bytes."""
     nformats = _I16.unpack_from(body, pos)[0]
     pos += 2 + 2 * nformats
-    nparams = _I16.unpack_from(body, pos)[0]
+    count = _I16.unpack_from(body, pos)[0]
     pos += 2
     values: list[bytes | None] = []
-    for _ in range(nparams):
+    for _ in range(count):
         length = unpack_i32_from(body, pos)[0]
         pos += 4
         if length < 0:
@@ -283,7 +280,15 @@ def parse_bind(body: bytes | bytearray) -> tuple[bytes, bytes, list[bytes | None
         else:
             values.append(bytes(body[pos:pos + length]))
             pos += length
-    return portal, statement, values
+    return values
+
+
+def parse_bind(body: bytes | bytearray) -> tuple[bytes, bytes, list[bytes | None]]:
+    """Bind message → ``(portal name, statement name, parameter values)`` (``None`` is NULL)."""
+    i = body.index(0)
+    j = body.index(0, i + 1)
+    portal, statement = bytes(body[:i]), bytes(body[i + 1:j])
+    return portal, statement, _formats_then_values(body, j + 1)
 
 
 def parse_execute(body: bytes | bytearray) -> tuple[bytes, int]:
@@ -298,22 +303,7 @@ def parse_close(body: bytes | bytearray) -> tuple[int, bytes]:
 
 def parse_function_call(body: bytes | bytearray) -> tuple[int, list[bytes | None]]:
     """FunctionCall → ``(function oid, argument values)``."""
-    oid = unpack_u32_from(body, 0)[0]
-    pos = 4
-    nformats = _I16.unpack_from(body, pos)[0]
-    pos += 2 + 2 * nformats
-    nargs = _I16.unpack_from(body, pos)[0]
-    pos += 2
-    values: list[bytes | None] = []
-    for _ in range(nargs):
-        length = unpack_i32_from(body, pos)[0]
-        pos += 4
-        if length < 0:
-            values.append(None)
-        else:
-            values.append(bytes(body[pos:pos + length]))
-            pos += length
-    return oid, values
+    return unpack_u32_from(body, 0)[0], _formats_then_values(body, 4)
 
 
 def parse_parameter_status(body: bytes | bytearray) -> tuple[str, str]:
