@@ -122,23 +122,30 @@ def checkpoint_note_key() -> tuple[str, int, dict[str, str]]:
     return vkey + "\n", 200, {**_NO_STORE, "Content-Type": NOTE_CONTENT_TYPE}
 
 
+def _range_args(tree: LedgerTree, low: str, high: str) -> tuple[int, int]:
+    """``(low, high)`` from the query: ``low`` required, ``high`` defaulting to the ledger's
+    size; refused unless ``1 <= low <= high <= size``."""
+    first = _size_arg(low, required=True)
+    second = _size_arg(high, required=False)
+    ledger_size = _ledger_size(tree)
+    if second is None:
+        second = ledger_size
+    if second > ledger_size:
+        raise errors.RequestMalformed(f"{high} is larger than the ledger ({ledger_size} events)")
+    assert first is not None
+    if not 1 <= first <= second:
+        raise errors.RequestMalformed(f"{low} must be between 1 and {high}")
+    return first, second
+
+
 @bp.get("/proof/inclusion")
 def inclusion() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Event ``seq`` is leaf ``seq - 1`` of the tree of the first ``size`` events
     (default: the whole ledger)."""
     authenticate_client(permission="audit")
     _only("seq", "size")
-    seq = _size_arg("seq", required=True)
-    size = _size_arg("size", required=False)
     tree = LedgerTree(broker_context().ledger)
-    ledger_size = _ledger_size(tree)
-    if size is None:
-        size = ledger_size
-    if size > ledger_size:
-        raise errors.RequestMalformed(f"size is larger than the ledger ({ledger_size} events)")
-    assert seq is not None
-    if not 1 <= seq <= size:
-        raise errors.RequestMalformed("seq must be between 1 and size")
+    seq, size = _range_args(tree, "seq", "size")
     proof = _tree_call(tree.inclusion_proof, seq, size)
     return {
         "leaf_index": proof.leaf_index,
@@ -156,17 +163,8 @@ def consistency() -> tuple[dict[str, Any], int, dict[str, str]]:
     the first ``from`` events."""
     authenticate_client(permission="audit")
     _only("from", "to")
-    first = _size_arg("from", required=True)
-    second = _size_arg("to", required=False)
     tree = LedgerTree(broker_context().ledger)
-    ledger_size = _ledger_size(tree)
-    if second is None:
-        second = ledger_size
-    if second > ledger_size:
-        raise errors.RequestMalformed(f"to is larger than the ledger ({ledger_size} events)")
-    assert first is not None
-    if not 1 <= first <= second:
-        raise errors.RequestMalformed("from must be between 1 and to")
+    first, second = _range_args(tree, "from", "to")
     proof = _tree_call(tree.consistency_proof, first, second)
     return {
         "first_size": proof.first_size,
