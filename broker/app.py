@@ -15,8 +15,10 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from broker.attestation import JWKSCache
+    from broker.exchange.outage import OutageRecorder
     from broker.keys import Signer
     from broker.ledger import Ledger
+    from broker.lifecycle.pending import PendingMints
     from broker.people.store import PeopleStore
     from broker.policy import PolicySet
     from broker.targets import CredentialIssuer
@@ -35,10 +37,13 @@ class BrokerContext:
     issuers: dict[str, CredentialIssuer]
     people: PeopleStore               # approvals and delegations, in the ledger's database
     extras: dict[str, Any] = field(default_factory=dict)
+    outages: OutageRecorder | None = None   # dependency-down refusals, aggregated
+    pending: PendingMints | None = None     # markers of mints in flight (crash sweep)
 
     def close(self) -> None:
         # Background work (the reaper) first, then the issuers' pools, then the stores.
-        closers = [getattr(x, "close", None) for x in (*self.extras.values(), *self.issuers.values())]
+        closers = [getattr(x, "close", None)
+                   for x in (*self.extras.values(), *self.issuers.values(), self.outages)]
         for closer in (*closers, getattr(self.ledger, "close", None), getattr(self.replay, "close", None)):
             if closer is not None:
                 try:
@@ -51,8 +56,10 @@ def build_context(config: dict[str, Any]) -> BrokerContext:
     """Build the resources of one broker process from a config mapping (also used by the CLI)."""
     from broker import config as cfg
     from broker.attestation import JWKSCache, open_replay_guard
+    from broker.exchange.outage import OutageRecorder
     from broker.keys import open_signer
     from broker.ledger import open_ledger
+    from broker.lifecycle.pending import PendingMints
     from broker.people.store import PeopleStore
     from broker.policy import load_policy_dir
     from broker.targets import build_kinds
@@ -63,14 +70,18 @@ def build_context(config: dict[str, Any]) -> BrokerContext:
     issuer = cfg.issuer(config)
     signer = open_signer(cfg.text(config, "SIGNER"), state_dir=state_dir, issuer=issuer,
                          retention=policy_set.max_target_ttl() + 120, config=config)
-    ledger = open_ledger(cfg.database_url(config))
+    ledger = open_ledger(cfg.database_url(config),
+                         timeout=(cfg.number(config, "LEDGER_TIMEOUT")
+                                  if cfg.database_url(config).startswith("postgres") else None))
     jwks = JWKSCache(timeout=cfg.number(config, "JWKS_TIMEOUT"),
                      cache_ttl=cfg.number(config, "JWKS_CACHE_TTL"),
                      min_refetch_interval=cfg.number(config, "JWKS_MIN_REFETCH_INTERVAL"))
-    replay = open_replay_guard(cfg.redis_url(config), state_dir)
+    replay = open_replay_guard(cfg.redis_url(config), state_dir,
+                               redis_timeout=cfg.number(config, "REDIS_TIMEOUT"))
     ctx = BrokerContext(issuer=issuer, policy_set=policy_set, signer=signer, ledger=ledger,
                         jwks=jwks, replay=replay, people=PeopleStore(ledger),
-                        issuers=build_kinds(config, policy_set=policy_set, signer=signer))
+                        issuers=build_kinds(config, policy_set=policy_set, signer=signer),
+                        outages=OutageRecorder(ledger), pending=PendingMints(state_dir))
     ctx.extras["approval_interval"] = int(cfg.number(config, "APPROVAL_POLL_INTERVAL"))
     return ctx
 
@@ -132,7 +143,8 @@ def _install_rate_limit(app: Flask) -> None:
     if hops > 0:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops)  # type: ignore[method-assign]
     limiter = open_rate_limiter(app.config.get("RATE_LIMIT"), redis_url=cfg.redis_url(app.config),
-                                state_dir=cfg.state_dir(app.config))
+                                state_dir=cfg.state_dir(app.config),
+                                redis_timeout=cfg.number(app.config, "REDIS_TIMEOUT"))
     if limiter is None:
         return
 

@@ -101,7 +101,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     _s("REAPER_ORPHAN_GRACE", "float", 300,
        "seconds before an nhb_ role unknown to the ledger is an orphan", 0),
     _s("POSTGRES_POOL_SIZE", "int", 4, "admin connections per postgres target, per process", 1),
-    _s("POSTGRES_TIMEOUT", "float", 5.0, "seconds to get an admin connection to a postgres target", 0.1),
+    _s("POSTGRES_TIMEOUT", "float", 1.0, "seconds to get an admin connection to a postgres "
+       "target (once; a target that is down is refused within it)", 0.1),
+    _s("LEDGER_TIMEOUT", "float", 1.0, "seconds to get a PostgreSQL ledger connection (once; "
+       "a ledger that is down is refused within it)", 0.1),
     _s("SECRET_KEY", "secret", None,
        "signs people's session cookies (≥ 32 characters); unset: a key generated in the state dir"),
     _s("APPROVAL_POLL_INTERVAL", "int", 5, "seconds between approval polls (RFC 8628 interval)", 1),

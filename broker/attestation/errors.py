@@ -25,6 +25,20 @@ def printable(value: object, limit: int = 64) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: The stable reason code (the refusal's ``reason``) of each client-visible description.
+_REASONS = {EXPIRED: "expired", REPLAYED: "replayed", UNTRUSTED_ISSUER: "untrusted_issuer"}
+
+
+def reason_code(description: str, detail: str) -> str:
+    """``expired``, ``replayed``, ``untrusted_issuer``, ``audience_mismatch`` or, for every
+    other refusal of the token itself, ``subject_refused``."""
+    if description in _REASONS:
+        return _REASONS[description]
+    if detail == "audience mismatch" or detail.startswith("aud lists"):
+        return "audience_mismatch"
+    return "subject_refused"
+
+
 class AttestationError(GrantRefused):
     """RFC 6749 §5.2 ``invalid_grant``: "The provided authorization grant [...] is invalid,
     expired, revoked, [...] or was issued to another client." Here: the subject token.
@@ -36,7 +50,7 @@ class AttestationError(GrantRefused):
 
     def __init__(self, description: str = NOT_ACCEPTABLE, *, detail: str,
                  unverified_issuer: str | None = None, token_sha256: str | None = None) -> None:
-        super().__init__(description, detail=detail)
+        super().__init__(description, detail=detail, reason=reason_code(description, detail))
         self.stamp(unverified_issuer=unverified_issuer, token_sha256=token_sha256)
 
     def stamp(self, *, unverified_issuer: object, token_sha256: str | None) -> None:

@@ -1,7 +1,9 @@
 """Replay guard: an attestation is accepted once, however many broker processes see it.
 
-One operation, :meth:`ReplayGuard.first_use`: True the first time a key is seen within its
-ttl, False afterwards. The verifier calls it last, with ``{issuer}:jti:{jti}`` (or, without a
+Two operations: :meth:`ReplayGuard.first_use`, True the first time a key is seen within its
+ttl and False afterwards; and :meth:`ReplayGuard.release`, which forgets a key whose exchange
+then failed having issued nothing (a dependency was down), so the same attestation can be
+retried. The verifier calls it last, with ``{issuer}:jti:{jti}`` (or, without a
 ``jti``, ``{issuer}:claims:<SHA-256 of the signed claims in canonical JSON>``: see
 :func:`broker.attestation.verify.single_use_key`) and a ttl that outlives the window in which the token could
 still be accepted.
@@ -13,6 +15,11 @@ still be accepted.
   inside one ``BEGIN IMMEDIATE`` transaction.
 
 Both fail closed: a store that cannot answer raises :class:`ReplayStoreUnavailable`.
+
+This is the fast path only. Single use is anchored in the ledger (the ``attestation_uses``
+table, claimed in the mint's own transaction: :meth:`broker.ledger.Ledger.record_mint`), so
+losing this store's memory (a Redis restart without persistence) cannot re-enable a used
+attestation.
 """
 from __future__ import annotations
 
@@ -32,6 +39,12 @@ _MAX_PLAIN_KEY = 200   # longer keys (a huge jti) are stored by their SHA-256
 class ReplayGuard(Protocol):
     def first_use(self, key: str, ttl_seconds: int) -> bool:
         """True the first time ``key`` is seen within ``ttl_seconds``; False on a replay."""
+        ...
+
+    def release(self, key: str) -> None:
+        """Forget ``key`` (its exchange failed having issued nothing). Best effort: a store
+        that cannot answer leaves the key claimed (the client's retry is then refused as a
+        replay, never granted twice)."""
         ...
 
 
@@ -57,6 +70,7 @@ class RedisReplayGuard:
 
     def __init__(self, url: str, *, prefix: str = "nhb:replay:",
                  socket_timeout: float = 0.5) -> None:
+        # socket_timeout: BROKER_REDIS_TIMEOUT, for connecting and for each answer
         try:
             import redis
         except ImportError as exc:  # the embedded install has no redis client
@@ -78,6 +92,12 @@ class RedisReplayGuard:
             raise ReplayStoreUnavailable(
                 f"replay store (redis) failed: {exc.__class__.__name__}") from exc
         return bool(created)
+
+    def release(self, key: str) -> None:
+        try:
+            self._client.delete(_store_key(self.prefix, key))
+        except self._errors:
+            pass          # still claimed: a retry is refused as a replay, never granted twice
 
     def close(self) -> None:
         self._client.close()
@@ -149,6 +169,13 @@ class SQLiteReplayGuard:
                 f"replay store (sqlite) failed: {exc.__class__.__name__}") from exc
         return first
 
+    def release(self, key: str) -> None:
+        conn = self._connect()
+        try:
+            conn.execute("DELETE FROM replay WHERE key = ?", (_store_key("", key),))
+        except sqlite3.Error:
+            pass          # still claimed: a retry is refused as a replay, never granted twice
+
     def purge_expired(self) -> int:
         """Delete expired rows now; returns how many went."""
         conn = self._connect()
@@ -179,9 +206,11 @@ class SQLiteReplayGuard:
             self._local.conn = None
 
 
-def open_replay_guard(redis_url: str | None, state_dir: str) -> ReplayGuard:
-    """Redis when a URL is configured, else ``{state_dir}/replay.sqlite3``."""
+def open_replay_guard(redis_url: str | None, state_dir: str, *,
+                      redis_timeout: float = 0.5) -> ReplayGuard:
+    """Redis when a URL is configured (``redis_timeout``: BROKER_REDIS_TIMEOUT), else
+    ``{state_dir}/replay.sqlite3``."""
     if redis_url:
-        return RedisReplayGuard(redis_url)
+        return RedisReplayGuard(redis_url, socket_timeout=redis_timeout)
     os.makedirs(state_dir, exist_ok=True)
     return SQLiteReplayGuard(os.path.join(state_dir, "replay.sqlite3"))

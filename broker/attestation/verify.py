@@ -65,6 +65,10 @@ class Attestation:
     run: dict[str, str]
     token_sha256: str
     expires_at: int
+    #: What single use remembers (:func:`single_use_key`) and until when (epoch seconds: the
+    #: token's ``exp`` plus the issuer's leeway, after which it could not be accepted anyway)
+    single_use_key: str = ""
+    single_use_until: int = 0
 
 
 def verify_subject_token(unverified_token: str, *, policy_set: PolicySet, jwks: JWKSCache,
@@ -141,7 +145,8 @@ def _verify(unverified_token: str, presented: _Presented, *, policy_set: PolicyS
         raise _refuse("token replayed", REPLAYED)
 
     return Attestation(issuer=issuer, claims=claims, principal=principal, run=run,
-                       token_sha256=token_sha256, expires_at=int(exp))
+                       token_sha256=token_sha256, expires_at=int(exp),
+                       single_use_key=replay_key, single_use_until=math.ceil(now) + ttl)
 
 
 def single_use_key(issuer: IssuerConfig, claims: dict[str, Any]) -> str:

@@ -42,9 +42,28 @@ def serve(host: str, port: int, workers: int | None, threads: int, dev: bool) ->
         sys.exit(3)
     try:
         _check_people(ctx, config)
+        _sweep_crashed_mints(ctx)
     finally:
         ctx.close()
     run_server(host=host, port=port, workers=workers, threads=threads, dev=dev)
+
+
+def _sweep_crashed_mints(ctx: BrokerContext) -> None:
+    """Before forking: remove what a crash of the previous run on this host left between
+    creating a resource and recording its mint (broker/lifecycle/pending.py)."""
+    from broker import errors
+    from broker.lifecycle.pending import sweep_pending
+
+    try:
+        removed = sweep_pending(ctx)
+    except errors.BrokerError as exc:     # a target or the ledger is down: the reaper retries
+        err_console.print(f"pending-mint sweep postponed: {exc.detail}", markup=False,
+                          highlight=False)
+        return
+    for item in removed:
+        err_console.print(f"removed role {item['role']} of target {item['target']}: its mint "
+                          "was never recorded (the previous run crashed)", markup=False,
+                          highlight=False)
 
 
 def _check_people(ctx: BrokerContext, config: dict[str, Any]) -> None:

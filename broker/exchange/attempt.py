@@ -8,6 +8,11 @@ travels on the exception: what has been recorded is the attempt's state, not the
 
 An exception that is not a :class:`~broker.errors.BrokerError` is a bug: it is logged with its
 traceback, recorded as a ``deny`` with a generic reason and answered as ``server_error``.
+
+A refusal because a dependency is down (:class:`~broker.errors.BackendUnavailable`) is the
+exception to "one ``deny`` each": it is counted into its outage
+(:class:`~broker.exchange.outage.OutageRecorder`), whose ``outage`` events stand for every
+attempt it refused.
 """
 from __future__ import annotations
 
@@ -17,10 +22,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from broker import errors
+from broker.attestation.replay import ReplayStoreUnavailable
 from broker.common.untrusted import RECORD_VALUE_LIMIT, clip, install_log_sanitizer
-from broker.ledger.events import Event, EventDraft
+from broker.ledger.events import Event, EventDraft, utc_timestamp
 
 if TYPE_CHECKING:
+    from broker.exchange.outage import OutageRecorder
     from broker.ledger import Ledger
 
 log = logging.getLogger("broker.exchange")
@@ -60,6 +67,27 @@ class Attempt:
     parent_id: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     event: Event | None = None          # set once the attempt's one event is in the ledger
+    #: the attestation this attempt used up, ``(single-use key, until)``, once verified: the
+    #: mint anchors it in the ledger; a refusal that issued nothing releases it
+    single_use: tuple[str, int] | None = None
+    #: where the attempt is: ``verify`` (the attestation, its issuer's keys), ``authorize``
+    #: (policies, people), ``issue`` (the target), ``record`` (signing, the ledger)
+    stage: str = "verify"
+    outages: OutageRecorder | None = None
+
+    def outage_cause(self, refusal: errors.BackendUnavailable) -> str:
+        """Which dependency a ``503`` refusal stands for (one outage per cause)."""
+        if isinstance(refusal, errors.LedgerUnavailable):
+            return "ledger"
+        if isinstance(refusal, ReplayStoreUnavailable):
+            return "replay_store"
+        if isinstance(refusal, errors.SigningUnavailable):
+            return "signer"
+        if self.stage == "issue":
+            return f"target:{clip(self.target, RECORD_VALUE_LIMIT)}"
+        if self.stage == "verify":
+            return "attestation_keys"
+        return self.stage
 
     def recorded_as(self, event: Event) -> None:
         """The attempt's one event was written by a step (a mint, an approval request)."""
@@ -99,10 +127,17 @@ class Attempt:
     def _record_deny(self, refusal: errors.BrokerError) -> None:
         log.info("deny target=%s principal=%s error=%s detail=%s", self.target, self.principal,
                  refusal.error, refusal.detail)
-        try:
-            self.event = self.ledger.append(self.deny_draft(refusal))
-        except errors.LedgerUnavailable:
-            log.error("ledger unavailable: a deny could not be recorded (target=%s)", self.target)
+        if isinstance(refusal, errors.BackendUnavailable) and self.outages is not None:
+            # counted into its outage, written in the background (no event id to quote)
+            self.outages.refused(self.outage_cause(refusal), refusal, {
+                "at": utc_timestamp(), "target": clip(self.target, RECORD_VALUE_LIMIT),
+                "principal": bounded(self.principal), "attestation_sha256": self.token_sha256})
+        else:
+            try:
+                self.event = self.ledger.append(self.deny_draft(refusal))
+            except errors.LedgerUnavailable:
+                log.error("ledger unavailable: a deny could not be recorded (target=%s)",
+                          self.target)
         # What a CI user can act on: the stable reason code and the event to quote to an
         # operator (both non-secret), beside the short description.
         if refusal.reason is not None:

@@ -80,8 +80,11 @@ def verify_workload(ctx: BrokerContext, unverified_token: str, attempt: Attempt,
     """Verify a workload attestation (signature, claims, single use), noting in the attempt
     what a refused token claimed. ``role`` ``actor`` for an RFC 8693 ``actor_token``."""
     try:
-        return verify_subject_token(unverified_token, policy_set=ctx.policy_set, jwks=ctx.jwks,
-                                    replay=ctx.replay, now=now)
+        attestation = verify_subject_token(unverified_token, policy_set=ctx.policy_set,
+                                           jwks=ctx.jwks, replay=ctx.replay, now=now)
+        attempt.single_use = (attestation.single_use_key, attestation.single_use_until)
+        attempt.stage = "authorize"
+        return attestation
     except AttestationError as refusal:
         prefix = "" if role == "subject" else "actor_"
         if role != "subject":

@@ -6,16 +6,19 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from broker import errors
+from broker.attestation.errors import REPLAYED, AttestationError
 from broker.common.canonical import sha256_hex
 from broker.common.ids import new_credential_id
 from broker.exchange.attempt import Attempt
 from broker.exchange.grant import Grant
 from broker.exchange.request import ExchangeResult
+from broker.ledger.errors import SingleUseTaken
 from broker.ledger.events import CredentialRecord, EventDraft
-from broker.targets import IssuedCredential, IssueRequest
+from broker.targets import IssuedCredential, IssueRequest, TargetKind
 
 if TYPE_CHECKING:
     from broker.app import BrokerContext
+    from broker.lifecycle.pending import PendingMints
 
 log = logging.getLogger("broker.exchange")
 
@@ -46,7 +49,13 @@ def mint(ctx: BrokerContext, grant: Grant, attempt: Attempt, *, now: float) -> E
                                  authorizer=grant.authorizer, scopes=grant.scopes,
                                  issued_at=issued_at, expires_at=expires_at,
                                  parent_id=grant.parent_id)
-    issued: IssuedCredential = kind.issue(issue_request)
+    attempt.stage = "issue"
+    # A kind that creates a resource leaves a marker first, so that a crash before the record
+    # is swept at once (broker/lifecycle/pending.py), not after the reaper's orphan grace.
+    removes_orphans = getattr(getattr(kind, "capabilities", None), "remove_orphans", False)
+    pending = ctx.pending if removes_orphans else None
+    issued = issue_marked(kind, issue_request, pending)
+    attempt.stage = "record"
     try:
         claims: dict[str, Any] = {
             "iss": ctx.issuer,
@@ -87,26 +96,64 @@ def mint(ctx: BrokerContext, grant: Grant, attempt: Attempt, *, now: float) -> E
                      "token_sha256": sha256_hex(access_token), **grant.details, **issued.details})
         guard = grant.guard_for(credential_id) if grant.guard_for is not None else None
         extra = tuple(grant.extra_for(credential_id)) if grant.extra_for is not None else ()
-        recorded = ctx.ledger.record_mint(event, record, guard=guard, extra=extra)
+        try:
+            recorded = ctx.ledger.record_mint(event, record, guard=guard, extra=extra,
+                                              single_use=attempt.single_use, now=issued_at)
+        except SingleUseTaken:
+            # the replay store forgot it (a Redis restart); the ledger did not
+            raise AttestationError(REPLAYED, detail="token replayed (anchored in the ledger)") from None
         if recorded is None:
             raise errors.GrantRefused(grant.guard_refusal,
                                       detail=f"mint guard failed: {grant.guard_refusal}")
         attempt.recorded_as(recorded)
     except BaseException as exc:
-        if issued.undo is not None:
-            try:
-                issued.undo()
-            except Exception:  # noqa: BLE001 - the original failure is what matters
-                log.exception("could not undo a credential whose mint was not recorded "
-                              "(credential_id=%s)", credential_id)
+        undo_unrecorded(issued, credential_id, pending)
         if isinstance(exc, errors.LedgerUnavailable):
             raise errors.LedgerUnavailable(
                 "ledger unavailable while recording mint",
                 description="the ledger is unavailable; nothing was issued") from exc
         raise
+    if pending is not None:
+        pending.clear(credential_id)
     log.info("mint credential_id=%s principal=%s target=%s policy=%s ttl=%s parent_id=%s",
              credential_id, grant.principal, target.name, grant.policy_name, grant.ttl,
              grant.parent_id)
     return ExchangeResult(access_token=access_token, credential_id=credential_id,
                           expires_in=expires_at - issued_at, expires_at=expires_at, scope=scope,
                           credential=secret, parent_id=grant.parent_id)
+
+
+def issue_marked(kind: TargetKind, request: IssueRequest,
+                 pending: PendingMints | None) -> IssuedCredential:
+    """``kind.issue(request)``, with a pending-mint marker around it when ``pending``."""
+    if pending is None:
+        return kind.issue(request)
+    try:
+        pending.mark(request.credential_id, target=request.target.name,
+                     target_type=request.target.type)
+    except OSError as exc:
+        # No marker, no resource: a crash could otherwise leave one nobody sweeps promptly.
+        raise errors.BackendUnavailable(
+            detail=f"pending-mint marker not written: {type(exc).__name__}") from None
+    try:
+        return kind.issue(request)
+    except BaseException:
+        pending.clear(request.credential_id)
+        raise
+
+
+def undo_unrecorded(issued: IssuedCredential, credential_id: str,
+                    pending: PendingMints | None) -> None:
+    """Undo a resource whose mint was not recorded; its marker goes once it is undone."""
+    if issued.undo is not None:
+        try:
+            issued.undo()
+        except Exception as undo_failure:  # noqa: BLE001 - the original failure matters
+            # Expected when the target is what failed. One line, no traceback: the marker
+            # stays, and the reaper removes the role (broker/lifecycle/reaper.py).
+            log.error("could not undo a credential whose mint was not recorded "
+                      "(credential_id=%s): %s; the reaper will remove it", credential_id,
+                      type(undo_failure).__name__)
+            return
+    if pending is not None:
+        pending.clear(credential_id)

@@ -8,7 +8,12 @@
         :func:`~broker.exchange.delegation.authorize_delegation` (person + agent, grant bounds)
     3 :func:`~broker.exchange.mint.mint`: the target kind's resource, the broker JWT, the record
     4 exactly one ledger event per attempt: the ``mint`` (or ``approval_requested``) a step
-      recorded, else one ``deny`` written by the :class:`~broker.exchange.attempt.Attempt`
+      recorded, else one ``deny`` written by the :class:`~broker.exchange.attempt.Attempt` —
+      or, when a dependency is down, a count in its ``outage`` (:mod:`broker.exchange.outage`)
+    5 retry-safe: a refusal because a dependency is down issued nothing, so the attestation's
+      single-use claim is released and the client may retry the same token (``503`` +
+      ``Retry-After``); any other refusal keeps it used. The mint's own transaction anchors
+      single use in the ledger, whatever the replay store remembers.
 
 The client sees a short reason; the ledger and the log get the detail. Secrets never enter
 either: the attempt keeps the SHA-256 of the subject token, never the token.
@@ -50,7 +55,21 @@ def exchange(ctx: BrokerContext, request: ExchangeRequest, *, now: float | None 
     moment = time.time() if now is None else now
     attempt = Attempt(ledger=ctx.ledger, token_sha256=sha256_hex(request.subject_token),
                       target=request.target,
-                      requested_scope=None if request.scopes is None else " ".join(request.scopes))
+                      requested_scope=None if request.scopes is None else " ".join(request.scopes),
+                      outages=ctx.outages)
+    try:
+        result = _run(ctx, request, attempt, moment=moment)
+    except errors.BackendUnavailable:
+        if attempt.single_use is not None:
+            ctx.replay.release(attempt.single_use[0])     # nothing was issued: retry is safe
+        raise
+    if ctx.outages is not None:
+        ctx.outages.succeeded(f"target:{request.target}", "attestation_keys", "authorize")
+    return result
+
+
+def _run(ctx: BrokerContext, request: ExchangeRequest, attempt: Attempt, *,
+         moment: float) -> ExchangeResult:
     with attempt:
         if request.approval_id is not None:
             attempt.details["approval_id"] = request.approval_id[:64]

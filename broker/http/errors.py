@@ -29,6 +29,9 @@ STATUS: dict[type[errors.BrokerError], int] = {
     errors.InternalError: 500,
 }
 
+#: ``Retry-After`` seconds of a ``503 temporarily_unavailable`` (the client backs off from there).
+BACKEND_RETRY_AFTER = 1
+
 _HTTP_ERRORS = {
     404: ("not_found", "no such endpoint"),
     405: ("invalid_request", "method not allowed"),
@@ -53,6 +56,9 @@ def headers_of(error: errors.BrokerError) -> dict[str, str]:
         return {"WWW-Authenticate": 'Bearer realm="nhi-broker", error="invalid_token"'}
     if isinstance(error, errors.RateLimited):
         return {"Retry-After": str(error.retry_after)}
+    if isinstance(error, errors.BackendUnavailable):
+        # a dependency is down and nothing was issued: safe to retry (docs/operations.md)
+        return {"Retry-After": str(BACKEND_RETRY_AFTER)}
     return {}
 
 

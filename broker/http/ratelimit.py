@@ -193,23 +193,27 @@ class FailureLimiter:
 DEFAULT_CLIENT_AUTH_FAILURE_LIMIT = "10/60s"
 
 
-def open_failure_limiter(spec: str | None, *, redis_url: str | None,
-                         state_dir: str) -> FailureLimiter | None:
+def open_failure_limiter(spec: str | None, *, redis_url: str | None, state_dir: str,
+                         redis_timeout: float = 0.5) -> FailureLimiter | None:
     """``spec`` like ``BROKER_RATE_LIMIT`` (``off`` or ``0`` disables it); counted in Redis
     (``nhb:authfail:``) when configured, else in the state directory's SQLite file."""
     spec = DEFAULT_CLIENT_AUTH_FAILURE_LIMIT if spec is None else str(spec)
     if spec.strip().lower() in ("", "0", "off", "none"):
         return None
     limit = Limit.parse(spec)
-    counter: Counter = (RedisCounter(redis_url, prefix="nhb:authfail:") if redis_url
+    counter: Counter = (RedisCounter(redis_url, prefix="nhb:authfail:", socket_timeout=redis_timeout)
+                        if redis_url
                         else SQLiteCounter(os.path.join(state_dir, "authfail.sqlite3")))
     return FailureLimiter(limit, counter)
 
 
-def open_rate_limiter(spec: str | None, *, redis_url: str | None, state_dir: str) -> RateLimiter | None:
+def open_rate_limiter(spec: str | None, *, redis_url: str | None, state_dir: str,
+                      redis_timeout: float = 0.5) -> RateLimiter | None:
+    """``BROKER_RATE_LIMIT``; counted in Redis (``redis_timeout``: BROKER_REDIS_TIMEOUT) when
+    configured, else in the state directory's SQLite file."""
     if not spec:
         return None
     limit = Limit.parse(str(spec))
-    counter: Counter = (RedisCounter(redis_url) if redis_url
+    counter: Counter = (RedisCounter(redis_url, socket_timeout=redis_timeout) if redis_url
                         else SQLiteCounter(os.path.join(state_dir, "ratelimit.sqlite3")))
     return RateLimiter(limit, counter)

@@ -6,7 +6,7 @@ PostgreSQL (``postgresql://…``); any database failure surfaces as :class:`Ledg
 from __future__ import annotations
 
 from broker.ledger.backends import open_ledger
-from broker.ledger.errors import LedgerUnavailable
+from broker.ledger.errors import LedgerUnavailable, SingleUseTaken
 from broker.ledger.events import (
     GENESIS_HASH,
     CredentialRecord,
@@ -19,5 +19,5 @@ from broker.ledger.store import Ledger
 
 __all__ = [
     "GENESIS_HASH", "CredentialRecord", "Event", "EventDraft", "Ledger", "LedgerUnavailable",
-    "VerifyReport", "open_ledger", "utc_timestamp",
+    "SingleUseTaken", "VerifyReport", "open_ledger", "utc_timestamp",
 ]

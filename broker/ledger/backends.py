@@ -6,13 +6,14 @@ import os
 from broker.ledger.store import Ledger
 
 
-def open_ledger(url: str, *, pool_size: int = 4, timeout: float = 5.0) -> Ledger:
+def open_ledger(url: str, *, pool_size: int = 4, timeout: float | None = None) -> Ledger:
     """Open (creating or upgrading the schema if needed) the ledger at ``url``.
 
     ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (parent directories are
     created), or ``postgresql://…`` / ``postgres://…``. ``pool_size`` bounds the PostgreSQL
-    connections of this process; ``timeout`` (seconds) bounds connecting and waiting for a
-    connection (PostgreSQL) or for the write lock (SQLite).
+    connections of this process; ``timeout`` (seconds) bounds waiting for a connection
+    (PostgreSQL, default 1: a ledger that is down is answered within it, see
+    broker/common/pgpool.py) or for the write lock (SQLite, default 5).
     """
     if url.startswith("sqlite:///"):
         from broker.ledger.sqlite import SQLiteLedger
@@ -22,9 +23,9 @@ def open_ledger(url: str, *, pool_size: int = 4, timeout: float = 5.0) -> Ledger
             raise ValueError("a SQLite ledger needs a file path: sqlite:///path/to/ledger.db")
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
-        return SQLiteLedger(path, busy_timeout=timeout)
+        return SQLiteLedger(path, busy_timeout=5.0 if timeout is None else timeout)
     if url.startswith(("postgresql://", "postgres://")):
         from broker.ledger.postgres import PostgresLedger
 
-        return PostgresLedger(url, pool_size=pool_size, timeout=timeout)
+        return PostgresLedger(url, pool_size=pool_size, timeout=1.0 if timeout is None else timeout)
     raise ValueError("unsupported ledger URL: expected sqlite:///… or postgresql://…")

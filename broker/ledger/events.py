@@ -21,6 +21,8 @@ EVENT_TYPES = frozenset({
     # the gateway (broker/gateway/service.py): a login through it (accepted or refused), its
     # end, and facts about the gateway itself (records a best-effort gateway had to drop)
     "connect", "disconnect", "gateway",
+    # refusals because a dependency was down, aggregated (broker/exchange/outage.py)
+    "outage",
 })
 #: Event types that may be recorded with a dedupe key (``usage_lines``): re-delivered records
 #: (a log read twice, a gateway spool drained again after a crash) are recorded once.

@@ -30,9 +30,15 @@ MAX_BATCH = 256
 
 @dataclass
 class Item:
+    """One event to append. ``claim`` (an attestation's single use, run before ``guard``) and
+    ``guard`` must each touch a row or nothing is written: a failed claim sets ``error`` to
+    :class:`~broker.ledger.errors.SingleUseTaken`; a failed guard undoes the claim
+    (``unclaim``) and leaves ``event`` None."""
     draft: EventDraft
     guard: Statement | None = None
     extra: Sequence[Statement] = ()
+    claim: Statement | None = None
+    unclaim: Statement | None = None
     done: bool = False
     event: Event | None = None
     error: BaseException | None = None

@@ -22,8 +22,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
+from broker.common.pgpool import GuardedPool
 from broker.ledger.chain import Sealer
-from broker.ledger.errors import LedgerUnavailable
+from broker.ledger.errors import LedgerUnavailable, SingleUseTaken
 from broker.ledger.events import utc_timestamp
 from broker.ledger.group import Item
 from broker.ledger.rows import (
@@ -63,22 +64,24 @@ class PostgresLedger(Ledger):
     _db_errors = (psycopg.Error,)   # includes psycopg_pool's PoolTimeout and PoolClosed
     dialect = "postgres"            # arrays and LATERAL for stores with their own SQL
 
-    def __init__(self, url: str, *, pool_size: int = 4, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, *, pool_size: int = 4, timeout: float = 1.0) -> None:
         try:
             conninfo_to_dict(url)
         except psycopg.Error:
             # libpq's message quotes the whole URL, password included: drop it entirely.
             raise ValueError("malformed PostgreSQL ledger URL") from None
-        self._pool = ConnectionPool(
+        # One bounded wait, fast refusals while the database is down, a fresh pool once it is
+        # back (broker/common/pgpool.py).
+        self._pool = GuardedPool(
             url,
             min_size=1,
             max_size=max(1, int(pool_size)),
-            open=True,
-            timeout=timeout,                       # waiting for a free connection
+            timeout=timeout,                       # waiting for a free connection, once
             kwargs={"autocommit": True, "connect_timeout": max(2, int(timeout))},
             check=_check_if_idle,                   # drop connections broken by a restart
             name="nhi-broker-ledger",
         )
+        self._pool.open(wait=False)
         try:
             with self.unavailable_on_error("open"):
                 self._migrate()
@@ -146,12 +149,14 @@ class PostgresLedger(Ledger):
         with self._pool.connection() as conn:
             with conn.pipeline():
                 first = items[0]
+                # The first item's claim (else its guard) rides with the head lock's round trip.
+                first_check = first.claim if first.claim is not None else first.guard
                 try:
                     conn.execute("BEGIN")
                     head_cursor = conn.execute(SQL_HEAD_FOR_UPDATE)
-                    guard_cursor = (conn.execute(first.guard[0], first.guard[1])
-                                    if first.guard is not None else None)
-                    head = head_cursor.fetchone()      # round trip: BEGIN, lock (, guard)
+                    first_cursor = (conn.execute(first_check[0], first_check[1])
+                                    if first_check is not None else None)
+                    head = head_cursor.fetchone()      # round trip: BEGIN, lock (, claim/guard)
                 except psycopg.OperationalError as exc:
                     # Nothing was committed yet (COMMIT is not sent): safe to retry.
                     raise _LostBeforeCommit() from exc
@@ -162,13 +167,22 @@ class PostgresLedger(Ledger):
                 sealer = Sealer()
                 written = False
                 for index, item in enumerate(items):
+                    item.event = item.error = None     # a retried batch starts afresh
+                    if item.claim is not None:
+                        claim_cursor = (first_cursor if index == 0
+                                        else conn.execute(item.claim[0], item.claim[1]))
+                        assert claim_cursor is not None
+                        if claim_cursor.fetchone() is None:
+                            item.error = SingleUseTaken(item.draft.credential_id or "")
+                            continue
                     if item.guard is not None:
-                        if index > 0:
-                            guard_cursor = conn.execute(item.guard[0], item.guard[1])
+                        guard_cursor = (first_cursor if index == 0 and item.claim is None
+                                        else conn.execute(item.guard[0], item.guard[1]))
                         assert guard_cursor is not None
                         if guard_cursor.fetchone() is None:
-                            item.event = None          # nothing to do for this one
-                            continue
+                            if item.unclaim is not None:
+                                conn.execute(item.unclaim[0], item.unclaim[1])
+                            continue                   # nothing to do for this one
                     seq += 1
                     event, params = sealer.seal(item.draft, seq=seq, ts=ts, prev_hash=prev_hash)
                     prev_hash = event.hash

@@ -50,6 +50,17 @@ SQL_INSERT_CREDENTIAL = (
     " backend_user)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
+#: Claim an attestation's single use for a mint: a row for its key, or the takeover of an
+#: expired one; no row back means the attestation already minted (``SingleUseTaken``).
+SQL_CLAIM_SINGLE_USE = (
+    "INSERT INTO attestation_uses (key_sha256, expires_at, credential_id) VALUES (%s, %s, %s)"
+    " ON CONFLICT (key_sha256) DO UPDATE"
+    " SET expires_at = excluded.expires_at, credential_id = excluded.credential_id"
+    " WHERE attestation_uses.expires_at < %s RETURNING key_sha256"
+)
+#: Undo a claim in the same transaction when the mint's other guard then fails.
+SQL_UNCLAIM_SINGLE_USE = "DELETE FROM attestation_uses WHERE key_sha256 = %s AND credential_id = %s"
+SQL_PRUNE_SINGLE_USE = "DELETE FROM attestation_uses WHERE expires_at < %s"
 SQL_SET_REVOKED = (
     "UPDATE credentials SET revoked_at = %s"
     " WHERE credential_id = %s AND revoked_at IS NULL RETURNING credential_id"

@@ -241,6 +241,12 @@ _COSIGNATURES = (
     " received_at TEXT NOT NULL,"
     " PRIMARY KEY (origin, tree_size, root_hash, name, key_id, signature))")
 
+_ATTESTATION_USES = (
+    "CREATE TABLE attestation_uses ("
+    " key_sha256 TEXT PRIMARY KEY, expires_at BIGINT NOT NULL, credential_id TEXT NOT NULL)",
+    "CREATE INDEX attestation_uses_expires_idx ON attestation_uses (expires_at)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         version=1,
@@ -305,6 +311,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="checkpoint_cosignatures",
         postgres=_plain(_COSIGNATURES),
         sqlite=_plain(_COSIGNATURES),
+    ),
+    # Version 9: single use anchored in the ledger (broker/ledger/store.py record_mint): the
+    # SHA-256 of each attestation's single-use key that minted a credential, claimed in the
+    # mint's own transaction, until the attestation could not be accepted anyway (then pruned).
+    Migration(
+        version=9,
+        description="attestation_uses: single use that outlives the replay store",
+        postgres=_plain(*_ATTESTATION_USES),
+        sqlite=_plain(*_ATTESTATION_USES),
     ),
 )
 

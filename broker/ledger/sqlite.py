@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from broker.ledger.chain import Sealer
-from broker.ledger.errors import LedgerUnavailable
+from broker.ledger.errors import LedgerUnavailable, SingleUseTaken
 from broker.ledger.events import utc_timestamp
 from broker.ledger.group import Item
 from broker.ledger.rows import (
@@ -139,8 +139,13 @@ class SQLiteLedger(Ledger):
             sealer = Sealer()
             written = False
             for item in items:
+                item.event = item.error = None
+                if item.claim is not None and not conn.execute(_q(item.claim[0]), item.claim[1]).fetchall():
+                    item.error = SingleUseTaken(item.draft.credential_id or "")
+                    continue
                 if item.guard is not None and not conn.execute(_q(item.guard[0]), item.guard[1]).fetchall():
-                    item.event = None
+                    if item.unclaim is not None:
+                        conn.execute(_q(item.unclaim[0]), item.unclaim[1])
                     continue
                 seq += 1
                 event, params = sealer.seal(item.draft, seq=seq, ts=ts, prev_hash=prev_hash)

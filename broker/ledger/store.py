@@ -23,10 +23,12 @@ time order equals ``seq`` order.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, overload
 
+from broker.common.canonical import sha256_hex
 from broker.ledger.chain import Sealer, verify_chain
 from broker.ledger.errors import LedgerUnavailable
 from broker.ledger.events import (
@@ -45,6 +47,7 @@ from broker.ledger.rows import (
     EVENT_INSERT_COLUMNS,
     SQL_ANCESTORS,
     SQL_CHILDREN,
+    SQL_CLAIM_SINGLE_USE,
     SQL_COUNT,
     SQL_DESCENDANTS,
     SQL_EVENTS_FOR_CREDENTIAL,
@@ -56,9 +59,11 @@ from broker.ledger.rows import (
     SQL_INSERT_USAGE_LINE,
     SQL_IS_REVOKED,
     SQL_MOVE_HEAD,
+    SQL_PRUNE_SINGLE_USE,
     SQL_SET_ENDED,
     SQL_SET_REVOKED,
     SQL_SET_REVOKED_AND_ENDED,
+    SQL_UNCLAIM_SINGLE_USE,
     USAGE_LINE_COLUMNS,
     Params,
     Reader,
@@ -72,6 +77,8 @@ from broker.ledger.rows import (
 
 #: Keys per ``IN (…)`` probe of ``usage_lines`` (well under SQLite's variable limit).
 _USAGE_KEY_CHUNK = 500
+#: Seconds between prunes of lapsed single uses (``attestation_uses``), per process.
+PRUNE_EVERY = 60.0
 #: Parameters per ``IN (…)`` list (SQLite's default limit is 32766 variables).
 _IN_CHUNK = 900
 
@@ -113,13 +120,15 @@ class Ledger(abc.ABC):
         sealed after the previous one and its extra statements run. Sets ``item.event``."""
 
     def _append_one(self, draft: EventDraft, *, guard: Statement | None,
-                    extra: Sequence[Statement]) -> Event | None:
+                    extra: Sequence[Statement], claim: Statement | None = None,
+                    unclaim: Statement | None = None) -> Event | None:
         """One event through the group committer: shares a transaction with whatever other
         threads of this process are appending at the same moment."""
         group: GroupCommitter | None = self.__dict__.get("_group")
         if group is None:
             group = self.__dict__.setdefault("_group", GroupCommitter(self._commit_guarded))
-        return group.submit(Item(draft=draft, guard=guard, extra=tuple(extra)))
+        return group.submit(Item(draft=draft, guard=guard, extra=tuple(extra), claim=claim,
+                                 unclaim=unclaim))
 
     def _commit_guarded(self, items: list[Item]) -> None:
         with self.unavailable_on_error("append"):
@@ -168,19 +177,55 @@ class Ledger(abc.ABC):
         return event
 
     def record_mint(self, draft: EventDraft, credential: CredentialRecord, *,
-                    guard: Statement | None = None, extra: Sequence[Statement] = ()) -> Event | None:
+                    guard: Statement | None = None, extra: Sequence[Statement] = (),
+                    single_use: tuple[str, int] | None = None,
+                    now: int | None = None) -> Event | None:
         """Append the mint event and insert the credential row, in one transaction.
 
+        ``single_use`` ``(key, until)`` anchors an attestation's single use here: the mint
+        claims the key (stored as its SHA-256) until ``until`` (epoch seconds), atomically with
+        the event, across every broker sharing this database; a key already claimed and not yet
+        past its ``until`` (at ``now``) raises :class:`SingleUseTaken`, writing nothing.
         With ``guard`` (e.g. consuming the approval it was minted under) nothing is written and
         None is returned when the guard touches no row; ``extra`` statements run after the
         credential row (e.g. linking it to its delegation)."""
         check_draft(draft, credential.credential_id)
+        claim = unclaim = None
+        if single_use is not None:
+            key_sha256 = sha256_hex(single_use[0].encode("utf-8"))
+            moment = int(time.time()) if now is None else int(now)
+            claim = (SQL_CLAIM_SINGLE_USE,
+                     (key_sha256, int(single_use[1]), credential.credential_id, moment))
+            unclaim = (SQL_UNCLAIM_SINGLE_USE, (key_sha256, credential.credential_id))
         with self.unavailable_on_error("record_mint"):
             event = self._append_one(draft, guard=guard,
                                      extra=[(SQL_INSERT_CREDENTIAL, credential_params(credential)),
-                                        *extra])
+                                            *extra],
+                                     claim=claim, unclaim=unclaim)
         assert event is not None or guard is not None
+        if single_use is not None:
+            self._prune_when_due(int(time.time()) if now is None else int(now))
         return event
+
+    def _prune_when_due(self, now: int) -> None:
+        """At most once per :data:`PRUNE_EVERY` seconds per process, after a mint: forget
+        lapsed single uses (best effort; the next mint's process tries again)."""
+        due: float = self.__dict__.get("_next_prune", 0.0)
+        clock = time.monotonic()
+        if clock < due:
+            return
+        self.__dict__["_next_prune"] = clock + PRUNE_EVERY
+        try:
+            self.prune_single_use(now=now)
+        except LedgerUnavailable:
+            pass
+
+    def prune_single_use(self, *, now: int) -> int:
+        """Forget attestations whose single use has lapsed (they could no longer be accepted:
+        past their ``exp`` plus leeway); returns how many rows went. The reaper calls it."""
+        with self.unavailable_on_error("prune_single_use"), self.transaction() as tx:
+            rows = tx.execute(SQL_PRUNE_SINGLE_USE + " RETURNING key_sha256", (int(now),))
+        return len(rows)
 
     def record_revoke(self, credential_id: str, draft: EventDraft, *,
                       revoked_at: int, ended_at: int | None = None) -> Event | None:

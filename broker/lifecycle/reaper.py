@@ -38,6 +38,7 @@ from broker import errors
 from broker.common.ids import credential_id_time
 from broker.ledger import LedgerUnavailable
 from broker.ledger.events import CredentialRecord, EventDraft, utc_timestamp
+from broker.lifecycle.pending import orphan_expire, sweep_pending
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -127,6 +128,8 @@ def reap_once(ctx: Any, *, now: float | None = None, orphans: bool = True,
               orphan_grace: float = 300.0) -> ReapReport:
     """One pass: end what expired or was revoked, then (``orphans``) remove orphans."""
     report = ReapReport()
+    # mints a dead process of this host left unrecorded (their markers): removed at once
+    _sweep_pending(ctx, report)
     reapers = kinds_that(ctx, _reaps)
     attempted: set[str] = set()
     for _ in range(MAX_ROUNDS if reapers else 0):
@@ -159,6 +162,17 @@ def reap_once(ctx: Any, *, now: float | None = None, orphans: bool = True,
         report.ended.extend(reconciled.ended)
         report.failed.extend(reconciled.failed)
     return report
+
+
+def _sweep_pending(ctx: Any, report: ReapReport) -> None:
+    try:
+        swept = sweep_pending(ctx)
+    except (errors.BrokerError, LedgerUnavailable) as exc:
+        log.warning("reaper: the pending-mint sweep failed: %s", _reason(exc))
+        return
+    for removed in swept:
+        report.orphans_removed.append({"role": removed["role"], "target": removed["target"],
+                                       "why": "mint never recorded (pending marker)"})
 
 
 def _end_group(ctx: BrokerContext, kind: TargetKind, target: str, records: list[CredentialRecord],
@@ -240,11 +254,9 @@ def _remove_orphans(ctx: BrokerContext, kind: TargetKind, target: str, report: R
         report.orphans_removed.append({"role": role, "target": target, "why": why[role]})
         log.warning("reaper: removed orphan role %s of target %s (%s)", role, target, why[role])
         if why[role] == "unknown to the ledger":
-            cid = kind.credential_id_of_resource(role)
-            ctx.ledger.append(EventDraft(
-                type="expire", credential_id=cid, target=target,
-                details={"cause": "orphan", "by": "reaper", "role": role,
-                         "why": why[role], "sessions_terminated": result.sessions_terminated}))
+            ctx.ledger.append(orphan_expire(kind.credential_id_of_resource(role), target, role,
+                                            by="reaper", why=why[role],
+                                            sessions_terminated=result.sessions_terminated))
 
 
 class ReaperThread:

@@ -336,7 +336,8 @@ class _TargetDB:
             try:
                 import psycopg
                 from psycopg.conninfo import conninfo_to_dict
-                from psycopg_pool import ConnectionPool
+
+                from broker.common.pgpool import GuardedPool
             except ImportError:
                 raise errors.BackendMisconfigured(
                     "target is not usable",
@@ -352,12 +353,13 @@ class _TargetDB:
             password = conninfo.get("password")
             SCRUBBER.add(dsn, str(password) if password is not None else None)
             self._conninfo = conninfo
-            self._pool = ConnectionPool(
-                dsn, min_size=1, max_size=self.pool_size, open=False, timeout=self.timeout,
+            # One bounded wait, fast refusals while the target is down, a fresh pool (and
+            # validated connections) once it is back: broker/common/pgpool.py.
+            self._pool = GuardedPool(
+                dsn, min_size=1, max_size=self.pool_size, timeout=self.timeout,
                 name=f"nhb-target-{self.name}", configure=self._configure,
                 kwargs={"autocommit": True, "connect_timeout": max(2, int(self.timeout)),
-                        "application_name": "nhi-broker"},
-                reconnect_timeout=60)
+                        "application_name": "nhi-broker"})
             self._pool.open(wait=False)
             return self._pool
 
@@ -445,7 +447,7 @@ class PostgresKind(TargetKind):
     #: credentials' roles, and removes ``nhb_`` roles the ledger does not know.
     capabilities = Capabilities(reap=True, remove_orphans=True)
 
-    def __init__(self, *, pool_size: int = 4, timeout: float = 5.0,
+    def __init__(self, *, pool_size: int = 4, timeout: float = 1.0,
                  gateway_secret: Callable[[], bytes] | None = None) -> None:
         super().__init__()
         self.pool_size = pool_size

@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from tests.support.oauth import AUDITOR, basic
+from tests.support.records import last_refusal
 from tests.support.vault import all_ledger_text, cluster_roles, lease_ttl, leases, mint
 
 CREDENTIAL_KEYS = {"type", "username", "password", "host", "port", "dbname", "dsn", "expires_at"}
@@ -173,7 +174,10 @@ def test_a_mint_the_ledger_cannot_record_revokes_its_lease(make_app, pg_database
     assert response.get_json()["error"] == "temporarily_unavailable"
     assert leases(bao) <= before_leases                                      # the lease was revoked
     assert cluster_roles(vault_env) <= before_roles                          # and its user dropped
-    ledger = app.extensions["broker"].ledger
-    events = list(ledger.iter_events())
-    assert [e.type for e in events][-1] == "deny"
-    assert sum(1 for e in events if e.type == "mint") == 1
+    ctx = app.extensions["broker"]
+    events = list(ctx.ledger.iter_events())
+    assert [e.type for e in events] == ["mint"]            # nothing could be recorded then
+    ctx.outages.end_idle(now=time.time() + 60)             # the ledger answers again:
+    outage = last_refusal(app)                             # the refusal is counted, late
+    assert outage.type == "outage" and outage.details["cause"] == "ledger"
+    assert outage.details["count"] == 1 and outage.details["recorded_late"] is True

@@ -1,4 +1,5 @@
-"""Vault failures become clean RFC 6749 refusals and one ``deny`` event; nothing is
+"""Vault failures become clean RFC 6749 refusals and one ``deny`` event (an ``outage`` when
+Vault is down: docs/operations.md); nothing is
 half-recorded; no token, secret id or password reaches a response, a log line or the ledger."""
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 
 import pytest
 
+from tests.support.records import last_refusal
 from tests.support.vault import all_ledger_text, cluster_roles, leases, mint, sealed
 
 LIMITED_TARGET = """
@@ -42,8 +44,15 @@ def last_deny(ledger):
     return events[-1]
 
 
+def last_outage(app):
+    """A 503 because Vault is down is counted into the target's ``outage`` event."""
+    event = last_refusal(app)
+    assert event.type == "outage" and event.details["phase"] == "start"
+    return event
+
+
 def test_a_sealed_vault_is_temporarily_unavailable_and_nothing_is_recorded(
-        client, dev_issuer, vault_env, bao, ledger, caplog):
+        app, client, dev_issuer, vault_env, bao, ledger, caplog):
     caplog.set_level(logging.DEBUG)
     assert mint(client, dev_issuer).status_code == 200                     # logged in, working
     before_leases, before_roles = leases(bao), cluster_roles(vault_env)
@@ -51,7 +60,7 @@ def test_a_sealed_vault_is_temporarily_unavailable_and_nothing_is_recorded(
         response = mint(client, dev_issuer)
     body = assert_clean_refusal(response, 503, "temporarily_unavailable")
     assert "Vault" in body["error_description"]
-    deny = last_deny(ledger)
+    deny = last_outage(app)
     assert deny.details["error"] == "temporarily_unavailable"
     assert "sealed" in deny.details["reason"]
     assert deny.target == "payments-db-vault"
@@ -62,10 +71,10 @@ def test_a_sealed_vault_is_temporarily_unavailable_and_nothing_is_recorded(
     assert bao.root_token not in text
 
 
-def test_an_unreachable_vault_is_temporarily_unavailable(client, dev_issuer, vault_env, ledger):
+def test_an_unreachable_vault_is_temporarily_unavailable(app, client, dev_issuer, vault_env, ledger):
     response = mint(client, dev_issuer, audience="vault-down-db")
     assert_clean_refusal(response, 503, "temporarily_unavailable")
-    deny = last_deny(ledger)
+    deny = last_outage(app)
     assert "connection failed" in deny.details["reason"]
     assert ledger.find_credentials(limit=10) == []
 

@@ -150,8 +150,10 @@ def test_a_sealed_transit_refuses_cleanly_and_keeps_serving_the_jwks(make_app, b
         assert response.status_code == 503
         assert response.get_json()["error"] == "temporarily_unavailable"
         assert client.get("/.well-known/jwks.json").status_code == 200
+    assert app.extensions["broker"].outages.flush()
     events = list(ledger.iter_events())
-    assert [e.type for e in events] == ["mint", "deny"]
+    assert [e.type for e in events] == ["mint", "outage"]   # the signer's outage starts
+    assert events[-1].details["cause"] == "signer"
     assert "sealed" in events[-1].details["reason"]
     assert len(ledger.find_credentials(limit=10)) == 1
 

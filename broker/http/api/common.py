@@ -87,7 +87,8 @@ def client_auth_limiter() -> FailureLimiter | None:
                 config = current_app.config
                 ctx.extras["client_auth_failures"] = open_failure_limiter(
                     config.get("CLIENT_AUTH_FAILURE_LIMIT"), redis_url=cfg.redis_url(config),
-                    state_dir=cfg.state_dir(config))
+                    state_dir=cfg.state_dir(config),
+                    redis_timeout=cfg.number(config, "REDIS_TIMEOUT"))
     limiter: FailureLimiter | None = ctx.extras["client_auth_failures"]
     return limiter
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 import requests
@@ -13,11 +14,19 @@ from tests.targets.aws.test_aws_mint import form
 
 
 def _refused(broker, dev_issuer, caplog, *, audience: str = "deploy-aws", ttl: str | None = None):
+    """The refusal and its one record: a ``deny``, or — when AWS is unavailable (503) — the
+    ``outage`` event that starts counting such refusals (docs/operations.md)."""
     caplog.set_level(logging.INFO)
     response = requests.post(f"{broker.url}/token", timeout=30, data=form(
         dev_issuer.mint_github(audience=AUDIENCE), audience=audience, ttl=ttl))
-    denies = broker.ledger.search_events(type="deny")
+    kind = "outage" if response.status_code == 503 else "deny"
+    denies = broker.ledger.search_events(type=kind)
+    deadline = time.monotonic() + 5                 # an outage is written in the background
+    while not denies and kind == "outage" and time.monotonic() < deadline:
+        time.sleep(0.02)
+        denies = broker.ledger.search_events(type=kind)
     assert len(denies) == 1, denies
+    assert not broker.ledger.search_events(type="outage" if kind == "deny" else "deny")
     assert not broker.ledger.find_credentials()
     assert "Traceback" not in response.text and "Traceback" not in caplog.text
     return response, denies[0]
@@ -38,7 +47,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case,target,failing,status,error,reason", CASES, ids=[c[0] for c in CASES])
-def test_aws_refusals_are_clean_errors_and_one_deny(broker, dev_issuer, gate, caplog, case, target, failing,
+def test_aws_refusals_are_clean_errors_and_one_record(broker, dev_issuer, gate, caplog, case, target, failing,
                                                     status, error, reason):
     gate.failing = failing
     response, deny = _refused(broker, dev_issuer, caplog, audience=target)

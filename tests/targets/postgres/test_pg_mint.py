@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.oauth import AUDITOR, basic
 from tests.support.postgres import token_form
+from tests.support.records import last_refusal
 
 
 def _mint(client, dev_issuer, **kwargs):
@@ -112,14 +113,15 @@ def test_an_unset_admin_dsn_is_invalid_target_and_recorded(client, dev_issuer, l
     assert "is not set" in deny.details["reason"]
 
 
-def test_an_unreachable_database_is_503_and_its_password_is_never_shown(client, dev_issuer, ledger,
-                                                                       caplog):
+def test_an_unreachable_database_is_503_and_its_password_is_never_shown(app, client, dev_issuer,
+                                                                       ledger, caplog):
     caplog.set_level(logging.DEBUG)
     response = _mint(client, dev_issuer, audience="down-db", scope=None)
     assert response.status_code == 503
     assert response.get_json()["error"] == "temporarily_unavailable"
-    deny = [e for e in ledger.iter_events() if e.type == "deny"][-1]
-    assert deny.details["error"] == "temporarily_unavailable"
+    outage = last_refusal(app)                     # counted into the target's outage
+    assert outage.type == "outage" and outage.details["cause"] == "target:down-db"
+    assert outage.details["error"] == "temporarily_unavailable"
     everything = response.get_data(as_text=True) + json.dumps([e.to_dict() for e in ledger.iter_events()])
     everything += "\n".join(r.getMessage() for r in caplog.records) + caplog.text
     assert "hunter2-admin-secret" not in everything
