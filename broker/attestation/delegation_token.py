@@ -47,7 +47,7 @@ def verify_delegation_token(ctx: BrokerContext, unverified_token: str, *,
                             now: float) -> DelegationRecord:
     """The live grant a delegation token stands for; raise :class:`DelegationRefused`."""
     try:
-        claims = ctx.signer.verify(unverified_token)
+        claims = ctx.signer.verify(unverified_token, typ=DELEGATION_TYP)
     except TokenNotOurs as exc:
         raise DelegationRefused("the delegation token is not valid",
                                 detail=f"delegation token does not verify ({exc})") from None

@@ -193,8 +193,10 @@ class FileSigner:
             self._jwks_cache = (now + 1.0, doc)
             return doc
 
-    def verify(self, token: str, *, verify_exp: bool = True) -> dict[str, Any]:
-        """Claims of a token this broker signed with a published key; raises TokenNotOurs."""
+    def verify(self, token: str, *, verify_exp: bool = True,
+               typ: str = ACCESS_TOKEN_TYP) -> dict[str, Any]:
+        """Claims of a ``typ`` token (default: a credential, ``at+jwt``) this broker signed
+        with a published key; raises TokenNotOurs."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -202,6 +204,10 @@ class FileSigner:
         unverified_kid = header.get("kid")
         if header.get("alg") != ALGORITHM or not isinstance(unverified_kid, str):
             raise TokenNotOurs("not signed by this broker")
+        if header.get("typ") != typ:
+            # another kind of token this broker signs (an AWS web-identity JWT, a checkpoint,
+            # a delegation token) is never accepted as a credential, nor the reverse
+            raise TokenNotOurs("not a token of this kind")
         with self._lock:
             self._reload()
             key = next((k for k in self._published(time.time()) if k.kid == unverified_kid), None)

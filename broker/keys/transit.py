@@ -226,8 +226,10 @@ class TransitSigner:
         return {"keys": [{**v.public_jwk, "kid": v.kid, "alg": v.alg, "use": "sig"}
                          for v in published]}
 
-    def verify(self, token: str, *, verify_exp: bool = True) -> dict[str, Any]:
-        """Claims of a token this broker signed with a published version; raises TokenNotOurs."""
+    def verify(self, token: str, *, verify_exp: bool = True,
+               typ: str = ACCESS_TOKEN_TYP) -> dict[str, Any]:
+        """Claims of a ``typ`` token (default: a credential, ``at+jwt``) this broker signed
+        with a published version; raises TokenNotOurs."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -235,6 +237,10 @@ class TransitSigner:
         unverified_kid = header.get("kid")
         if not isinstance(unverified_kid, str):
             raise TokenNotOurs("not signed by this broker")
+        if header.get("typ") != typ:
+            # another kind of token this broker signs (an AWS web-identity JWT, a checkpoint,
+            # a delegation token) is never accepted as a credential, nor the reverse
+            raise TokenNotOurs("not a token of this kind")
         self._refresh()
         with self._lock:
             version = next((v for v in self._published() if v.kid == unverified_kid), None)

@@ -5,12 +5,14 @@ session is denied is judged here from the document IAM holds, as IAM's rule read
 ``Deny`` of ``*`` whose ``StringEquals aws:SourceIdentity`` lists the session's source identity."""
 from __future__ import annotations
 
+import base64
 import json
 import time
 
 import requests
 
 from broker.targets.aws.denylist import BUCKET_SECONDS, SID_PREFIX
+from tests.support.oauth import AUDITOR
 from tests.targets.aws.test_aws_mint import mint
 
 
@@ -87,3 +89,18 @@ def test_the_web_identity_token_is_not_a_broker_credential(broker, dev_issuer, g
         "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "audience": "deploy-aws"})
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_grant"
+
+
+def test_the_web_identity_token_is_neither_introspected_nor_revoked_as_the_credential(
+        broker, dev_issuer, gate):
+    """It is signed with the broker's key and carries the credential id as ``jti``, but its
+    ``typ`` is ``JWT``, not ``at+jwt``: only the credential itself is a credential."""
+    credential_id = mint(broker, dev_issuer).json()["credential_id"]
+    token = gate.calls[-1].token
+    assert json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))["typ"] == "JWT"
+    introspected = requests.post(f"{broker.url}/introspect", data={"token": token},
+                                 auth=AUDITOR, timeout=30)
+    assert introspected.status_code == 200 and introspected.json() == {"active": False}
+    revoked = requests.post(f"{broker.url}/revoke", data={"token": token}, auth=AUDITOR, timeout=30)
+    assert revoked.status_code == 200                          # RFC 7009: unknown token, no-op
+    assert broker.ledger.get_credential(credential_id).revoked_at is None
