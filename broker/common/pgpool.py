@@ -11,7 +11,8 @@
   microseconds);
 - **the first request after recovery succeeds**: when a probe connects, the old pool (whose
   connections all died with the server, and whose reconnect back-off may still be waiting) is
-  replaced by a fresh one, and the probing request runs on it. Connections are validated when
+  replaced by a fresh one, and the probing request runs on it. A pool that still holds a sound
+  idle connection (it was only busy: a load spike on a healthy server) is kept. Connections are validated when
   taken from the pool (``check``), so a connection broken by a restart is never handed out.
 """
 from __future__ import annotations
@@ -103,12 +104,18 @@ class GuardedPool:
             psycopg.connect(self._conninfo, connect_timeout=2, **kwargs).close()
         except psycopg.Error:
             raise ServerDown("the database is down (probe failed)") from None
+        # A pool that still has a sound idle connection was only busy (a load spike on a
+        # healthy server): keep it. Otherwise its connections died with the server.
+        self._pool.check()
+        sound = self._pool.get_stats().get("pool_available", 0) > 0
         with self._lock:
             if self._down_since is None or self._closed:
                 return                    # another thread recovered it first
+            self._down_since = None
+            if sound:
+                return
             old, self._pool = self._pool, self._new_pool()
             self._pool.open(wait=False)
-            self._down_since = None
         threading.Thread(target=old.close, kwargs={"timeout": 2}, daemon=True,
                          name="pgpool-retire").start()
 
