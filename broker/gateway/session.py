@@ -62,6 +62,9 @@ ADMIN_SHUTDOWN = "57P01"
 CONNECTION_FAILURE = "08006"
 CANNOT_CONNECT = "08001"
 PROTOCOL_VIOLATION = "08P01"
+#: PostgreSQL's own bound on a frontend message (PQ_LARGE_MESSAGE_LIMIT): a client claiming
+#: more is not buffered for, it is refused.
+_MAX_CLIENT_MESSAGE = (1 << 30) - 1
 IO_ERROR = "58030"
 FEATURE_NOT_SUPPORTED = "0A000"
 
@@ -509,7 +512,19 @@ class Session:
                 raise Refusal(PROTOCOL_VIOLATION, "unexpected message from the database after login")
 
     # ------------------------------------------------------------ relay: client → server
-    def _relay_client(self, data: bytes) -> None:  # noqa: C901 - the hot path, one function on purpose
+    def _relay_client(self, data: bytes) -> None:
+        """What the client sent, relayed and recorded. A malformed message (a length below 4,
+        a body its type cannot have) ends the session with a FATAL ``08P01``, as PostgreSQL
+        itself does — never an exception in the event loop."""
+        try:
+            self._relay_client_messages(data)
+        except (p.ProtocolViolation, ValueError, IndexError, struct.error) as exc:
+            log.warning("gateway %s: session %s: malformed message from the client (%s)",
+                        self.config.target, self.connection_id, type(exc).__name__)
+            self.end("protocol violation by the client", PROTOCOL_VIOLATION,
+                     "invalid frontend message", forward_pending=False)
+
+    def _relay_client_messages(self, data: bytes) -> None:  # noqa: C901 - the hot path, one function on purpose
         n = len(data)
         if not self._ctail and data[0] == 81 and n >= 6 and _unpack_u32(data, 1)[0] == n - 1:
             # fast path: the packet is exactly one simple Query of one plain statement
@@ -541,7 +556,10 @@ class Session:
         unpack = _unpack_u32
         while n - pos >= 5:
             t = data[pos]
-            end = pos + 1 + unpack(data, pos + 1)[0]
+            length = unpack(data, pos + 1)[0]
+            if length < 4 or length > _MAX_CLIENT_MESSAGE:
+                raise p.ProtocolViolation("invalid message length")
+            end = pos + 1 + length
             if end > n:
                 break
             if t == 100:                                    # CopyData: the bulk of COPY FROM

@@ -76,3 +76,20 @@ def test_a_ttl_below_what_sts_grants_is_refused_before_sts(broker, dev_issuer, g
     assert response.json()["reason"] == "ttl_too_short"
     assert "900" in response.json()["error_description"]
     assert not gate.calls
+
+
+def test_a_credential_granted_sts_minimum_gets_it_even_when_the_exchange_took_a_moment(broker, gate):
+    """Granted exactly 900 s at the start of an exchange that then took two seconds (a busy
+    broker): STS's floor still applies, and the session's real expiry is what is recorded."""
+    from broker.common.ids import new_credential_id
+    from broker.targets import IssueRequest
+
+    ctx = broker.app.extensions["broker"]
+    target = ctx.policy_set.targets["deploy-aws"]
+    started = int(time.time()) - 2
+    issued = ctx.issuers["aws"].issue(IssueRequest(
+        credential_id=new_credential_id(), target=target, principal="github:acme/payments:x",
+        run={"id": "1"}, authorizer={"type": "policy", "name": "deploy"}, scopes=(),
+        issued_at=started, expires_at=started + 900))
+    assert gate.calls[-1].form["DurationSeconds"] == "900"
+    assert issued.details["aws_expiration"]                # what STS granted, recorded
