@@ -2,10 +2,10 @@
 at least the activation delay (>= the JWKS cache lifetime) before any token carries its kid."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
-import math
 import time
 
 import jwt
