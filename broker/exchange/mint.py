@@ -2,6 +2,7 @@
 JWT, then the ``mint`` event — and nothing without its record."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -150,10 +151,13 @@ def undo_unrecorded(issued: IssuedCredential, credential_id: str,
             issued.undo()
         except Exception as undo_failure:  # noqa: BLE001 - the original failure matters
             # Expected when the target is what failed. One line, no traceback: the marker
-            # stays, and the reaper removes the role (broker/lifecycle/reaper.py).
+            # is handed to the reaper, which removes the role on its next pass.
             log.error("could not undo a credential whose mint was not recorded "
                       "(credential_id=%s): %s; the reaper will remove it", credential_id,
                       type(undo_failure).__name__)
+            if pending is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    pending.abandon(credential_id)     # the reaper's next pass, not its grace
             return
     if pending is not None:
         pending.clear(credential_id)

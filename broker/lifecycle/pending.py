@@ -7,7 +7,8 @@ safety net, too slow to be the mechanism. So before creating the resource the mi
 marker, one small file ``{state_dir}/pending-mints/<credential id>`` naming the target and the
 writing process, and removes it once the mint is recorded or undone.
 
-:func:`sweep_pending` handles the markers whose writer is gone (its process no longer runs):
+:func:`sweep_pending` handles the markers whose writer is gone (its process no longer runs) or
+gave up on them (the mint failed and so did its undo: :meth:`PendingMints.abandon`):
 a credential the ledger knows was recorded after all (the marker just goes); an unknown one is
 removed at its target (the kind's ``end_orphans``) and recorded as ``expire`` with
 ``cause: orphan``, ``by: startup-sweep``. ``broker serve`` runs it before its workers start
@@ -63,6 +64,18 @@ class PendingMints:
         finally:
             os.close(fd)
 
+    def abandon(self, credential_id: str) -> None:
+        """The mint failed and its undo too (the target went away): hand the marker to the
+        sweep now (its writer is alive, but nothing will come back for this resource)."""
+        body = json.dumps({**self._read(credential_id), "pid": 0})
+        with open(self._file(credential_id), "w", encoding="utf-8") as handle:
+            handle.write(body)
+
+    def _read(self, credential_id: str) -> dict[str, Any]:
+        with open(self._file(credential_id), encoding="utf-8") as handle:
+            body: dict[str, Any] = json.load(handle)
+        return body
+
     def clear(self, credential_id: str) -> None:
         try:
             os.unlink(self._file(credential_id))
@@ -74,8 +87,7 @@ class PendingMints:
         out = []
         for name in sorted(os.listdir(self.path)):
             try:
-                with open(os.path.join(self.path, name), encoding="utf-8") as handle:
-                    body: dict[str, Any] = json.load(handle)
+                body = self._read(name)
                 marker = Marker(credential_id=name, target=str(body["target"]),
                                 target_type=str(body["target_type"]), pid=int(body["pid"]))
             except (OSError, ValueError, KeyError, TypeError):
@@ -86,6 +98,8 @@ class PendingMints:
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False                       # abandoned: see PendingMints.abandon
     if pid == os.getpid():
         return True
     try:

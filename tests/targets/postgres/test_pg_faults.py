@@ -128,3 +128,20 @@ def test_a_live_writers_marker_is_left_alone(app, target_db):
         assert "live-mint-in-flight" in os.listdir(ctx.pending.path)
     finally:
         ctx.pending.clear("live-mint-in-flight")
+
+
+def test_an_abandoned_marker_is_swept_although_its_writer_lives(app, target_db):
+    """A mint whose record and undo both failed (the target went away between) hands its
+    marker to the sweep: the role goes on the reaper's next pass, not after the orphan grace."""
+    ctx = app.extensions["broker"]
+    target = ctx.policy_set.targets["payments-db"]
+    credential_id = new_credential_id()
+    ctx.pending.mark(credential_id, target=target.name, target_type=target.type)
+    now = int(time.time())
+    ctx.issuers["postgres"].issue(IssueRequest(
+        credential_id=credential_id, target=target, principal="p", run={"id": "1"},
+        authorizer={"type": "policy", "name": "p"}, scopes=(), issued_at=now, expires_at=now + 600))
+    assert sweep_pending(ctx) == []                # its writer (this process) is alive
+    ctx.pending.abandon(credential_id)
+    assert [r["credential_id"] for r in sweep_pending(ctx)] == [credential_id]
+    assert f"nhb_{credential_id}" not in _minted_roles(target_db.admin_dsn)
