@@ -141,7 +141,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
 CLIENT_VARIABLES = frozenset({
     "URL", "AUDIENCE", "TARGET", "SCOPE", "ID_TOKEN", "GITLAB_TOKEN_VAR",
     "K8S_TOKEN_FILE", "HUMAN_ID_TOKEN", "HUMAN_ID_TOKEN_FILE", "CLIENT_ID", "CLIENT_SECRET",
-    "INSECURE_DEV_ISSUER",
+    "INSECURE_DEV_ISSUER", "EXCHANGE_RETRIES", "EXCHANGE_RETRY_DEADLINE",
     # what `broker exchange --format env` exports for later steps
     "ACCESS_TOKEN", "CREDENTIAL_ID", "PARENT_ID", "EXPIRES_AT", "DSN",
 })

@@ -47,6 +47,22 @@ Errors
     broker's replay guard refuses an attestation used before. A fixed string is re-sent as is,
     which the broker refuses — pass a callable (``Broker.attestation_provider()``) when a
     target may need an approval. The ``approval_url`` is logged (warning) for the person.
+
+Retries
+    A token request (an exchange, a derivation, ``act_for``, a renewal, each approval poll) is
+    retried, **with the same subject token**, when the answer says nothing was issued and the
+    token is still usable: ``503 temporarily_unavailable``, ``429 slow_down`` (the broker's rate
+    limit — not the approval poll's ``slow_down``, which carries an ``approval_id``), no answer
+    because the connection failed (refused, reset, DNS), and a timeout after the request was
+    sent (single use makes a duplicate at most a refusal, never a second credential). Nothing
+    else is retried: no other ``4xx`` (``invalid_grant``, ``invalid_target``, ``access_denied``…),
+    no ``500``, no TLS failure. The wait is the larger of ``Retry-After`` (at most 30 s) and an
+    exponential backoff with full jitter (0.25 s doubling, at most 5 s); ``retries`` (default 4)
+    bounds the attempts after the first and ``retry_deadline`` (default 30 s) the time all
+    attempts of one request take together (a retry whose wait would end past it is not
+    started; a retry's timeout is cut to what is left, but not below 1 s). ``retries=0`` turns
+    it off. Each retry is logged at INFO (attempt, status, error code; never a token) and
+    passed to ``on_retry``; the error that ends the request carries ``.attempts``.
 """
 from __future__ import annotations
 
@@ -65,12 +81,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from broker.sdk.retry import (
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_DEADLINE,
+    MIN_ATTEMPT_SECONDS,
+    parse_retry_after,
+    retry_delay,
+)
+
 if TYPE_CHECKING:
     import psycopg
 
 __all__ = [
     "AttestationProvider", "AttestationUnavailable", "Broker", "BrokerError", "BrokerUnreachable",
-    "Credential", "DetectedAttestation", "CREDENTIAL_ID_HEADER", "detect_attestation",
+    "Credential", "DetectedAttestation", "CREDENTIAL_ID_HEADER", "RetryAttempt", "detect_attestation",
 ]
 
 log = logging.getLogger("broker.sdk")
@@ -94,15 +118,19 @@ class BrokerError(Exception):
 
     ``description`` is the broker's ``error_description`` (or the SDK's own reason),
     ``status`` the HTTP status (None when no HTTP answer came), ``body`` the other members of
-    the error answer (e.g. ``approval_id``). Never contains a token or a password.
+    the error answer (e.g. ``approval_id``), ``retry_after`` the answer's ``Retry-After`` in
+    seconds, ``attempts`` how many attempts the request made when it was one the SDK retries
+    (None otherwise). Never contains a token or a password.
     """
 
     def __init__(self, error: str, description: str | None = None, status: int | None = None, *,
-                 body: Mapping[str, Any] | None = None) -> None:
+                 body: Mapping[str, Any] | None = None, retry_after: float | None = None) -> None:
         self.error = error
         self.description = description
         self.status = status
         self.body: dict[str, Any] = dict(body or {})
+        self.retry_after = retry_after
+        self.attempts: int | None = None
         super().__init__(str(self))
 
     @property
@@ -124,14 +152,28 @@ class BrokerError(Exception):
             facts.append(f"reason {self.reason}")
         if self.event_id is not None:
             facts.append(f"ledger event {self.event_id}")
+        if self.status == 429 and self.retry_after is not None:
+            facts.append(f"retry after {self.retry_after:.0f}s")
+        if self.attempts is not None:
+            facts.append(_attempts_text(self.attempts))
         return f"{text} ({'; '.join(facts)})" if facts else text
 
 
-class BrokerUnreachable(BrokerError):
-    """No HTTP answer from the broker (connection refused, timeout, TLS failure)."""
+def _attempts_text(attempts: int) -> str:
+    return f"{attempts} attempt" if attempts == 1 else f"{attempts} attempts"
 
-    def __init__(self, description: str) -> None:
+
+class BrokerUnreachable(BrokerError):
+    """No HTTP answer from the broker (connection refused, timeout, TLS failure).
+
+    ``sent`` says the request had been sent when the answer failed (a read timeout, a reset
+    connection); ``retry_safe`` whether retrying can help (not for a TLS certificate or
+    handshake failure, nor a malformed URL)."""
+
+    def __init__(self, description: str, *, retry_safe: bool = True, sent: bool = False) -> None:
         super().__init__("temporarily_unavailable", description)
+        self.retry_safe = retry_safe
+        self.sent = sent
 
 
 class AttestationUnavailable(BrokerError):
@@ -155,20 +197,42 @@ def _opener(context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(_NoRedirect(), urllib.request.HTTPSHandler(context=context))
 
 
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    raw: bytes
+    retry_after: float | None
+
+
 def _http(opener: urllib.request.OpenerDirector, request: urllib.request.Request, *,
-          timeout: float, what: str) -> tuple[int, bytes]:
-    """(status, body) of any HTTP answer; BrokerUnreachable when there is none."""
+          timeout: float, what: str) -> _Answer:
+    """Any HTTP answer; BrokerUnreachable when there is none.
+
+    urllib wraps what fails while connecting and sending in ``URLError``; what fails after the
+    request was sent (waiting for or reading the answer) comes unwrapped."""
     try:
-        with opener.open(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
         try:
-            return exc.code, exc.read()
-        finally:
-            exc.close()
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise BrokerUnreachable(f"cannot reach {what}: {reason}") from None
+            with opener.open(request, timeout=timeout) as response:
+                return _Answer(response.status, response.read(),
+                               parse_retry_after(response.headers.get("Retry-After")))
+        except urllib.error.HTTPError as exc:    # an answer (its body may still fail to arrive)
+            try:
+                return _Answer(exc.code, exc.read(), parse_retry_after(exc.headers.get("Retry-After")))
+            finally:
+                exc.close()
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        # refused, reset, DNS, a connect timeout: worth another try; a TLS failure (certificate,
+        # handshake) or a URL urllib cannot open is not
+        retry_safe = isinstance(reason, OSError) and not isinstance(reason, ssl.SSLError)
+        raise BrokerUnreachable(f"cannot reach {what}: {reason}", retry_safe=retry_safe) from None
+    except (OSError, http.client.HTTPException) as exc:
+        reason = str(exc) or type(exc).__name__
+        # sent, then no answer or a broken one (a read timeout, a reset, a truncated answer);
+        # anything else http.client raises (an invalid URL) happened before anything was sent
+        sent = isinstance(exc, (OSError, http.client.IncompleteRead, http.client.BadStatusLine))
+        raise BrokerUnreachable(f"no answer from {what}: {reason}" if sent else
+                                f"cannot reach {what}: {reason}", retry_safe=sent, sent=sent) from None
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:
@@ -257,8 +321,8 @@ def _github_id_token(request_url: str, request_token: str, audience: str | None,
     request = urllib.request.Request(url, headers={
         "Authorization": f"Bearer {request_token}", "Accept": "application/json",
         "User-Agent": USER_AGENT})
-    status, raw = _http(_opener(None), request, timeout=timeout, what="the GitHub ID-token endpoint")
-    body = _json_object(raw)
+    answer = _http(_opener(None), request, timeout=timeout, what="the GitHub ID-token endpoint")
+    status, body = answer.status, _json_object(answer.raw)
     if status != 200 or body is None or not isinstance(body.get("value"), str) or not body["value"]:
         raise AttestationUnavailable(f"the GitHub ID-token endpoint answered HTTP {status} "
                                      "without a token")
@@ -319,18 +383,46 @@ def _scope_text(scope: str | Iterable[str] | None) -> str | None:
     return " ".join(scope) or None
 
 
+@dataclass(frozen=True)
+class RetryAttempt:
+    """A failed attempt of a token request that is about to be retried (``Broker(on_retry=…)``):
+    ``attempt`` (from 1) of at most ``max_attempts``, the ``error`` it ended with (its
+    ``status``, ``error`` code and ``reason``; never a token) and the ``delay`` in seconds
+    before the next attempt."""
+    attempt: int
+    max_attempts: int
+    error: BrokerError
+    delay: float
+
+
+def _retry_safe(error: BrokerError) -> bool:
+    """Nothing was issued and the subject token is still usable (docs/operations.md)."""
+    if isinstance(error, BrokerUnreachable):
+        return error.retry_safe
+    if error.status == 503:
+        return error.error == "temporarily_unavailable"
+    if error.status == 429:      # the rate limit, not an approval poll (which has an approval_id)
+        return error.error == "slow_down" and "approval_id" not in error.body
+    return False
+
+
 class Broker:
     """A client of one broker. Thread-safe: it holds configuration only.
 
     ``url`` defaults to ``$BROKER_URL``. ``subject_token`` is the attestation (a string, or a
     callable returning a fresh one). ``ssl_context`` verifies the broker's TLS certificate
-    (default: the system's trust store).
+    (default: the system's trust store). ``timeout`` is per HTTP request. ``retries`` (attempts
+    after the first, default 4; 0 = off) and ``retry_deadline`` (seconds for all attempts of
+    one token request, default 30) bound the retries of what is safe to retry (the module
+    docstring, "Retries"); ``on_retry`` is called with a :class:`RetryAttempt` before each.
     """
 
     def __init__(self, url: str | None = None, *, subject_token: SubjectToken | None = None,
                  audience: str | None = None, timeout: float = 10.0, approval_timeout: float = 600.0,
                  ssl_context: ssl.SSLContext | None = None,
-                 on_approval_pending: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_approval_pending: Callable[[dict[str, Any]], None] | None = None,
+                 retries: int = DEFAULT_RETRIES, retry_deadline: float = DEFAULT_RETRY_DEADLINE,
+                 on_retry: Callable[[RetryAttempt], None] | None = None) -> None:
         url = url or os.environ.get("BROKER_URL")
         if not url:
             raise ValueError("the broker URL is required (argument or BROKER_URL)")
@@ -346,6 +438,13 @@ class Broker:
         self.timeout = float(timeout)
         self.approval_timeout = float(approval_timeout)
         self.on_approval_pending = on_approval_pending   # called with each pending answer's body
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError("retries must be a whole number of attempts, 0 or more")
+        if not retry_deadline >= 0:
+            raise ValueError("retry_deadline must be 0 or more seconds")
+        self.retries = retries
+        self.retry_deadline = float(retry_deadline)
+        self.on_retry = on_retry
         self._opener = _opener(ssl_context)
 
     def __repr__(self) -> str:
@@ -420,7 +519,7 @@ class Broker:
                 form["scope"] = scope_text
             if ttl is not None:
                 form["ttl"] = str(ttl)
-            return _Issued.from_response(self._post("/token", form, {}))
+            return _Issued.from_response(self._post_retrying("/token", form, {}))
 
         return Credential(self, mint(), target=target, reissue=mint, auto_renew=auto_renew,
                           renew_margin=renew_margin)
@@ -449,7 +548,7 @@ class Broker:
         interval = 5.0
         while True:
             try:
-                return self._post("/token", form, headers)
+                return self._post_retrying("/token", form, headers)   # each poll: its own budget
             except BrokerError as exc:
                 approval_id = exc.body.get("approval_id")
                 if exc.error not in _PENDING or not isinstance(approval_id, str):
@@ -474,21 +573,63 @@ class Broker:
                 if fresh_attestation is not None:
                     form["subject_token"] = fresh_attestation()   # each poll: a fresh attestation
 
-    def _post(self, path: str, form: Mapping[str, str], headers: Mapping[str, str]) -> dict[str, Any]:
+    def _post_retrying(self, path: str, form: Mapping[str, str],
+                       headers: Mapping[str, str]) -> dict[str, Any]:
+        """:meth:`_post`, retried with the same form (the same subject token) while the answer
+        is safe to retry (:func:`_retry_safe`) and the budget (``retries``, ``retry_deadline``)
+        lasts. The error that ends it carries ``attempts``."""
+        max_attempts = self.retries + 1
+        deadline = time.monotonic() + self.retry_deadline
+        timeout = self.timeout
+        unanswered = False          # an earlier attempt was sent and got no answer
+        attempt = 1
+        while True:
+            try:
+                return self._post(path, form, headers, timeout=timeout)
+            except BrokerError as exc:
+                if not _retry_safe(exc):
+                    if attempt > 1:
+                        exc.attempts = attempt
+                        if unanswered and exc.reason == "replayed":
+                            log.warning("the subject token was used by an earlier attempt that got "
+                                        "no answer: the broker may have issued a credential for it "
+                                        "(ledger event %s)", exc.event_id)
+                    raise
+                delay = retry_delay(attempt, exc.retry_after)
+                if attempt >= max_attempts or time.monotonic() + delay >= deadline:
+                    exc.attempts = attempt
+                    raise
+                unanswered = unanswered or (isinstance(exc, BrokerUnreachable) and exc.sent)
+                notice = RetryAttempt(attempt=attempt, max_attempts=max_attempts, error=exc,
+                                      delay=delay)
+                log.info("POST %s: attempt %d/%d failed: %s; retrying in %.1fs", path, attempt,
+                         max_attempts, exc, delay)
+                if self.on_retry is not None:
+                    self.on_retry(notice)
+                time.sleep(delay)
+                attempt += 1
+                # a retry's timeout is cut to what is left of the deadline, but no shorter than
+                # MIN_ATTEMPT_SECONDS: cut off at once, it would only hide the broker's answer
+                timeout = min(self.timeout, max(deadline - time.monotonic(), MIN_ATTEMPT_SECONDS))
+
+    def _post(self, path: str, form: Mapping[str, str], headers: Mapping[str, str], *,
+              timeout: float | None = None) -> dict[str, Any]:
         request = urllib.request.Request(
             self.url + path, data=urllib.parse.urlencode(form).encode("ascii"), method="POST",
             headers={"Content-Type": "application/x-www-form-urlencoded",
                      "Accept": "application/json", "User-Agent": USER_AGENT, **headers})
-        status, raw = _http(self._opener, request, timeout=self.timeout, what=f"the broker at {self.url}")
-        body = _json_object(raw)
+        answer = _http(self._opener, request, timeout=self.timeout if timeout is None else timeout,
+                       what=f"the broker at {self.url}")
+        status, body = answer.status, _json_object(answer.raw)
         if 200 <= status < 300:
             return body or {}
         if body is not None and isinstance(body.get("error"), str):
             description = body.get("error_description")
             extra = {k: v for k, v in body.items() if k not in ("error", "error_description")}
             raise BrokerError(body["error"], description if isinstance(description, str) else None,
-                              status, body=extra)
-        raise BrokerError("server_error", f"the broker answered HTTP {status}", status)
+                              status, body=extra, retry_after=answer.retry_after)
+        raise BrokerError("server_error", f"the broker answered HTTP {status}", status,
+                          retry_after=answer.retry_after)
 
     def revoke_token(self, access_token: str, *, credential_id: str | None = None) -> None:
         """Revoke a credential (and everything derived from it) with its own token."""

@@ -3,6 +3,7 @@
     broker exchange --target payments-db [--scope read] [--ttl 10m] [--broker URL] [--audience A]
                     [--format env|dotenv|json|output] [--subject-token-file PATH]
                     [--gitlab-token-var NAME] [--k8s-token-file PATH]
+                    [--retries N] [--retry-deadline SECONDS]
 
 Standard library only, like the rest of :mod:`broker.sdk`: a client-only install
 (``pip install --no-deps nhi-broker``, no Flask, gunicorn, click or rich) runs it as
@@ -40,6 +41,14 @@ event to quote to an operator, then the ``error_description`` — and the exit s
 failed: 1 the broker refused, 2 usage or no attestation, 3 the broker (or the token endpoint)
 could not be reached.
 
+What is safe to retry is retried with the same attestation (docs/ci.md "Retries"): ``503
+temporarily_unavailable``, ``429 slow_down``, a failed connection, a timeout — up to
+``--retries`` times (default ``$BROKER_EXCHANGE_RETRIES``, else 4) within ``--retry-deadline``
+seconds (default ``$BROKER_EXCHANGE_RETRY_DEADLINE``, else 30), waiting ``Retry-After`` or an
+exponential backoff with jitter. Each retry is one stderr line (attempt, status, error code);
+the final error line says how many attempts were made, and the exit status is the one for
+that last error.
+
 When the target needs a person's approval (docs/approvals.md) the command prints the
 ``approval_url`` on stderr and polls (``--approval-timeout``, default 600 s) with a fresh
 attestation each time, honouring ``slow_down``; it prints the credential once approved.
@@ -64,8 +73,10 @@ from broker.sdk import (
     BrokerError,
     BrokerUnreachable,
     Credential,
+    RetryAttempt,
     detect_attestation,
 )
+from broker.sdk.retry import DEFAULT_RETRIES, DEFAULT_RETRY_DEADLINE
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 _PG_FIELDS = (("host", "PGHOST"), ("port", "PGPORT"), ("dbname", "PGDATABASE"),
@@ -214,6 +225,26 @@ def _fail_line(message: str, *, github: bool) -> str:
         else f"broker exchange: error: {message}"
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds: {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="broker exchange",
                                 description="Exchange this job's attestation for a credential (the CI step).")
@@ -244,6 +275,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="Seconds per HTTP request (30).")
     p.add_argument("--approval-timeout", type=float, default=600.0,
                    help="Seconds to wait for a person's approval, when the target needs one (600).")
+    p.add_argument("--retries", type=_count,
+                   default=os.environ.get("BROKER_EXCHANGE_RETRIES") or DEFAULT_RETRIES,
+                   help=f"Retries after the first attempt of what is safe to retry (503, 429, a "
+                        f"failed connection, a timeout); 0 = off (default "
+                        f"$BROKER_EXCHANGE_RETRIES, else {DEFAULT_RETRIES}).")
+    p.add_argument("--retry-deadline", type=_seconds,
+                   default=os.environ.get("BROKER_EXCHANGE_RETRY_DEADLINE") or DEFAULT_RETRY_DEADLINE,
+                   help=f"Seconds all attempts of a request may take together (default "
+                        f"$BROKER_EXCHANGE_RETRY_DEADLINE, else {DEFAULT_RETRY_DEADLINE:.0f}).")
     return p
 
 
@@ -257,7 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          subject_token_file=args.subject_token_file,
                          gitlab_token_var=args.gitlab_token_var,
                          k8s_token_file=args.k8s_token_file, timeout=args.timeout,
-                         approval_timeout=args.approval_timeout)
+                         approval_timeout=args.approval_timeout, retries=args.retries,
+                         retry_deadline=args.retry_deadline)
         _emit(cred, fmt=args.fmt, github=github)
     except _Fail as exc:
         _echo(_fail_line(exc.message, github=github))
@@ -271,7 +312,9 @@ def _echo(line: str) -> None:
 
 def _exchange(*, target: str, scopes: tuple[str, ...], ttl: str | None, broker_url: str | None,
               audience: str | None, subject_token_file: str | None, gitlab_token_var: str,
-              k8s_token_file: str, timeout: float, approval_timeout: float = 600.0) -> Credential:
+              k8s_token_file: str, timeout: float, approval_timeout: float = 600.0,
+              retries: int = DEFAULT_RETRIES,
+              retry_deadline: float = DEFAULT_RETRY_DEADLINE) -> Credential:
     if not broker_url:
         raise _Fail(EXIT_USAGE, "no broker URL: pass --broker or set BROKER_URL")
     try:
@@ -283,8 +326,13 @@ def _exchange(*, target: str, scopes: tuple[str, ...], ttl: str | None, broker_u
                 announced.add(approval_id)
                 _echo(f"broker exchange: waiting for a person to approve: {body['approval_url']}")
 
+        def retrying(notice: RetryAttempt) -> None:
+            _echo(f"broker exchange: attempt {notice.attempt}/{notice.max_attempts} failed: "
+                  f"{_error_text(notice.error)}; retrying in {notice.delay:.1f}s")
+
         broker = Broker(broker_url, timeout=timeout, approval_timeout=approval_timeout,
-                        on_approval_pending=pending)
+                        on_approval_pending=pending, retries=retries,
+                        retry_deadline=retry_deadline, on_retry=retrying)
     except ValueError as exc:
         raise _Fail(EXIT_USAGE, str(exc)) from None
     try:
@@ -306,9 +354,20 @@ def _exchange(*, target: str, scopes: tuple[str, ...], ttl: str | None, broker_u
     except AttestationUnavailable as exc:
         raise _Fail(EXIT_USAGE, f"no attestation: {exc.description}") from None
     except BrokerUnreachable as exc:
-        raise _Fail(EXIT_UNREACHABLE, str(exc.description)) from None
+        raise _Fail(EXIT_UNREACHABLE, _error_text(exc)) from None
     except BrokerError as exc:
         raise _Fail(EXIT_REFUSED, str(exc)) from None
+
+
+def _error_text(exc: BrokerError) -> str:
+    """The broker's error as the command prints it; no answer at all: what failed, and how many
+    attempts were made (an answer's text carries its own count)."""
+    if not isinstance(exc, BrokerUnreachable):
+        return str(exc)
+    text = str(exc.description)
+    if exc.attempts is not None:
+        text += f" ({exc.attempts} attempt{'' if exc.attempts == 1 else 's'})"
+    return text
 
 
 def _emit(cred: Credential, *, fmt: str | None, github: bool) -> None:

@@ -4,6 +4,7 @@ of an app and of a real server with these policies, for the conftests that need 
 import them by name)."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,16 +157,24 @@ class HttpBroker:
     dev_issuer: DevIssuer
 
 
-@pytest.fixture(scope="module")
-def http_broker(tmp_path_factory, dev_issuer: DevIssuer) -> Iterator[HttpBroker]:
-    root = tmp_path_factory.mktemp("fanout-broker")
+@contextlib.contextmanager
+def running_fanout_broker(root: Path, dev_issuer: DevIssuer, *, env: dict[str, str] | None = None,
+                          workers: int = 2) -> Iterator[HttpBroker]:
+    """`broker serve` on these policies with an SQLite ledger under ``root``, plus ``env``
+    (``BROKER_*`` settings such as ``BROKER_REDIS_URL`` or ``BROKER_RATE_LIMIT``)."""
     policies = write_fanout_policies(root / "policies", dev_issuer.issuer)
     database = f"sqlite:///{root / 'ledger.db'}"
-    env = {"BROKER_POLICY_DIR": str(policies), "BROKER_STATE_DIR": str(root / "state"),
-           "BROKER_DATABASE_URL": database, "BROKER_REAPER_INTERVAL": "0"}
-    with running_broker(env) as url:
+    base = {"BROKER_POLICY_DIR": str(policies), "BROKER_STATE_DIR": str(root / "state"),
+            "BROKER_DATABASE_URL": database, "BROKER_REAPER_INTERVAL": "0"}
+    with running_broker({**base, **(env or {})}, workers=workers) as url:
         ledger = open_ledger(database)
         try:
             yield HttpBroker(url=url, state_dir=root / "state", ledger=ledger, dev_issuer=dev_issuer)
         finally:
             ledger.close()
+
+
+@pytest.fixture(scope="module")
+def http_broker(tmp_path_factory, dev_issuer: DevIssuer) -> Iterator[HttpBroker]:
+    with running_fanout_broker(tmp_path_factory.mktemp("fanout-broker"), dev_issuer) as broker:
+        yield broker

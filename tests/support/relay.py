@@ -3,6 +3,9 @@
 ``stop()`` is what a server crash looks like to its clients: the listening port closes
 (connections are refused) and every open connection is reset. ``start()`` listens on the same
 port again. The server behind it (the session's real PostgreSQL cluster) never notices.
+
+``drop_answers=N``: the first N connections carry the client's bytes to the server but none of
+the server's back (the client waits until its timeout) — an answer lost after the server acted.
 """
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ from tests.support.pg_cluster import free_port
 
 
 class Relay:
-    def __init__(self, upstream_port: int, *, upstream_host: str = "127.0.0.1") -> None:
+    def __init__(self, upstream_port: int, *, upstream_host: str = "127.0.0.1",
+                 drop_answers: int = 0) -> None:
         self.upstream = (upstream_host, upstream_port)
+        self.drop_answers = drop_answers
         self.port = free_port()
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
@@ -59,8 +64,18 @@ class Relay:
                 continue
             with self._lock:
                 self._sockets.update((client, server))
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+                drop, self.drop_answers = self.drop_answers > 0, max(0, self.drop_answers - 1)
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._discard if drop else self._pump, args=(server, client),
+                             daemon=True).start()
+
+    def _discard(self, source: socket.socket, sink: socket.socket) -> None:
+        """Read the server's answer and throw it away; the client is left waiting."""
+        try:
+            while source.recv(65536):
+                pass
+        except OSError:
+            pass
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
