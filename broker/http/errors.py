@@ -68,6 +68,8 @@ def body_of(error: errors.BrokerError) -> dict[str, object]:
     oauth.error = error.error
     body: dict[str, object] = dict(oauth.get_body())
     body.update(error.extra)
+    if isinstance(error, errors.RateLimited) and error.reason is not None:
+        body.setdefault("reason", error.reason)    # refused before any attempt: no event_id
     return body
 
 

@@ -41,6 +41,7 @@ def test_over_the_limit_is_429_slow_down_and_not_recorded(make_app, tmp_path, de
     assert statuses == [200, 200, 200, 429, 429]
     body = response.get_json()
     assert body["error"] == "slow_down" and int(response.headers["Retry-After"]) >= 1
+    assert body["reason"] == "rate_limited" and "event_id" not in body   # README: refusals
     ledger = app.extensions["broker"].ledger
     assert [e.type for e in ledger.iter_events()] == ["mint", "mint", "mint"]
     # Another address is not affected; other endpoints are not limited.
