@@ -8,6 +8,7 @@ import contextlib
 import http.client
 import multiprocessing as mp
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -82,13 +83,16 @@ def _client(args: tuple[str, list[bytes], mp.Queue]) -> None:
     out.put((latencies, failures))
 
 
-def run_clients(client: Callable[[tuple[Any, list[Any], mp.Queue]], None], target: Any,
-                work: list[Any], clients: int) -> dict[str, float]:
+def run_clients_raw(client: Callable[[tuple[Any, list[Any], mp.Queue]], None], target: Any,
+                    work: list[Any], clients: int) -> tuple[list[float], int, float, float]:
     """Split ``work`` over ``clients`` processes, each running ``client((target, chunk, queue))``
-    and putting ``(latencies, failures)`` on the queue; return throughput and latency."""
+    and putting ``(latencies, failures)`` on the queue. Return the sorted latencies (s), the
+    failures, the wall seconds and the client processes' own user+sys CPU seconds (rusage of
+    the reaped children, so call it with no other child of this process exiting meanwhile)."""
     chunks = [work[i::clients] for i in range(clients)]
     queue: mp.Queue = mp.Queue()
     procs = [mp.Process(target=client, args=((target, chunk, queue),)) for chunk in chunks]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     for p in procs:
         p.start()
@@ -96,15 +100,31 @@ def run_clients(client: Callable[[tuple[Any, list[Any], mp.Queue]], None], targe
     elapsed = time.perf_counter() - start
     for p in procs:
         p.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     latencies = sorted(t for lat, _ in results for t in lat)
     failures = sum(f for _, f in results)
+    return latencies, failures, elapsed, cpu
+
+
+def summarize(latencies: list[float], failures: int, elapsed: float, cpu: float) -> dict[str, float]:
+    """Throughput, p50/p99 (ms) of sorted latencies, and the load generator's CPU share
+    (client CPU seconds / wall seconds / cores)."""
     return {
         "requests": len(latencies),
         "failures": failures,
         "per_second": len(latencies) / elapsed,
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "client_cpu_share": cpu / elapsed / (os.cpu_count() or 1),
     }
+
+
+def run_clients(client: Callable[[tuple[Any, list[Any], mp.Queue]], None], target: Any,
+                work: list[Any], clients: int) -> dict[str, float]:
+    """Split ``work`` over ``clients`` processes, each running ``client((target, chunk, queue))``
+    and putting ``(latencies, failures)`` on the queue; return throughput and latency."""
+    return summarize(*run_clients_raw(client, target, work, clients))
 
 
 def run_load(base: str, bodies: list[bytes], clients: int) -> dict[str, float]:

