@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= dev,postgres,redis,vault,demo,gateway,aws
 
-.PHONY: demo test services browser bench bench-lineage bench-postgres clean
+.PHONY: demo test services browser bench bench-lineage bench-postgres bench-openbao bench-faults clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,14 @@ bench-lineage: $(VENV)/.installed-test services
 # PostgreSQL credentials: mints/s and p50/p99 vs bare CREATE/DROP ROLE, usage-ingest lines/s.
 bench-postgres: $(VENV)/.installed-test services
 	$(BIN)/python -m bench.postgres
+
+# JWT exchange vs OpenBao auth/jwt/login (in-memory dev server and raft), same JWTs, one run.
+bench-openbao: $(VENV)/.installed-test services
+	BROKER_INSECURE_DEV_ISSUER=1 $(BIN)/python -m bench.openbao
+
+# The fault suite's scenarios, longer, with figures (docs/operations.md).
+bench-faults: $(VENV)/.installed-test services
+	$(BIN)/python -m bench.faults
 
 clean:
 	rm -rf $(VENV) .broker .pytest_cache .mypy_cache .ruff_cache build *.egg-info
