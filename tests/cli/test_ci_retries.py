@@ -106,7 +106,8 @@ def test_a_429_whose_retry_after_outlasts_the_deadline_gives_up_at_once(once_a_m
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()            # no retry: it would end past 5 s
     assert line.startswith("broker exchange: error: slow_down: ")
-    assert "(HTTP 429; retry after " in line and line.endswith("; 1 attempt)")
+    assert "(HTTP 429; reason rate_limited; retry after " in line
+    assert line.endswith("; 1 attempt)")
     assert took < 5
     assert events_for_token(once_a_minute, token) == []     # refused before any ledger work
 
