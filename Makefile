@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= dev,postgres,redis,vault,demo,gateway,aws
 
-.PHONY: demo test services browser bench bench-lineage bench-postgres bench-openbao bench-faults clean
+.PHONY: demo test services browser bench bench-lineage bench-postgres bench-openbao bench-faults bench-soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ bench-openbao: $(VENV)/.installed-test services
 # The fault suite's scenarios, longer, with figures (docs/operations.md).
 bench-faults: $(VENV)/.installed-test services
 	$(BIN)/python -m bench.faults
+
+# A worker's RSS over 100,000 mints (PostgreSQL + Redis): growth after warm-up; several minutes.
+bench-soak: $(VENV)/.installed-test services
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) .broker .pytest_cache .mypy_cache .ruff_cache build *.egg-info

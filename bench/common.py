@@ -33,6 +33,15 @@ def free_port() -> int:
 @contextlib.contextmanager
 def broker_process(env: dict[str, str], *, workers: int, threads: int = 4) -> Iterator[str]:
     """`broker serve` (gunicorn) in its own process group; yields the base URL."""
+    with broker_server(env, workers=workers, threads=threads) as (base, _proc):
+        yield base
+
+
+@contextlib.contextmanager
+def broker_server(env: dict[str, str], *, workers: int,
+                  threads: int = 4) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`broker serve` (gunicorn); yields the base URL and the master process (whose children
+    are the workers)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
@@ -55,7 +64,7 @@ def broker_process(env: dict[str, str], *, workers: int, threads: int = 4) -> It
             if time.monotonic() > deadline:
                 raise RuntimeError("broker did not start")
             time.sleep(0.1)
-        yield base
+        yield base, proc
     finally:
         proc.terminate()
         try:
