@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= dev,postgres,redis,vault,demo,gateway,aws
 
-.PHONY: demo test services browser bench bench-lineage bench-postgres bench-openbao bench-faults bench-soak clean
+.PHONY: demo test services browser bench bench-lineage bench-postgres bench-openbao bench-faults bench-soak bench-serving clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ bench-faults: $(VENV)/.installed-test services
 # A worker's RSS over 100,000 mints (PostgreSQL + Redis): growth after warm-up; several minutes.
 bench-soak: $(VENV)/.installed-test services
 	$(BIN)/python -m bench.soak
+
+# Serving models on the JWT exchange: gunicorn gthread/sync/gevent and granian (the last two
+# when installed), side by side, ratios against `broker serve`'s default.
+bench-serving: $(VENV)/.installed-test services
+	BROKER_INSECURE_DEV_ISSUER=1 $(BIN)/python -m bench.serving
 
 clean:
 	rm -rf $(VENV) .broker .pytest_cache .mypy_cache .ruff_cache build *.egg-info
