@@ -6,6 +6,7 @@ Refused outright, as problems (the rest of the file is still read):
 - aliases (``*name``) and anchors (``&name``): no shared or exponentially expanding structures;
 - merge keys (``<<``) and every tag that is not a plain string, integer, boolean, null, float,
   list or mapping (``!!python/...``, ``!!binary``, ``!!set``, ``!custom`` ...);
+- strings holding a lone surrogate (a ``"\\ud83d"`` escape: YAML does not pair them as JSON does);
 - unquoted dates and times (YAML 1.1 would turn ``2024-01-01`` into a date): quote them;
 - infinite and not-a-number floats, and integers beyond :data:`MAX_INT_BITS` bits;
 - nesting deeper than :data:`MAX_DEPTH` lists and mappings (it ends the file, like a syntax
@@ -104,6 +105,10 @@ class _StrictLoader(yaml.SafeLoader):
         line = event.start_mark.line + 1
         if isinstance(event, (SequenceStartEvent, MappingStartEvent)) and self._depth >= MAX_DEPTH:
             raise _TooDeep(line)
+        if isinstance(event, ScalarEvent) and not event.value.isascii() and _lone_surrogate(event.value):
+            self._report(line, "a \\uD800-\\uDFFF escape (half of a UTF-16 pair) is not a character: "
+                               "write the character itself, or \\U and its 8 hex digits")
+            event.value = event.value.encode("utf-8", "replace").decode("utf-8")
         if isinstance(event, AliasEvent):
             self.get_event()  # type: ignore[no-untyped-call]
             self._report(line, f"YAML aliases (*{event.anchor}) are not allowed in policy files")
@@ -118,6 +123,16 @@ class _StrictLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+
+def _lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a surrogate code point (YAML's ``"\\ud83d"`` escape makes one):
+    it is not encodable, so no digest, log line or token could carry it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def read_documents(text: str, report: ReportFn) -> Iterator[Located]:

@@ -51,6 +51,8 @@ CASES = [
      "max_ttl must be at most 365d, got '366d'"),
     ("duration beyond a year in seconds", POLICY + "match: {x: y}\nmax_ttl: 99999999999999\n", 6,
      "max_ttl must be at most 365d, got an integer"),
+    ("yaml lone surrogate escape", "kind: target\nname: t\ntype: jwt\nmax_ttl: 60\naudience: \"\\ud83d\"\n", 5,
+     "half of a UTF-16 pair"),
     ("duration in other digits", "kind: target\nname: t\ntype: jwt\nmax_ttl: '\u0663\u0663m'\n", 4,
      "not a duration"),
     ("document not a mapping", "- kind: target\n", 1, "must be a mapping with a 'kind', got a list"),
