@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import re
 
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+#: ASCII digits only (``\d`` would take any script's digits), at most 15 of them: no
+#: lifetime needs more, and a longer run would reach ``int()``'s digit limit.
+_DURATION_RE = re.compile(r"^\s*([0-9]{1,15})\s*([smhd]?)\s*$", re.ASCII)
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

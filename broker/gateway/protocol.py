@@ -5,6 +5,10 @@ codec is importable (and testable) alone. Message layout follows the PostgreSQL 
 chapter "Frontend/Backend Protocol" (55.7, Message Formats): every message after the startup
 packet is a one-byte type, a big-endian int32 length that counts itself but not the type byte,
 and the body.
+
+Every parser raises :class:`ProtocolViolation` — and nothing else — for a body its message type
+cannot have: too short, a string without its NUL, a negative count, a length past the end,
+bytes left over. (The session answers that with a FATAL ``08P01``, as PostgreSQL does.)
 """
 from __future__ import annotations
 
@@ -96,8 +100,34 @@ def split_messages(buf: bytes | bytearray, start: int = 0) -> tuple[list[tuple[i
 
 def cstring(buf: bytes | bytearray, pos: int) -> tuple[bytes, int]:
     """The NUL-terminated string at ``pos`` and the offset after its NUL."""
-    end = buf.index(0, pos)
+    end = buf.find(0, pos)
+    if end < 0:
+        raise ProtocolViolation("string without its NUL terminator")
     return bytes(buf[pos:end]), end + 1
+
+
+def _int16(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
+    if pos + 2 > len(buf):
+        raise ProtocolViolation("message too short")
+    return _I16.unpack_from(buf, pos)[0], pos + 2
+
+
+def _int32(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
+    if pos + 4 > len(buf):
+        raise ProtocolViolation("message too short")
+    return unpack_i32_from(buf, pos)[0], pos + 4
+
+
+def _count(buf: bytes | bytearray, pos: int, what: str) -> tuple[int, int]:
+    count, pos = _int16(buf, pos)
+    if count < 0:
+        raise ProtocolViolation(f"negative {what} count")
+    return count, pos
+
+
+def _end(buf: bytes | bytearray, pos: int) -> None:
+    if pos != len(buf):
+        raise ProtocolViolation("unexpected data at the end of the message")
 
 
 # ---------------------------------------------------------------- startup packets
@@ -129,11 +159,13 @@ def parse_startup_packet(packet: bytes) -> Startup | CancelRequest | SSLRequest 
     """Parse a whole untyped startup-phase packet (length included)."""
     if len(packet) < 8:
         raise ProtocolViolation("startup packet too short")
+    if unpack_u32_from(packet, 0)[0] != len(packet):
+        raise ProtocolViolation("startup packet length does not match its size")
     code = unpack_i32_from(packet, 4)[0]
-    if code == SSL_REQUEST_CODE:
-        return SSLRequest()
-    if code == GSSENC_REQUEST_CODE:
-        return GSSENCRequest()
+    if code in (SSL_REQUEST_CODE, GSSENC_REQUEST_CODE):
+        if len(packet) != 8:
+            raise ProtocolViolation("malformed SSLRequest/GSSENCRequest")
+        return SSLRequest() if code == SSL_REQUEST_CODE else GSSENCRequest()
     if code == CANCEL_REQUEST_CODE:
         if len(packet) != 16:
             raise ProtocolViolation("malformed CancelRequest")
@@ -141,18 +173,26 @@ def parse_startup_packet(packet: bytes) -> Startup | CancelRequest | SSLRequest 
         return CancelRequest(pid, key)
     if code >> 16 != 3:
         raise ProtocolViolation("unsupported frontend protocol")
+    return Startup(code, _startup_parameters(packet))
+
+
+def _startup_parameters(packet: bytes) -> dict[str, str]:
+    """``name NUL value NUL`` … then one NUL, the packet's last byte."""
     params: dict[str, str] = {}
-    parts = packet[8:].split(b"\x00")
-    # name, value, name, value, ..., "" (terminator), "" (after the last NUL)
-    it = iter(parts)
-    for raw_name in it:
-        if not raw_name:
+    pos = 8
+    while True:
+        if pos >= len(packet):
+            raise ProtocolViolation("startup packet without its terminator")
+        if packet[pos] == 0:
+            if pos + 1 != len(packet):
+                raise ProtocolViolation("data after the startup packet's terminator")
             break
-        raw_value = next(it, None)
-        if raw_value is None:
+        raw_name, pos = cstring(packet, pos)
+        if pos >= len(packet):
             raise ProtocolViolation("startup parameter without a value")
+        raw_value, pos = cstring(packet, pos)
         params[raw_name.decode("utf-8", "replace")] = raw_value.decode("utf-8", "replace")
-    return Startup(code, params)
+    return params
 
 
 def startup_message(parameters: dict[str, str], *, version: int = PROTOCOL_3_0) -> bytes:
@@ -257,59 +297,89 @@ def parse_password_message(body: bytes | bytearray) -> str:
     return raw.decode("utf-8", "replace")
 
 
+def parse_query(body: bytes | bytearray) -> bytes:
+    """Query body → the query text bytes (one NUL-terminated string, nothing after it)."""
+    text, pos = cstring(body, 0)
+    _end(body, pos)
+    return text
+
+
 def parse_parse(body: bytes | bytearray) -> tuple[bytes, bytes]:
-    """Parse message → ``(statement name, query text bytes)`` (parameter types are not needed)."""
-    i = body.index(0)
-    j = body.index(0, i + 1)
-    return bytes(body[:i]), bytes(body[i + 1:j])
+    """Parse message → ``(statement name, query text bytes)``; the parameter type OIDs that
+    follow are checked for shape, not returned."""
+    name, pos = cstring(body, 0)
+    text, pos = cstring(body, pos)
+    ntypes, pos = _count(body, pos, "parameter type")
+    _end(body, pos + 4 * ntypes)
+    return name, text
 
 
-def _formats_then_values(body: bytes | bytearray, pos: int) -> list[bytes | None]:
-    """The tail Bind and FunctionCall share: Int16 format codes (skipped), then Int16 n and n
-    values, each an Int32 length (-1 is NULL) and that many bytes."""
-    nformats = _I16.unpack_from(body, pos)[0]
-    pos += 2 + 2 * nformats
-    count = _I16.unpack_from(body, pos)[0]
-    pos += 2
+def _formats_then_values(body: bytes | bytearray, pos: int, what: str) -> tuple[list[bytes | None], int]:
+    """The part Bind and FunctionCall share: Int16 n and n format codes (skipped; n is 0, 1
+    or the number of values), then Int16 n and n values, each an Int32 length (-1 is NULL)
+    and that many bytes. Returns the values and the offset after them."""
+    nformats, pos = _count(body, pos, f"{what} format")
+    pos += 2 * nformats
+    count, pos = _count(body, pos, what)
+    if nformats not in (0, 1, count):
+        raise ProtocolViolation(f"{nformats} {what} formats for {count} {what}s")
     values: list[bytes | None] = []
     for _ in range(count):
-        length = unpack_i32_from(body, pos)[0]
-        pos += 4
-        if length < 0:
+        length, pos = _int32(body, pos)
+        if length == -1:
             values.append(None)
-        else:
-            values.append(bytes(body[pos:pos + length]))
-            pos += length
-    return values
+            continue
+        if length < 0 or pos + length > len(body):
+            raise ProtocolViolation(f"invalid {what} length")
+        values.append(bytes(body[pos:pos + length]))
+        pos += length
+    return values, pos
 
 
 def parse_bind(body: bytes | bytearray) -> tuple[bytes, bytes, list[bytes | None]]:
-    """Bind message → ``(portal name, statement name, parameter values)`` (``None`` is NULL)."""
-    i = body.index(0)
-    j = body.index(0, i + 1)
-    portal, statement = bytes(body[:i]), bytes(body[i + 1:j])
-    return portal, statement, _formats_then_values(body, j + 1)
+    """Bind message → ``(portal name, statement name, parameter values)`` (``None`` is NULL);
+    the result format codes that end it are checked for shape."""
+    portal, pos = cstring(body, 0)
+    statement, pos = cstring(body, pos)
+    values, pos = _formats_then_values(body, pos, "parameter")
+    nresults, pos = _count(body, pos, "result format")
+    _end(body, pos + 2 * nresults)
+    return portal, statement, values
 
 
 def parse_execute(body: bytes | bytearray) -> tuple[bytes, int]:
-    i = body.index(0)
-    return bytes(body[:i]), unpack_i32_from(body, i + 1)[0]
+    """Execute → ``(portal name, row limit)`` (0: no limit)."""
+    portal, pos = cstring(body, 0)
+    limit, pos = _int32(body, pos)
+    _end(body, pos)
+    return portal, limit
 
 
 def parse_close(body: bytes | bytearray) -> tuple[int, bytes]:
     """Close/Describe body → ``(b'S' or b'P' as int, name)``."""
-    return body[0], bytes(body[1:body.index(0, 1)])
+    if not body or body[0] not in (0x53, 0x50):
+        raise ProtocolViolation("Close/Describe of neither a statement nor a portal")
+    name, pos = cstring(body, 1)
+    _end(body, pos)
+    return body[0], name
 
 
 def parse_function_call(body: bytes | bytearray) -> tuple[int, list[bytes | None]]:
     """FunctionCall → ``(function oid, argument values)``."""
-    return unpack_u32_from(body, 0)[0], _formats_then_values(body, 4)
+    if len(body) < 4:
+        raise ProtocolViolation("message too short")
+    oid = unpack_u32_from(body, 0)[0]
+    values, pos = _formats_then_values(body, 4, "argument")
+    _, pos = _int16(body, pos)                     # the result's format code
+    _end(body, pos)
+    return oid, values
 
 
 def parse_parameter_status(body: bytes | bytearray) -> tuple[str, str]:
-    i = body.index(0)
-    j = body.index(0, i + 1)
-    return bytes(body[:i]).decode("utf-8", "replace"), bytes(body[i + 1:j]).decode("utf-8", "replace")
+    name, pos = cstring(body, 0)
+    value, pos = cstring(body, pos)
+    _end(body, pos)
+    return name.decode("utf-8", "replace"), value.decode("utf-8", "replace")
 
 
 def rows_from_tag(tag: str) -> int | None:

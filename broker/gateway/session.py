@@ -297,6 +297,9 @@ class Session:
             self._finish(refusal.message, logged_in=self.relaying)
         except (_Closed, ConnectionError):
             self._finish("client disconnected during login")
+        except p.ProtocolViolation as violation:    # a malformed startup or password message
+            self._refuse(PROTOCOL_VIOLATION, f"invalid frontend message: {violation}")
+            self._finish("protocol violation by the client during login")
         except TimeoutError:
             self._refuse(PROTOCOL_VIOLATION, "login timed out")
             self._finish("login timed out")
@@ -526,7 +529,8 @@ class Session:
 
     def _relay_client_messages(self, data: bytes) -> None:  # noqa: C901 - the hot path, one function on purpose
         n = len(data)
-        if not self._ctail and data[0] == 81 and n >= 6 and _unpack_u32(data, 1)[0] == n - 1:
+        if (not self._ctail and data[0] == 81 and n >= 6 and _unpack_u32(data, 1)[0] == n - 1
+                and data[-1] == 0):
             # fast path: the packet is exactly one simple Query of one plain statement
             infos = self._stmt_cache.split_raw(data[5:-1], self._codec)
             if len(infos) == 1 and not infos[0].extra and not infos[0].redacted:
@@ -632,7 +636,7 @@ class Session:
         return raw.decode(self._codec, "replace")
 
     def _on_query(self, data: bytes, start: int, end: int) -> bool:
-        infos = self._stmt_cache.split_raw(data[start:end - 1], self._codec)
+        infos = self._stmt_cache.split_raw(p.parse_query(data[start:end]), self._codec)
         for info in infos:
             self._start(info, "")
         self._pending.append(SYNC)
@@ -648,9 +652,9 @@ class Session:
 
     def _on_bind(self, data: bytes, start: int, end: int) -> None:
         body = data[start:end]
-        if self._param_mode == "none":
-            i = body.index(0)
-            portal, statement = body[:i], body[i + 1:body.index(0, i + 1)]
+        if self._param_mode == "none":                     # the names only: the values go unread
+            portal, pos = p.cstring(body, 0)
+            statement, _ = p.cstring(body, pos)
             params = ""
         else:
             portal, statement, values = p.parse_bind(body)
@@ -661,16 +665,16 @@ class Session:
         self._portals[portal] = _Portal(info, params)
 
     def _on_execute(self, data: bytes, start: int, end: int) -> bool:
-        nul = data.index(0, start)
-        portal = self._portals.get(data[start:nul])
+        name, limit = p.parse_execute(data[start:end])     # within this message, not the next
+        portal = self._portals.get(name)
         if portal is None:
-            portal = _Portal(self.worker.unknown_portal(data[start:nul]), "")
+            portal = _Portal(self.worker.unknown_portal(name), "")
         if portal.suspended_seq:
             seq = self._start(portal.info, "", f'"continues_seq":{portal.suspended_seq}')
             portal.suspended_seq = 0
         else:
             seq = self._start(portal.info, portal.params)
-        if _unpack_u32(data, nul + 1)[0]:                   # a row limit: may be suspended
+        if limit:                                           # a row limit: may be suspended
             self._flags[seq] = portal
         return True
 

@@ -286,8 +286,11 @@ def _pattern(w: Walker, claim: str, spec: Located, label: str) -> Any:
         return w.say(body, f"{label}.{claim}: {kind} must be a non-empty string, got {{got}}", label)
     try:
         return compile_glob(body.data) if kind == "glob" else compile_regex(body.data)
-    except (re.error, ValueError) as exc:
+    except (re.error, ValueError, OverflowError) as exc:    # OverflowError: a{99999999999}
         w.error(body.line, f"{label}.{claim}: invalid {kind} {body.data!r}: {exc}")
+        return INVALID
+    except RecursionError:                                  # re's parser nests per group
+        w.error(body.line, f"{label}.{claim}: invalid {kind}: groups nested too deeply")
         return INVALID
 
 

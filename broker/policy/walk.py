@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from broker.common.durations import parse_duration
+from broker.common.durations import format_duration, parse_duration
 from broker.policy.source import Located, type_name
 from broker.targets.keys import (
     ABSENT,
@@ -41,6 +41,11 @@ class _Invalid:
 
 
 INVALID: Any = _Invalid()
+
+#: The longest duration any policy key accepts (a key may set a lower bound of its own): a
+#: lifetime or age beyond a year is a typo, and every duration must stay far inside what
+#: ``datetime.timedelta`` and a JWT's ``exp`` can hold.
+MAX_DURATION = 365 * 86400
 
 
 def got(value: Any) -> str:
@@ -181,6 +186,9 @@ def _duration(w: Walker, spec: Duration, node: Located, label: str) -> Any:
         return w.say(node, spec.message, label, problem=exc)
     if (spec.min is not None and seconds < spec.min) or (spec.max is not None and seconds > spec.max):
         return w.say(node, spec.out_of_range, label)
+    if seconds > MAX_DURATION:
+        return w.say(node, f"{{label}} must be at most {format_duration(MAX_DURATION)}, got {{shown}}",
+                     label)
     return seconds
 
 
@@ -210,7 +218,7 @@ def _strings(w: Walker, spec: Strings, node: Located, label: str) -> Any:
     assert node.elements is not None
     if not node.elements and not spec.allow_empty:
         return w.say(node, spec.empty, label)
-    good: list[str] = []
+    good: dict[str, None] = {}           # ordered, and membership stays O(1) in long lists
     for element in node.elements:
         if w.quiet(element):
             continue
@@ -220,7 +228,7 @@ def _strings(w: Walker, spec: Strings, node: Located, label: str) -> Any:
         elif value in good:
             w.say(element, spec.twice, label)
         else:
-            good.append(value)
+            good[value] = None
     if len(good) != len(node.elements):
         return INVALID
     if spec.item is not None:

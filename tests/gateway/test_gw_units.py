@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 
 import pytest
 
@@ -42,6 +43,58 @@ def test_bind_parse_and_tags():
     assert p.parse_bind(body) == (b"portal", b"stmt", [b"abc", None])
     assert p.rows_from_tag("INSERT 0 5") == 5 and p.rows_from_tag("SELECT 3") == 3
     assert p.rows_from_tag("CREATE TABLE") is None and p.rows_from_tag("COPY 500000") == 500000
+
+
+#: Bodies each parser once answered with ValueError, IndexError or struct.error, or read as
+#: wrong values (a negative count walking backwards, a length past the end, bytes of the next
+#: message) — found by tests/fuzz. Now each is a ProtocolViolation.
+MALFORMED_BODIES = [
+    ("bind negative format count", p.parse_bind, b"\x00\x00\xff\xff\x00\x00\x00\x00"),
+    ("bind negative value count", p.parse_bind, b"\x00\x00\x00\x00\xff\xff\x00\x00"),
+    ("bind value past the end", p.parse_bind, b"\x00\x00\x00\x00\x00\x01\x00\x00\x00\x09ab\x00\x00"),
+    ("bind length below -1", p.parse_bind, b"\x00\x00\x00\x00\x00\x01\xff\xff\xff\xfe\x00\x00"),
+    ("bind truncated", p.parse_bind, b"portal\x00stmt\x00\x00"),
+    ("bind without NULs", p.parse_bind, b"portal"),
+    ("bind 2 formats for 1 value", p.parse_bind, b"\x00\x00\x00\x02\x00\x00\x00\x00\x00\x01\xff\xff\xff\xff\x00\x00"),
+    ("bind bytes left over", p.parse_bind, b"\x00\x00\x00\x00\x00\x00\x00\x00!"),
+    ("parse without the type count", p.parse_parse, b"s\x00select 1\x00"),
+    ("parse negative type count", p.parse_parse, b"s\x00select 1\x00\xff\xff"),
+    ("parse types past the end", p.parse_parse, b"s\x00select 1\x00\x00\x02\x00\x00\x00\x17"),
+    ("execute without NUL", p.parse_execute, b"portal"),
+    ("execute without row limit", p.parse_execute, b"portal\x00\x00"),
+    ("close empty", p.parse_close, b""),
+    ("close of neither S nor P", p.parse_close, b"Xname\x00"),
+    ("close without NUL", p.parse_close, b"Sname"),
+    ("function call too short", p.parse_function_call, b"\x00\x01"),
+    ("function call negative argument count", p.parse_function_call,
+     b"\x00\x00\x00\x01\x00\x00\xff\xff\x00\x00"),
+    ("function call without result format", p.parse_function_call, b"\x00\x00\x00\x01\x00\x00\x00\x00"),
+    ("query without NUL", p.parse_query, b"select 1"),
+    ("query with two strings", p.parse_query, b"select 1\x00x\x00"),
+    ("parameter status without NULs", p.parse_parameter_status, b"client_encoding"),
+    ("startup length not its size", p.parse_startup_packet, p.startup_message({"user": "u"}) + b"x"),
+    ("startup parameter without value", p.parse_startup_packet, struct.pack("!II", 13, p.PROTOCOL_3_0) + b"user\x00"),
+    ("startup value without NUL", p.parse_startup_packet, struct.pack("!II", 16, p.PROTOCOL_3_0) + b"user\x00bob"),
+    ("startup without terminator", p.parse_startup_packet, struct.pack("!II", 17, p.PROTOCOL_3_0) + b"user\x00bob\x00"),
+    ("startup data after terminator", p.parse_startup_packet, struct.pack("!II", 11, p.PROTOCOL_3_0) + b"\x00xy"),
+    ("ssl request too long", p.parse_startup_packet, struct.pack("!III", 12, p.SSL_REQUEST_CODE, 0)),
+    ("password with a NUL inside", p.parse_password_message, b"a\x00b\x00"),
+]
+
+
+@pytest.mark.parametrize("parse, body", [c[1:] for c in MALFORMED_BODIES], ids=[c[0] for c in MALFORMED_BODIES])
+def test_a_malformed_body_is_a_protocol_violation(parse, body):
+    with pytest.raises(p.ProtocolViolation):
+        parse(body)
+
+
+def test_well_formed_bodies_parse():
+    assert p.parse_parse(b"s\x00select $1\x00\x00\x01\x00\x00\x00\x17") == (b"s", b"select $1")
+    assert p.parse_execute(b"portal\x00\x00\x00\x00\x05") == (b"portal", 5)
+    assert p.parse_close(b"Sname\x00") == (ord("S"), b"name")
+    assert p.parse_function_call(b"\x00\x00\x04\xd2\x00\x00\x00\x01\x00\x00\x00\x01x\x00\x00") == (1234, [b"x"])
+    assert p.parse_query(b"select 1\x00") == b"select 1"
+    assert p.parse_parameter_status(b"client_encoding\x00UTF8\x00") == ("client_encoding", "UTF8")
 
 
 def test_scram_rfc7677_vector():

@@ -76,6 +76,8 @@ def _refusal(response, status, error):
     ("unsupported subject_token_type", {"subject_token_type": "urn:ietf:params:oauth:token-type:saml2"}),
     ("missing audience", {"audience": None}),
     ("bad ttl", {"ttl": "soon"}),
+    ("ttl in other digits", {"ttl": "\u0663\u0663"}),                  # was read as 33 s
+    ("ttl of more digits than any lifetime", {"ttl": "9" * 4000}),
     ("unsupported requested_token_type", {"requested_token_type": "urn:x"}),
 ])
 def test_invalid_request(client, case, form_change):

@@ -88,6 +88,7 @@ def test_audience_and_resource_naming_the_same_target_are_accepted(client, dev_i
     ("unknown resource", {"resource": "https://nowhere.internal"}),
     ("resource not an absolute URI", {"resource": "reports-api"}),
     ("resource with a fragment", {"resource": "https://reports.internal#x"}),
+    ("resource urlsplit cannot read", {"resource": "http://[::1"}),     # was a 500 (tests/fuzz)
     ("an audience that cannot be a target name", {"audience": "reports api\r\nx"}),
 ])
 def test_target_refusals_are_invalid_target(client, dev_issuer, case, form):

@@ -139,7 +139,8 @@ def test_kubernetes_preset_with_its_cluster_issuer():
     assert issuer.algorithms == ("RS256", "ES256")
 
 
-@pytest.mark.parametrize("written, seconds", [("90s", 90), ("15m", 900), ("1h", 3600), ("300", 300), ("45", 45)])
+@pytest.mark.parametrize("written, seconds", [("90s", 90), ("15m", 900), ("1h", 3600), ("300", 300), ("45", 45),
+                                             ("365d", 365 * 86400), ("31536000", 365 * 86400)])
 def test_target_durations_and_default_audience(written, seconds):
     target = load_policy_text(f"kind: target\nname: api\ntype: jwt\nmax_ttl: {written}\n").targets["api"]
     assert (target.max_ttl, target.audience) == (seconds, "api")

@@ -83,7 +83,10 @@ def requested_target(audiences: list[str], resources: list[str]) -> str:
 def _absolute_uri(value: str) -> bool:
     if not value.isascii() or any(c.isspace() or ord(c) < 0x21 or c == "\x7f" for c in value):
         return False
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:          # e.g. "http://[::1": an unclosed IPv6 literal
+        return False
     return bool(parts.scheme) and bool(parts.netloc or parts.path) and "#" not in value
 
 
