@@ -14,6 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import tests.support.fuzz  # noqa: F401 - Hypothesis's caches go to the temporary folder, not the tree
 from broker.policy import PolicyError, PolicySet, Problem, documents, load_policy_text
 from broker.policy.load import KINDS
 from broker.targets.keys import Block, Key, ListOf, MapOf
