@@ -19,12 +19,12 @@ server hashes the plain password with its own SCRAM iteration count (``scram_ite
 
 Ingestion: a ``jsonlog`` file (and a ``csvlog`` one) of statements by minted roles is written
 and ingested into an empty ledger of each kind; lines per second, end to end (read, parse,
-credential lookup, redaction, hash chain, batched commits).
+credential lookup, redaction, hash chain, batched commits), beside a bare decoding loop over the
+same file (see :mod:`bench.ingest`, which runs only these rows: ``python -m bench.ingest``).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import statistics
@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from bench.common import broker_process, exchange_body, fresh_pg_database, run_load
+from bench.ingest import bench_ingest, print_table
 
 os.environ.setdefault("BROKER_INSECURE_DEV_ISSUER", "1")   # the bench's own local issuer
 
@@ -112,89 +113,6 @@ def drop_minted(dsn: str, target: str) -> int:
         for role in roles:
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
     return len(roles)
-
-
-# ---------------------------------------------------------------------------- ingestion
-
-def write_logs(folder: Path, credential_ids: list[str], lines: int, *, minted_every: int = 1,
-               name: str = "postgresql") -> tuple[Path, Path]:
-    """A jsonlog and a csvlog file of ``lines`` statements; one line in ``minted_every`` is by
-    a minted role (the given credentials'), the others by the application's own role."""
-    json_path, csv_path = folder / f"{name}.json", folder / f"{name}.csv"
-    with open(json_path, "w") as jf, open(csv_path, "w") as cf:
-        for n in range(lines):
-            cid = credential_ids[n % len(credential_ids)]
-            user = f"nhb_{cid}" if n % minted_every == 0 else "payments_app"
-            session = f"6b0c{n // 50:04x}.{n // 50 % 65536:x}"
-            line_num = n % 50 + 1
-            ms = n % 1000
-            statement = f"UPDATE accounts SET balance = balance - {n % 97} WHERE id = {n % 1000}"
-            jf.write(json.dumps({
-                "timestamp": f"2026-03-01 10:{n // 60000 % 60:02d}:{n // 1000 % 60:02d}.{ms:03d} UTC",
-                "user": user, "dbname": "payments", "pid": 4000 + n // 50,
-                "remote_host": "10.0.0.7", "remote_port": 50000 + n // 50, "session_id": session,
-                "line_num": line_num, "ps": "idle", "session_start": "2026-03-01 10:00:00 UTC",
-                "vxid": "3/1", "txid": 0, "error_severity": "LOG",
-                "message": f"statement: {statement}", "backend_type": "client backend",
-                "query_id": 0}, separators=(",", ":")) + "\n")
-            cf.write(f'2026-03-01 10:{n // 60000 % 60:02d}:{n // 1000 % 60:02d}.{ms:03d} UTC,"{user}",'
-                     f'"payments",{4000 + n // 50},"10.0.0.7:{50000 + n // 50}",{session},{line_num},'
-                     f'"idle",2026-03-01 10:00:00 UTC,3/1,0,LOG,00000,"statement: {statement}",'
-                     f',,,,,,,,"psql","client backend",,0\n')
-    return json_path, csv_path
-
-
-def ingest_rate(ledger_url: str, path: Path, fmt: str, credentials: list) -> tuple[float, int]:
-    from broker.ledger import open_ledger
-    from broker.ledger.events import EventDraft
-    from broker.usage import ingest_postgres_log
-
-    ledger = open_ledger(ledger_url)
-    try:
-        for record in credentials:
-            ledger.record_mint(EventDraft(type="mint", credential_id=record.credential_id,
-                                          principal=record.principal, run=record.run,
-                                          authorizer=record.authorizer, target=record.target), record)
-        start = time.perf_counter()
-        stats = ingest_postgres_log(ledger, path, fmt=fmt, batch_size=2000)
-        elapsed = time.perf_counter() - start
-        assert stats.recorded == stats.matched > 0, stats
-        assert ledger.verify().ok
-        return stats.lines / elapsed, stats.recorded
-    finally:
-        ledger.close()
-
-
-def bench_ingest(lines: int, ledgers: list[str]) -> list[tuple[str, str, str, float, int]]:
-    from broker.common.ids import new_credential_id
-    from broker.ledger.events import CredentialRecord
-
-    now = int(time.time())
-    credentials = [CredentialRecord(
-        credential_id=new_credential_id(), principal=f"github:acme/payments:run-{i}",
-        run={"id": str(9_000_000 + i), "attempt": "1"},
-        authorizer={"type": "policy", "name": "bench-pg", "digest": "sha256:" + "0" * 64},
-        target="bench-db", target_type="postgres", scope="", issued_at=now, expires_at=now + 900)
-        for i in range(20)]
-    rows: list[tuple[str, str, str, float, int]] = []
-    ids = [c.credential_id for c in credentials]
-    with tempfile.TemporaryDirectory() as tmp:
-        logs = {"every line by a minted role": write_logs(Path(tmp), ids, lines, name="all"),
-                "1 line in 10 by a minted role": write_logs(Path(tmp), ids, lines, minted_every=10,
-                                                            name="mixed")}
-        for kind in ledgers:
-            for mix, (json_path, csv_path) in logs.items():
-                for fmt, path in (("jsonlog", json_path), ("csvlog", csv_path)):
-                    if kind == "sqlite":
-                        url = f"sqlite:///{tmp}/ingest-{fmt}-{len(rows)}.db"
-                        rate, recorded = ingest_rate(url, path, fmt, credentials)
-                    else:
-                        with fresh_pg_database(PG_ADMIN) as url:
-                            rate, recorded = ingest_rate(url, path, fmt, credentials)
-                    rows.append((kind, fmt, mix, rate, recorded))
-                    print(f"ingest {fmt:8s} into {kind:8s} ledger, {mix}: {rate:10.0f} lines/s"
-                          f" ({lines} lines, {recorded} usage events)", flush=True)
-    return rows
 
 
 # ---------------------------------------------------------------------------- main
@@ -283,10 +201,7 @@ def main() -> None:
         print(f"{'bare CREATE+DROP ROLE':22s} {clients:7d} {r['per_second']:9.0f} {r['p50_ms']:8.2f}"
               f" {r['p99_ms']:8.2f}   (server-side SCRAM, {scram_iterations} iterations)")
     print()
-    print(f"{'usage ingest':22s} {'format':>8s} {'lines/s':>10s}  log")
-    for kind, fmt, mix, rate, recorded in ingest_rows:
-        print(f"{kind + ' ledger':22s} {fmt:>8s} {rate:10.0f}  {mix} ({recorded} events)")
-
+    print_table(ingest_rows)
 
 class _null:
     def __enter__(self):

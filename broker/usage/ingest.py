@@ -50,6 +50,7 @@ SOURCE = "postgres-log"
 DEFAULT_BATCH = 1000
 _CACHE_SIZE = 100_000
 IDLE = None            # what a line source yields when the file has nothing new for now
+_NOT_A_CREDENTIAL: tuple[str, CredentialRecord | None] = ("", None)   # a user the broker did not mint
 
 
 @dataclass
@@ -80,8 +81,8 @@ class UsageIngester:
         self.stats = IngestStats()
         self._pending: list[tuple[EventDraft, str, str, str | None]] = []
         self._credentials: OrderedDict[str, CredentialRecord | None] = OrderedDict()
-        self._ids: dict[str, str] = {}        # role name -> credential id ("" for none)
         self._users: OrderedDict[str, str | None] = OrderedDict()   # generated user -> cid
+        self._roles: dict[str, tuple[str, CredentialRecord | None]] = {}   # user -> (cid, record)
 
     # -- credentials -----------------------------------------------------------------------
     def _credential(self, credential_id: str) -> CredentialRecord | None:
@@ -116,8 +117,10 @@ class UsageIngester:
     # -- entries ---------------------------------------------------------------------------
     def add(self, entry: LogEntry) -> None:
         user = entry.user or ""
-        credential_id = self._credential_id_of(user)
-        if not credential_id:
+        role = self._roles.get(user)
+        if role is None:
+            role = self._role(user)
+        if role is _NOT_A_CREDENTIAL:
             return
         stats = self.stats
         stats.entries += 1
@@ -133,31 +136,36 @@ class UsageIngester:
         statement = redact_sql(activity.statement)
         details = _usage_details(self.source, entry, activity, user=user, key=key,
                                  statement=statement, at=at)
-        record = self._credential(credential_id)
+        credential_id, record = role
         if record is None:
             stats.unknown_credentials += 1
             details["credential_known"] = False
-            draft = EventDraft(type="usage", credential_id=credential_id, details=details)
+            draft = EventDraft("usage", credential_id, details=details)
         else:
-            draft = EventDraft(type="usage", credential_id=credential_id, parent_id=record.parent_id,
-                               principal=record.principal, run=record.run,
-                               authorizer=record.authorizer, target=record.target, details=details)
+            draft = EventDraft("usage", credential_id, record.parent_id, record.principal, record.run,
+                               record.authorizer, record.target, details)
         self._pending.append((draft, key, at or "", statement))
         if len(self._pending) >= self.batch_size:
             self.flush()
 
+    def _role(self, user: str) -> tuple[str, CredentialRecord | None]:
+        """What the ingester knows of a database user, looked up once per user: the credential
+        it stands for and that credential's record (None while the ledger has none), or
+        :data:`_NOT_A_CREDENTIAL`. A credential the ledger did not know is asked about again
+        once the cache is full and starts over (its mint may have been recorded meanwhile)."""
+        credential_id = self._credential_id_of(user)
+        role = (credential_id, self._credential(credential_id)) if credential_id else _NOT_A_CREDENTIAL
+        if len(self._roles) >= _CACHE_SIZE:
+            self._roles.clear()
+        self._roles[user] = role
+        return role
+
     def _credential_id_of(self, user: str) -> str:
-        """The credential id a database user stands for ("" for none), remembered per user."""
-        credential_id = self._ids.get(user)
-        if credential_id is None:
-            cid = user[len(ROLE_PREFIX):]
-            if user.startswith(ROLE_PREFIX) and is_credential_id(cid):
-                credential_id = cid
-            else:                          # a user Vault's database engine generated, or none
-                credential_id = self._generated_user(user) or ""
-            if len(self._ids) < _CACHE_SIZE:
-                self._ids[user] = credential_id
-        return credential_id
+        """The credential id a database user stands for ("" for none)."""
+        cid = user[len(ROLE_PREFIX):]
+        if user.startswith(ROLE_PREFIX) and is_credential_id(cid):
+            return cid
+        return self._generated_user(user) or ""      # a user Vault's database engine generated, or none
 
     def flush(self) -> int:
         """Write what is pending; returns the number of events appended."""

@@ -6,12 +6,22 @@ Parsers are incremental: ``feed(line)`` returns the entries that line completes 
 ``csvlog`` record may span lines inside a quoted field). Lines of roles the broker did not
 mint are skipped before any real parsing (a substring test for the role prefix), which is
 what keeps ingestion fast on a busy server's log.
+
+No parser raises on any input, and none takes more than linear time in a line's length: a line
+(or ``csvlog`` record) that is not a well-formed entry of a broker role — not JSON, JSON that is
+not an object, a field of the wrong type, a number that is not ASCII digits, a record past
+:data:`MAX_RECORD` characters — is skipped (``feed`` returns nothing for it), as is any other
+line of a role the broker did not mint. A timestamp that names no real moment (an impossible
+date, an offset of a day or more) is kept as logged; :func:`utc_time` gives None for it.
+Entries hold no lone surrogates (``jsonlog`` ``\\udXXX`` escapes become U+FFFD), so every field
+encodes as UTF-8.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import json.scanner
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,7 +36,32 @@ USER_PREFIXES: tuple[str, ...] = (ROLE_PREFIX, "v-")
 
 
 def _mentions_user(text: str) -> bool:
-    return any(prefix in text for prefix in USER_PREFIXES)
+    """The prefilter: could ``text`` be a line of a broker role? (A substring test, no parsing.)"""
+    for prefix in USER_PREFIXES:
+        if prefix in text:
+            return True
+    return False
+
+
+#: Longest ``csvlog`` record read (characters); a longer one is skipped, whole.
+MAX_RECORD = 1 << 24
+#: Longest run of digits read as a number (pid, line number): 18 digits always fit an int64.
+_MAX_DIGITS = 18
+
+
+def _int(value: object) -> int | None:
+    """An int from a log field: an int (not a bool), or a str of 1 to 18 ASCII digits."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and 0 < len(value) <= _MAX_DIGITS and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 FORMATS = ("jsonlog", "csvlog", "stderr")
 DEFAULT_PREFIX = "%m [%p] %q%u@%d "      # PostgreSQL's default is '%m [%p] '; %u is required
 
@@ -53,9 +88,13 @@ class LogEntry:
 
 # ---------------------------------------------------------------------------- time
 
-_TIME = re.compile(r"(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?(?: (\S+))?$")
-_OFFSET = re.compile(r"([+-])(\d\d):?(\d\d)?$")
+_TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2}) ([0-9]{2}):([0-9]{2}):([0-9]{2})"
+                   r"(?:\.([0-9]{1,6}))?(?: (\S+))?")
+_OFFSET = re.compile(r"([+-])([0-9]{2}):?([0-9]{2})?")
 _ZONES: dict[str, timezone | None] = {"UTC": UTC, "GMT": UTC, "Z": UTC}
+_ZONE_CACHE = 256                   # zone names remembered (a log has one or two)
+_SECONDS: dict[str, str | None] = {}   # "YYYY-MM-DD HH:MM:SS" (UTC) -> "YYYY-MM-DDTHH:MM:SS" or None
+_SECOND_CACHE = 4096
 
 
 def _zone(name: str) -> timezone | None:
@@ -65,8 +104,11 @@ def _zone(name: str) -> timezone | None:
     match = _OFFSET.fullmatch(name)
     if match:
         sign = -1 if match.group(1) == "-" else 1
-        zone = timezone(sign * timedelta(hours=int(match.group(2)), minutes=int(match.group(3) or 0)))
-    else:
+        try:
+            zone = timezone(sign * timedelta(hours=int(match.group(2)), minutes=int(match.group(3) or 0)))
+        except ValueError:          # a day or more: no such offset
+            zone = None
+    elif len(name) <= 64:
         try:
             from zoneinfo import ZoneInfo
 
@@ -75,33 +117,84 @@ def _zone(name: str) -> timezone | None:
             zone = timezone(offset) if offset is not None else None
         except Exception:  # noqa: BLE001 - an abbreviation zoneinfo does not know
             zone = None
-    _ZONES[name] = zone
+    if len(_ZONES) < _ZONE_CACHE:
+        _ZONES[name] = zone
     return zone
+
+
+def _utc_second(second: str) -> str | None:
+    """``"YYYY-MM-DD HH:MM:SS"`` (UTC) as ``"YYYY-MM-DDTHH:MM:SS"``, or None when no such second."""
+    text = _SECONDS.get(second, "")
+    if text != "":
+        return text
+    match = _TIME.fullmatch(second)
+    text = None
+    if match:
+        try:
+            year, month, day, hour, minute, sec = (int(part) for part in match.groups()[:6])
+            datetime(year, month, day, hour, minute, sec)
+            text = f"{second[:10]}T{second[11:]}"
+        except ValueError:
+            text = None
+    if len(_SECONDS) >= _SECOND_CACHE:
+        _SECONDS.clear()
+    _SECONDS[second] = text
+    return text
 
 
 def utc_time(logged: str | None, *, epoch: float | None = None) -> str | None:
     """A log timestamp as RFC 3339 UTC with microseconds (the ledger's ``ts`` format), or
-    None when it cannot be read. Set ``log_timezone = 'UTC'`` (docs/postgres.md): named zone
-    abbreviations other than UTC/GMT are resolved through zoneinfo at today's offset."""
+    None when it cannot be read or names no real moment. Set ``log_timezone = 'UTC'``
+    (docs/postgres.md): named zone abbreviations other than UTC/GMT are resolved through
+    zoneinfo at today's offset."""
     if epoch is not None:
-        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        try:
+            return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        except (ValueError, OverflowError, OSError):
+            return None
     if not logged:
         return None
-    match = _TIME.match(logged)
+    # The common case, PostgreSQL's %m in UTC ("2026-03-01 10:00:00.123 UTC"), without a regex.
+    if len(logged) == 27 and logged.endswith(" UTC") and logged[19] == ".":
+        millis = logged[20:23]
+        if millis.isascii() and millis.isdigit():
+            second = _utc_second(logged[:19])
+            return None if second is None else f"{second}.{millis}000Z"
+        return None
+    match = _TIME.fullmatch(logged)
     if not match:
         return None
-    day, clock, fraction, zone_name = match.groups()
+    fraction, zone_name = match.group(7), match.group(8)
     micros = (fraction or "").ljust(6, "0")
     zone = _zone(zone_name or "UTC")
-    if zone is UTC:
-        return f"{day}T{clock}.{micros}Z"            # the common case, without datetime
     if zone is None:
         return None
-    moment = datetime.strptime(f"{day} {clock}.{micros}", "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=zone)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        year, month, day, hour, minute, sec = (int(part) for part in match.groups()[:6])
+        moment = datetime(year, month, day, hour, minute, sec, int(micros), tzinfo=zone)
+        if zone is UTC:
+            return f"{logged[:10]}T{logged[11:19]}.{micros}Z"
+        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    except (ValueError, OverflowError):     # no such date, or it leaves datetime's range
+        return None
 
 
 # ---------------------------------------------------------------------------- jsonlog
+
+# the C scanner, without json.loads()' wrappers (typeshed types its argument as the scanner)
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_surrogates(entry: LogEntry) -> LogEntry:
+    """``entry`` with every lone surrogate (from a ``\\udXXX`` escape) replaced by U+FFFD."""
+    for name in ("time", "user", "database", "severity", "message", "session_id", "client",
+                 "command_tag", "statement", "sqlstate", "application"):
+        value = getattr(entry, name)
+        if value and _SURROGATE.search(value):
+            setattr(entry, name, _SURROGATE.sub("\ufffd", value))
+    return entry
+
 
 class JsonlogParser:
     """``log_destination = 'jsonlog'`` (PostgreSQL 15+): one JSON object per line."""
@@ -109,24 +202,35 @@ class JsonlogParser:
     def feed(self, line: str) -> list[LogEntry]:
         if not _mentions_user(line):
             return []
+        start = 0
+        while start < len(line) and line[start] in " \t\r\n":
+            start += 1
         try:
-            record = json.loads(line)
-        except ValueError:
+            record, end = _scan_json(line, start)
+        except (ValueError, StopIteration, RecursionError):     # not JSON, or nested too deep
             return []
-        user = record.get("user")
-        if not isinstance(record, dict) or not isinstance(user, str) or not user.startswith(USER_PREFIXES):
+        if end != len(line) and not line[end:].isspace():
+            return []                                           # something after the value
+        if not isinstance(record, dict):
             return []
-        host, port = record.get("remote_host"), record.get("remote_port")
+        user, message = record.get("user"), record.get("message")
+        if message is None:
+            message = ""
+        if not isinstance(user, str) or not user.startswith(USER_PREFIXES) \
+                or not isinstance(message, str):
+            return []
+        host, port = _str(record.get("remote_host")), record.get("remote_port")
+        if not isinstance(port, (str, int)) or isinstance(port, bool):
+            port = None
         client = f"{host}:{port}" if host and port is not None else host
-        line_num = record.get("line_num")
-        return [LogEntry(
-            time=record.get("timestamp"), user=user, database=record.get("dbname"),
-            severity=record.get("error_severity"), message=record.get("message") or "",
-            session_id=record.get("session_id"),
-            line_num=int(line_num) if isinstance(line_num, int) else None,
-            pid=record.get("pid"), client=client, command_tag=record.get("ps"),
-            statement=record.get("statement"), sqlstate=record.get("state_code"),
-            application=record.get("application_name"))]
+        entry = LogEntry(
+            time=_str(record.get("timestamp")), user=user, database=_str(record.get("dbname")),
+            severity=_str(record.get("error_severity")), message=message,
+            session_id=_str(record.get("session_id")), line_num=_int(record.get("line_num")),
+            pid=_int(record.get("pid")), client=client, command_tag=_str(record.get("ps")),
+            statement=_str(record.get("statement")), sqlstate=_str(record.get("state_code")),
+            application=_str(record.get("application_name")))
+        return [_no_surrogates(entry) if "\\u" in line else entry]
 
     def flush(self, *, final: bool = True) -> list[LogEntry]:
         return []
@@ -142,77 +246,135 @@ _C_QUERY, _C_APP = 19, 22
 
 class CsvlogParser:
     """``log_destination = 'csvlog'``: one CSV record per message; a quoted field may hold
-    newlines, so lines are gathered until the quotes balance."""
+    newlines, so lines are gathered until the quotes balance (PostgreSQL doubles every quote
+    inside a field, so text a role chose can never end a record early). A record longer than
+    :data:`MAX_RECORD` is skipped; its quotes are still counted, so the records after it are
+    read as they were written."""
 
     def __init__(self) -> None:
         self._parts: list[str] = []
         self._quotes = 0
+        self._size = 0
+        self._oversized = False
 
     def feed(self, line: str) -> list[LogEntry]:
-        self._parts.append(line)
-        self._quotes += line.count('"')
+        quotes = line.count('"')
+        if not self._parts and not self._oversized and not quotes % 2:
+            # the common case: a whole record on one line
+            if not _mentions_user(line):
+                return []
+            entry = self._parse(line)
+            return [] if entry is None else [entry]
+        self._quotes += quotes
+        self._size += len(line)
+        if self._size > MAX_RECORD:
+            self._parts, self._oversized = [], True
+        else:
+            self._parts.append(line)
         if self._quotes % 2:
             return []                             # inside a quoted field: the record goes on
-        text = "".join(self._parts)
-        self._parts, self._quotes = [], 0
-        if not _mentions_user(text):
+        return self._complete()
+
+    def flush(self, *, final: bool = True) -> list[LogEntry]:
+        if not (self._parts or self._oversized) or (self._quotes % 2 and not final):
+            return []                             # a record still being written: wait
+        return self._complete()
+
+    def _complete(self) -> list[LogEntry]:
+        text, oversized = "".join(self._parts), self._oversized
+        self._parts, self._quotes, self._size, self._oversized = [], 0, 0, False
+        if oversized or not _mentions_user(text):
             return []
         entry = self._parse(text)
         return [] if entry is None else [entry]
 
-    def flush(self, *, final: bool = True) -> list[LogEntry]:
-        if not self._parts or (self._quotes % 2 and not final):
-            return []                             # a record still being written: wait
-        text = "".join(self._parts)
-        self._parts, self._quotes = [], 0
-        entry = self._parse(text) if _mentions_user(text) else None
-        return [] if entry is None else [entry]
-
     @staticmethod
     def _parse(text: str) -> LogEntry | None:
+        row: list[str] | None
         try:
-            row = next(csv.reader(io.StringIO(text)))
-        except (csv.Error, StopIteration):
+            row = next(csv.reader((text,)))
+        except csv.Error:
+            row = _split_csv(text)                # e.g. a field past csv's field_size_limit
+        except StopIteration:
             return None
-        if len(row) <= _C_MESSAGE or not row[_C_USER].startswith(USER_PREFIXES):
+        if row is None or len(row) <= _C_MESSAGE or not row[_C_USER].startswith(USER_PREFIXES):
             return None
 
         def col(i: int) -> str | None:
             return row[i] if len(row) > i and row[i] != "" else None
 
-        line = col(_C_LINE)
-        pid = col(_C_PID)
         return LogEntry(
             time=row[_C_TIME], user=row[_C_USER], database=col(_C_DB), severity=col(_C_SEVERITY),
-            message=row[_C_MESSAGE], session_id=col(_C_SESSION),
-            line_num=int(line) if line and line.isdigit() else None,
-            pid=int(pid) if pid and pid.isdigit() else None, client=col(_C_FROM),
+            message=row[_C_MESSAGE], session_id=col(_C_SESSION), line_num=_int(row[_C_LINE]),
+            pid=_int(row[_C_PID]), client=col(_C_FROM),
             command_tag=col(_C_TAG), statement=col(_C_QUERY), sqlstate=col(_C_SQLSTATE),
             application=col(_C_APP))
 
 
+def _split_csv(text: str) -> list[str] | None:
+    """The fields of one CSV record as PostgreSQL writes it (``"…"`` quoting, ``""`` for a
+    quote), without a limit on a field's size (a statement of a megabyte is still a
+    statement); None when it is not such a record. Linear in ``len(text)``."""
+    if "\0" in text:
+        return None
+    text = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+    fields: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        if i < n and text[i] == '"':
+            parts, i = [], i + 1
+            while True:
+                close = text.find('"', i)
+                if close < 0:
+                    return None
+                parts.append(text[i:close])
+                if text.startswith('"', close + 1):
+                    parts.append('"')
+                    i = close + 2
+                    continue
+                i = close + 1
+                break
+            fields.append("".join(parts))
+            if i < n and text[i] != ",":
+                return None
+        else:
+            comma = text.find(",", i)
+            end = n if comma < 0 else comma
+            value = text[i:end]
+            if '"' in value or "\n" in value:
+                return None
+            fields.append(value)
+            i = end
+        if i >= n:
+            return fields
+        i += 1                                    # past the comma
+
+
 # ---------------------------------------------------------------------------- stderr
 
+# Every variable part is bounded (PostgreSQL truncates names to NAMEDATALEN - 1 = 63 bytes; a
+# host name is at most 1025): with escapes written side by side (%a%u%d) a line that does not
+# match would otherwise take time cubic in its length to be refused.
 _ESCAPES: dict[str, tuple[str | None, str]] = {
-    "a": ("application", r".*?"),
-    "u": ("user", r"[^\s@\[\]]*?"),
-    "d": ("database", r"[^\s@\[\]]*?"),
-    "r": ("client", r"\S*?"),
-    "h": ("client", r"\S*?"),
-    "b": (None, r".*?"),
-    "p": ("pid", r"\d+"),
-    "P": (None, r"\d*"),
-    "t": ("time", r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?: \S+)?"),
-    "m": ("time", r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+(?: \S+)?"),
-    "n": ("epoch", r"\d+\.\d+"),
-    "i": ("command_tag", r".*?"),
+    "a": ("application", r".{0,64}?"),
+    "u": ("user", r"[^\s@\[\]]{0,64}?"),
+    "d": ("database", r"[^\s@\[\]]{0,64}?"),
+    "r": ("client", r"\S{0,1100}?"),
+    "h": ("client", r"\S{0,1100}?"),
+    "b": (None, r".{0,64}?"),
+    "p": ("pid", r"[0-9]{1,18}"),
+    "P": (None, r"[0-9]{0,18}"),
+    "t": ("time", r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(?: \S{1,64})?"),
+    "m": ("time", r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{1,6}(?: \S{1,64})?"),
+    "n": ("epoch", r"[0-9]{1,12}\.[0-9]{1,9}"),
+    "i": ("command_tag", r".{0,128}?"),
     "e": ("sqlstate", r"[0-9A-Z]{5}"),
-    "c": ("session_id", r"[0-9a-f]+\.[0-9a-f]+"),
-    "l": ("line_num", r"\d+"),
-    "s": (None, r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?: \S+)?"),
-    "v": (None, r"\S*?"),
-    "x": (None, r"\d*"),
-    "Q": (None, r"-?\d*"),
+    "c": ("session_id", r"[0-9a-f]{1,16}\.[0-9a-f]{1,16}"),
+    "l": ("line_num", r"[0-9]{1,18}"),
+    "s": (None, r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(?: \S{1,64})?"),
+    "v": (None, r"\S{0,64}?"),
+    "x": (None, r"[0-9]{0,20}"),
+    "Q": (None, r"-?[0-9]{0,20}"),
 }
 _SEVERITY = (r"(?P<severity>LOG|ERROR|FATAL|PANIC|WARNING|NOTICE|INFO|DEBUG[1-5]|DETAIL|HINT"
              r"|QUERY|CONTEXT|LOCATION|STATEMENT):  (?P<message>.*)")
@@ -238,7 +400,7 @@ def prefix_regex(prefix: str) -> re.Pattern[str]:
         match = re.match(r"%(-?\d*)([a-zA-Z%])", prefix[i:])
         if not match:
             raise ValueError("log_line_prefix ends with a lone %")
-        padded, letter = bool(match.group(1)), match.group(2)
+        width, letter = match.group(1), match.group(2)
         i += match.end()
         if letter == "%":
             parts.append("%")
@@ -249,8 +411,9 @@ def prefix_regex(prefix: str) -> re.Pattern[str]:
         if letter not in _ESCAPES:
             raise ValueError(f"log_line_prefix: unknown escape %{letter}")
         name, pattern = _ESCAPES[letter]
-        if padded:
-            pattern = rf"\s*{pattern}\s*"
+        pad = abs(int(width)) if width.lstrip("-") else 0
+        if pad:                                  # %-20u: padded with spaces to 20 characters
+            pattern = rf" {{0,{pad}}}{pattern} {{0,{pad}}}"
         if name and name not in seen:
             seen.add(name)
             parts.append(f"(?P<{name}>{pattern})")
@@ -325,7 +488,7 @@ class StderrParser:
             time=current.get("time"), user=user, database=current.get("database") or None,
             severity=current["severity"], message=message,
             session_id=current.get("session_id") or None,
-            line_num=int(line_num) if line_num else None, pid=int(pid) if pid else None,
+            line_num=_int(line_num), pid=_int(pid),
             client=client, command_tag=current.get("command_tag") or None, statement=statement,
             sqlstate=current.get("sqlstate") or None,
             application=current.get("application") or None, raw="\n".join(raw),

@@ -32,8 +32,12 @@ from pglast import parser as _pg
 REDACTED = "***"
 _MAYBE_SECRET = re.compile(r"password|://|u&|\\", re.IGNORECASE)
 _SECRET_IN_VALUE = re.compile(r"password\s*=|://[^\s/@]*:[^\s@]*@", re.IGNORECASE)
-_FALLBACK_PASSWORD = re.compile(r"\w*password", re.IGNORECASE)
-_FALLBACK_OTHER = re.compile(r"u&'|e'|[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+# The fallback's word holding "password" starts at a word boundary (the leftmost match of
+# \w*password always does; without the \b a long word costs time quadratic in its length).
+_FALLBACK_PASSWORD = re.compile(r"\b\w*password", re.IGNORECASE)
+_FALLBACK_QUOTE = re.compile(r"u&'|e'", re.IGNORECASE)
+_SCHEME_CHAR = re.compile(r"[a-z0-9+.-]", re.IGNORECASE)
+_SCHEME_FIRST = re.compile(r"[a-z]", re.IGNORECASE)
 _LITERALS = {"SCONST", "USCONST"}
 _SKIP_BEFORE_LITERAL = {"ENCRYPTED", "UNENCRYPTED", "ADD", "SET", "ASCII_61"}   # ASCII_61 is '='
 
@@ -140,14 +144,31 @@ def _decode_unicode_escapes(body: str, escape: str = "\\") -> str:
     return "".join(out)
 
 
+def _first_uri(text: str) -> int | None:
+    """Where the leftmost match of ``[a-z][a-z0-9+.-]*://`` (ignoring case) starts, in time
+    linear in ``len(text)``: the first letter of the scheme characters before a ``://``."""
+    colon = text.find("://")
+    while colon >= 0:
+        start = colon
+        while start > 0 and _SCHEME_CHAR.match(text, start - 1):
+            start -= 1
+        for i in range(start, colon):
+            if _SCHEME_FIRST.match(text, i):
+                return i
+        colon = text.find("://", colon + 3)
+    return None
+
+
 def _fallback(text: str) -> tuple[str, bool]:
     match = _FALLBACK_PASSWORD.search(text)
-    if match is None:
-        match = _FALLBACK_OTHER.search(text)
-        if match is None:
-            return text, False
-    return text[:match.start()] + (match.group(0) if "password" in match.group(0).lower() else "") \
-        + f" {REDACTED}", True
+    if match is not None:
+        word = match.group(0) if "password" in match.group(0).lower() else ""   # not "paſſword"
+        return text[:match.start()] + word + f" {REDACTED}", True
+    quote, uri = _FALLBACK_QUOTE.search(text), _first_uri(text)
+    starts = [i for i in (quote.start() if quote else None, uri) if i is not None]
+    if not starts:
+        return text, False
+    return text[:min(starts)] + f" {REDACTED}", True
 
 
 def redact_sql(text: str | None) -> str | None:
