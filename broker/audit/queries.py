@@ -24,7 +24,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from broker.ledger.events import CredentialRecord, Event
-from broker.ledger.rows import CREDENTIAL_COLUMNS, EVENT_COLUMNS, Reader, credential_from_row, event_from_row
+from broker.ledger.rows import (
+    CREDENTIAL_COLUMNS,
+    EVENT_COLUMNS,
+    Reader,
+    credential_from_row,
+    credentials_from_rows,
+    event_from_row,
+    events_from_rows,
+)
 from broker.ledger.store import seq_range as _seq_range
 
 if TYPE_CHECKING:
@@ -153,7 +161,7 @@ class AuditQueries:
         with self.ledger.unavailable_on_error("run_lineage"), self.ledger.snapshot() as read:
             rows = read(f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE run_id = %s"
                         " ORDER BY issued_at, credential_id LIMIT %s", (str(run_id), limit + 1))
-            credentials = [credential_from_row(r) for r in rows[:limit]]
+            credentials = credentials_from_rows(rows[:limit])
             in_run = {c.credential_id for c in credentials}
             descendants, d_truncated, _ = _descendants(
                 read, [c.credential_id for c in credentials], max_depth, limit)
@@ -185,7 +193,7 @@ class AuditQueries:
                         " AND issued_at >= %s AND issued_at < %s"
                         " ORDER BY issued_at DESC, credential_id DESC LIMIT %s",
                         (principal, issued_from, issued_until, limit + 1))
-            credentials = [credential_from_row(r) for r in rows[:limit]]
+            credentials = credentials_from_rows(rows[:limit])
             lo, hi = _seq_range(read, since, until)
             denied_rows: list[tuple[Any, ...]] = []
             if lo is not None:
@@ -221,7 +229,7 @@ def _ancestors(read: Reader, credential_id: str, max_depth: int) -> list[Credent
         " JOIN credentials c ON c.credential_id = l.ancestor_id"
         " WHERE l.credential_id = %s AND l.depth <= %s ORDER BY l.depth",
         (credential_id, max_depth))
-    chain = [credential_from_row(row) for row in rows]
+    chain = credentials_from_rows(rows)
     if not chain or (chain[-1].parent_id is not None and len(chain) <= max_depth):
         return _ancestors_by_parent(read, credential_id, max_depth)
     return chain
@@ -284,8 +292,9 @@ def _descendants(read: Reader, roots: Sequence[str], max_depth: int, limit: int
                 " JOIN credentials c ON c.credential_id = d.credential_id"
                 " ORDER BY d.depth, d.issued_at, d.credential_id LIMIT %s",
                 (*chunk, max_depth + 1, *chunk, limit - len(nodes) + 1))
-        for row in rows:
-            record, depth = credential_from_row(row[:-1]), int(row[-1])
+        records = credentials_from_rows([row[:-1] for row in rows])
+        for record, row in zip(records, rows, strict=True):
+            depth = int(row[-1])
             if depth > max_depth:          # sorted last: everything above was taken
                 deeper = True
                 break
@@ -362,8 +371,7 @@ def _lifecycle(read: Reader, credential_ids: Sequence[str], *, postgres: bool = 
         where, params = _id_filter(chunk, postgres)
         rows = read(f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} AND type IN ({types})"
                     " ORDER BY seq", (*params, *LIFECYCLE_TYPES))
-        for row in rows:
-            event = event_from_row(row)
+        for event in events_from_rows(rows):
             out.setdefault(str(event.credential_id), []).append(event)
     return out
 
