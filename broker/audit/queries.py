@@ -10,6 +10,10 @@ Event time order equals ``seq`` order (the store seals ``ts`` under the chain lo
 lets it go backwards), so a time window is first turned into a ``seq`` range with two index
 probes on ``events (ts)``; the filtered queries then walk composite indexes ``(x, …, seq)``
 (schema version 5) in ``seq`` order. Pagination is keyset pagination on ``seq``.
+
+Lineage reads the projections of schema version 10, which the append path writes with each
+event: ancestors and descendants are index ranges of the ``credential_lineage`` closure (no
+recursive walk), usage counts are ``usage_counts`` rows.
 """
 from __future__ import annotations
 
@@ -20,7 +24,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from broker.ledger.events import CredentialRecord, Event
-from broker.ledger.rows import CREDENTIAL_COLUMNS, EVENT_COLUMNS, Reader, credential_from_row, event_from_row
+from broker.ledger.rows import (
+    CREDENTIAL_COLUMNS,
+    EVENT_COLUMNS,
+    Reader,
+    credential_from_row,
+    credentials_from_rows,
+    event_from_row,
+    events_from_rows,
+)
 from broker.ledger.store import seq_range as _seq_range
 
 if TYPE_CHECKING:
@@ -149,7 +161,7 @@ class AuditQueries:
         with self.ledger.unavailable_on_error("run_lineage"), self.ledger.snapshot() as read:
             rows = read(f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE run_id = %s"
                         " ORDER BY issued_at, credential_id LIMIT %s", (str(run_id), limit + 1))
-            credentials = [credential_from_row(r) for r in rows[:limit]]
+            credentials = credentials_from_rows(rows[:limit])
             in_run = {c.credential_id for c in credentials}
             descendants, d_truncated, _ = _descendants(
                 read, [c.credential_id for c in credentials], max_depth, limit)
@@ -181,7 +193,7 @@ class AuditQueries:
                         " AND issued_at >= %s AND issued_at < %s"
                         " ORDER BY issued_at DESC, credential_id DESC LIMIT %s",
                         (principal, issued_from, issued_until, limit + 1))
-            credentials = [credential_from_row(r) for r in rows[:limit]]
+            credentials = credentials_from_rows(rows[:limit])
             lo, hi = _seq_range(read, since, until)
             denied_rows: list[tuple[Any, ...]] = []
             if lo is not None:
@@ -207,7 +219,24 @@ class AuditQueries:
 # -- the SQL ---------------------------------------------------------------------------------
 
 def _ancestors(read: Reader, credential_id: str, max_depth: int) -> list[CredentialRecord]:
-    """The credential itself, then its parent, …, up to the root (``max_depth`` steps)."""
+    """The credential itself, then its parent, …, up to the root (``max_depth`` steps): the
+    credential's rows of the ``credential_lineage`` closure (schema version 10), by depth.
+    A credential row the projection does not match (written behind the ledger's append path:
+    no closure rows, or a top row that still names a parent) is walked by ``parent_id``."""
+
+    rows = read(
+        f"SELECT {_cols('c', CREDENTIAL_COLUMNS)} FROM credential_lineage l"
+        " JOIN credentials c ON c.credential_id = l.ancestor_id"
+        " WHERE l.credential_id = %s AND l.depth <= %s ORDER BY l.depth",
+        (credential_id, max_depth))
+    chain = credentials_from_rows(rows)
+    if not chain or (chain[-1].parent_id is not None and len(chain) <= max_depth):
+        return _ancestors_by_parent(read, credential_id, max_depth)
+    return chain
+
+
+def _ancestors_by_parent(read: Reader, credential_id: str, max_depth: int) -> list[CredentialRecord]:
+    """The walk up ``parent_id`` (before schema version 10, the only one)."""
 
     rows = read(
         "WITH RECURSIVE up(credential_id, parent_id, depth) AS ("
@@ -231,32 +260,45 @@ def _ancestors(read: Reader, credential_id: str, max_depth: int) -> list[Credent
 
 def _descendants(read: Reader, roots: Sequence[str], max_depth: int, limit: int
                  ) -> tuple[list[tuple[CredentialRecord, int]], bool, bool]:
-    """Credentials below ``roots`` (depth 1 = children), at most ``limit``, ordered by depth
-    then issue time. Returns ``(nodes, truncated, deeper)``: ``truncated`` when the limit cut
-    the tree, ``deeper`` when credentials exist below ``max_depth`` (the walk goes one level
-    further than it returns, to know)."""
+    """Credentials below ``roots`` (depth 1 = children; below several roots, the depth under
+    the nearest), at most ``limit``, ordered by depth then issue time. Returns ``(nodes,
+    truncated, deeper)``: ``truncated`` when the limit cut the tree, ``deeper`` when
+    credentials exist below ``max_depth`` (the read goes one level further than it returns,
+    to know).
+
+    One range of the ``credential_lineage`` primary key per root (``ancestor_id = root``, in
+    (depth, issued_at, credential_id) order, so the ``LIMIT`` stops the read); several roots
+    take each descendant's smallest depth."""
 
     nodes: list[tuple[CredentialRecord, int]] = []
     seen = set(roots)
     truncated = deeper = False
     for chunk in _chunks(list(roots), _IN_CHUNK):     # a run may have many credentials
-        rows = read(
-            "WITH RECURSIVE down(credential_id, depth) AS ("
-            " SELECT credential_id, 1 FROM credentials"
-            f" WHERE parent_id IN ({_placeholders(len(chunk))})"
-            " UNION ALL"
-            " SELECT c.credential_id, down.depth + 1 FROM credentials c"
-            " JOIN down ON c.parent_id = down.credential_id WHERE down.depth <= %s)"
-            f" SELECT {_cols('c', CREDENTIAL_COLUMNS)}, down.depth FROM down"
-            " JOIN credentials c ON c.credential_id = down.credential_id"
-            " ORDER BY down.depth, c.issued_at, c.credential_id LIMIT %s",
-            (*chunk, max_depth, limit - len(nodes) + 1))
-        for row in rows:
-            record, depth = credential_from_row(row[:-1]), int(row[-1])
+        if len(chunk) == 1:
+            rows = read(
+                f"SELECT {_cols('c', CREDENTIAL_COLUMNS)}, l.depth FROM credential_lineage l"
+                " JOIN credentials c ON c.credential_id = l.credential_id"
+                " WHERE l.ancestor_id = %s AND l.depth >= 1 AND l.depth <= %s"
+                " ORDER BY l.depth, l.issued_at, l.credential_id LIMIT %s",
+                (chunk[0], max_depth + 1, limit - len(nodes) + 1))
+        else:
+            marks = _placeholders(len(chunk))
+            rows = read(
+                f"SELECT {_cols('c', CREDENTIAL_COLUMNS)}, d.depth FROM ("
+                "  SELECT credential_id, issued_at, min(depth) AS depth FROM credential_lineage"
+                f"  WHERE ancestor_id IN ({marks}) AND depth >= 1 AND depth <= %s"
+                f"  AND credential_id NOT IN ({marks})"
+                "  GROUP BY credential_id, issued_at) d"
+                " JOIN credentials c ON c.credential_id = d.credential_id"
+                " ORDER BY d.depth, d.issued_at, d.credential_id LIMIT %s",
+                (*chunk, max_depth + 1, *chunk, limit - len(nodes) + 1))
+        records = credentials_from_rows([row[:-1] for row in rows])
+        for record, row in zip(records, rows, strict=True):
+            depth = int(row[-1])
             if depth > max_depth:          # sorted last: everything above was taken
                 deeper = True
                 break
-            if record.credential_id in seen:    # a parent_id cycle (never written by the broker)
+            if record.credential_id in seen:    # below an earlier chunk's root too
                 continue
             if len(nodes) == limit:
                 truncated = True
@@ -270,16 +312,16 @@ def _descendants(read: Reader, roots: Sequence[str], max_depth: int, limit: int
 
 def _usage(read: Reader, credential_ids: Sequence[str], usage_limit: int, *,
            postgres: bool = False) -> dict[str, UsageSummary]:
-    """Count (index-only on ``events (credential_id, type, seq)``) and the first page of each
+    """Count (one ``usage_counts`` row per credential) and the first page of each
     credential's usage events, every page its own bounded ``LIMIT``: a ``LATERAL`` join over
     the id array on PostgreSQL (one small plan), compound SELECTs on SQLite. Pages hold
-    :class:`UsageEntry` (only the columns a page shows: one JSON decode per event)."""
+    :class:`UsageEntry` (only the columns a page shows; one JSON decode for all the pages)."""
     ids = list(dict.fromkeys(credential_ids))
     counts: dict[str, int] = {}
-    for chunk in _chunks(ids, _IN_CHUNK):
+    for chunk in _chunks(ids, _IN_CHUNK):           # usage_counts: schema version 10
         where, params = _id_filter(chunk, postgres)
-        for cid, n in read("SELECT credential_id, count(*) FROM events WHERE type = 'usage'"
-                           f" AND {where} GROUP BY credential_id", params):
+        for cid, n in read(f"SELECT credential_id, usage_count FROM usage_counts WHERE {where}",
+                           params):
             counts[cid] = int(n)
     pages: dict[str, list[UsageEntry]] = {}
     used = [cid for cid in ids if counts.get(cid)]
@@ -301,10 +343,12 @@ def _usage(read: Reader, credential_ids: Sequence[str], usage_limit: int, *,
                 for cid in chunk:
                     params_list.extend([cid, usage_limit])
                 batches.append(read(sql, params_list))
-        for rows in batches:
-            for seq, ts, cid, details, hash_ in rows:
-                pages.setdefault(cid, []).append(UsageEntry(
-                    seq=int(seq), ts=ts, credential_id=cid, details=json.loads(details), hash=hash_))
+        rows = [row for batch in batches for row in batch]
+        # One decode for every page's details (each is canonical JSON: a JSON array of them is too)
+        decoded = json.loads("[" + ",".join(row[3] for row in rows) + "]")
+        for (seq, ts, cid, _, hash_), details in zip(rows, decoded, strict=True):
+            pages.setdefault(cid, []).append(UsageEntry(
+                seq=int(seq), ts=ts, credential_id=cid, details=details, hash=hash_))
     for page in pages.values():
         page.sort(key=lambda e: e.seq)
     return {cid: UsageSummary(count=counts.get(cid, 0), first=pages.get(cid, [])) for cid in ids}
@@ -327,8 +371,7 @@ def _lifecycle(read: Reader, credential_ids: Sequence[str], *, postgres: bool = 
         where, params = _id_filter(chunk, postgres)
         rows = read(f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} AND type IN ({types})"
                     " ORDER BY seq", (*params, *LIFECYCLE_TYPES))
-        for row in rows:
-            event = event_from_row(row)
+        for event in events_from_rows(rows):
             out.setdefault(str(event.credential_id), []).append(event)
     return out
 

@@ -2,6 +2,7 @@
 placeholders; the SQLite backend turns them into ``?``) and the row codecs."""
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -74,12 +75,34 @@ SQL_SET_REVOKED_AND_ENDED = (   # a revocation that also removed the backend res
     " WHERE credential_id = %s AND revoked_at IS NULL RETURNING credential_id"
 )
 SQL_INSERT_USAGE_LINE = (
-    "INSERT INTO usage_lines (seq, line_key, credential_id, at, statement) VALUES (%s, %s, %s, %s, %s)"
+    "INSERT INTO usage_lines (seq, line_key, credential_id, at, statement, fingerprint)"
+    " VALUES (%s, %s, %s, %s, %s, %s)"
 )
 # Column order of SQL_INSERT_EVENT / SQL_INSERT_USAGE_LINE, for bulk COPY.
 EVENT_INSERT_COLUMNS = ("seq", "ts", "type", "credential_id", "parent_id", "principal", "run",
                         "run_id", "authorizer", "target", "details", "prev_hash", "hash")
-USAGE_LINE_COLUMNS = ("seq", "line_key", "credential_id", "at", "statement")
+USAGE_LINE_COLUMNS = ("seq", "line_key", "credential_id", "at", "statement", "fingerprint")
+
+# -- projections (schema version 10), written in the event's own transaction --
+#: A mint's rows of the ``credential_lineage`` closure: itself at depth 0, then each of its
+#: parent's rows one deeper. Params: :func:`lineage_params`.
+SQL_INSERT_LINEAGE = (
+    "INSERT INTO credential_lineage (ancestor_id, depth, issued_at, credential_id)"
+    " SELECT %s, 0, %s, %s"
+    " UNION ALL"
+    " SELECT ancestor_id, depth + 1, %s, %s FROM credential_lineage WHERE credential_id = %s"
+)
+_ADD_USAGE_COUNT = (
+    "INSERT INTO usage_counts (credential_id, usage_count) VALUES {values}"
+    " ON CONFLICT (credential_id) DO UPDATE"
+    " SET usage_count = usage_counts.usage_count + excluded.usage_count"
+)
+_INSERT_USAGE_STATEMENTS = (
+    "INSERT INTO usage_statements (fingerprint, statement) VALUES {values}"
+    " ON CONFLICT (fingerprint) DO NOTHING"
+)
+#: Rows per multi-row VALUES statement below (two parameters each).
+_VALUES_CHUNK = 400
 SQL_GET_CREDENTIAL = f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE credential_id = %s"
 SQL_IS_REVOKED = "SELECT revoked_at FROM credentials WHERE credential_id = %s"
 SQL_EVENTS_FOR_CREDENTIAL = (
@@ -119,6 +142,41 @@ SQL_EVENTS_AFTER_HEAD = "SELECT min(seq) FROM events WHERE seq > %s"
 SQL_COUNT = "SELECT count(*) FROM events"
 
 
+def lineage_params(record: CredentialRecord) -> tuple[Any, ...]:
+    cid, issued = record.credential_id, record.issued_at
+    return (cid, issued, cid, issued, cid, record.parent_id)
+
+
+def statement_fingerprint(statement: str) -> str:
+    """``usage_lines.fingerprint`` / ``usage_statements.fingerprint`` of a statement text: the
+    first 32 hex digits of the SHA-256 of its UTF-8 (PostgreSQL computes the same in SQL for
+    the backfill; SQLite through the ``nhb_fingerprint`` function its backend registers)."""
+    return hashlib.sha256(statement.encode("utf-8")).hexdigest()[:32]
+
+
+def _values(sql: str, pairs: Sequence[tuple[Any, Any]]) -> list[Statement]:
+    out: list[Statement] = []
+    for start in range(0, len(pairs), _VALUES_CHUNK):
+        chunk = pairs[start:start + _VALUES_CHUNK]
+        params = tuple(value for pair in chunk for value in pair)
+        out.append((sql.format(values=", ".join(["(%s, %s)"] * len(chunk))), params))
+    return out
+
+
+def usage_count_statements(credential_ids: Sequence[str | None]) -> list[Statement]:
+    """Add the ``usage`` events of ``credential_ids`` (one entry per event) to ``usage_counts``."""
+    counts: dict[str, int] = {}
+    for cid in credential_ids:
+        if cid:
+            counts[cid] = counts.get(cid, 0) + 1
+    return _values(_ADD_USAGE_COUNT, sorted(counts.items()))
+
+
+def usage_statement_statements(fingerprints: dict[str, str]) -> list[Statement]:
+    """Record each distinct statement text (``{fingerprint: statement}``) once."""
+    return _values(_INSERT_USAGE_STATEMENTS, sorted(fingerprints.items()))
+
+
 def json_text(value: Any) -> str | None:
     """The TEXT stored for a JSON column: canonical JSON, which parses back to an equal value."""
     return None if value is None else canonical_json(value).decode("utf-8")
@@ -153,6 +211,42 @@ def credential_from_row(row: Row) -> CredentialRecord:
         expires_at=int(expires_at), revoked_at=None if revoked_at is None else int(revoked_at),
         ended_at=None if ended_at is None else int(ended_at), issuer=issuer,
         details=_json_value(details) or {})
+
+
+def _decode_all(texts: list[Any]) -> list[Any]:
+    """JSON columns of many rows in one ``json.loads`` (a JSON array of them; NULL is null)."""
+    return json.loads("[" + ",".join("null" if t is None else t for t in texts) + "]") if texts else []
+
+
+def events_from_rows(rows: Sequence[Row]) -> list[Event]:
+    """:func:`event_from_row` of every row, the JSON columns decoded in one call."""
+    values = iter(_decode_all([text for row in rows for text in (row[6], row[7], row[9])]))
+    out: list[Event] = []
+    for (seq, ts, type_, credential_id, parent_id, principal, _, _, target, _, prev_hash,
+         hash_) in rows:
+        run, authorizer, details = next(values), next(values), next(values)
+        out.append(Event(seq=int(seq), ts=ts, type=type_, credential_id=credential_id,
+                         parent_id=parent_id, principal=principal, run=run,
+                         authorizer=authorizer, target=target, details=details,
+                         prev_hash=prev_hash, hash=hash_))
+    return out
+
+
+def credentials_from_rows(rows: Sequence[Row]) -> list[CredentialRecord]:
+    """:func:`credential_from_row` of every row, the JSON columns decoded in one call."""
+    values = iter(_decode_all([text for row in rows for text in (row[3], row[4], row[13])]))
+    out: list[CredentialRecord] = []
+    for (credential_id, parent_id, principal, _, _, target, target_type, scope, issued_at,
+         expires_at, revoked_at, ended_at, issuer, _) in rows:
+        run, authorizer, details = next(values), next(values), next(values)
+        out.append(CredentialRecord(
+            credential_id=credential_id, parent_id=parent_id, principal=principal, run=run,
+            authorizer=authorizer, target=target, target_type=target_type, scope=scope,
+            issued_at=int(issued_at), expires_at=int(expires_at),
+            revoked_at=None if revoked_at is None else int(revoked_at),
+            ended_at=None if ended_at is None else int(ended_at), issuer=issuer,
+            details=details or {}))
+    return out
 
 
 def event_params(event: Event) -> tuple[Any, ...]:

@@ -247,6 +247,88 @@ _ATTESTATION_USES = (
     "CREATE INDEX attestation_uses_expires_idx ON attestation_uses (expires_at)",
 )
 
+# Version 10 (audit read model, broker/audit/queries.py and Ledger.find_usage): projections the
+# lineage, run and "who ran this" questions read instead of walking the credentials by
+# ``parent_id`` or scanning every usage line. The ledger's append path writes them in the
+# event's own transaction (broker/ledger/rows.py: SQL_INSERT_LINEAGE with each mint's
+# credential row, SQL_ADD_USAGE_COUNTS with usage events, SQL_INSERT_USAGE_STATEMENTS and
+# ``usage_lines.fingerprint`` with usage lines); this migration backfills them for a ledger
+# written before it (the same statements, :func:`projection_backfill`, rebuild a bulk-loaded one).
+#
+# * ``credential_lineage``: the closure of ``parent_id`` — one row per (ancestor, credential)
+#   pair, depth 0 being the credential itself. Descendants of X are the one index range
+#   ``ancestor_id = X`` in (depth, issued_at, credential_id) order, the order the answers use;
+#   ancestors of X are ``credential_id = X`` by depth.
+# * ``usage_counts``: how many ``usage`` events each credential has (a lineage shows the count
+#   of every node; a busy credential's count is one row, not an index walk over its usage).
+# * ``usage_statements``: each distinct statement text of a ``usage`` line once, by
+#   ``fingerprint`` (SHA-256 of its UTF-8, 32 hex digits), and ``usage_lines.fingerprint``
+#   indexed with (seq, at): "who ran this" matches the statement text against the distinct
+#   statements, then reads each matching statement's lines in seq order from the index.
+_LINEAGE_MAX_DEPTH = 64          # the backfill's bound (policies allow at most 10 levels)
+
+
+def _projection_tables(*, bigint: str, without_rowid: str) -> tuple[str, ...]:
+    return (
+        "CREATE TABLE credential_lineage ("
+        " ancestor_id TEXT NOT NULL,"
+        " depth INTEGER NOT NULL CHECK (depth >= 0),"
+        f" issued_at {bigint} NOT NULL,"
+        " credential_id TEXT NOT NULL,"
+        f" PRIMARY KEY (ancestor_id, depth, issued_at, credential_id)){without_rowid}",
+        "CREATE INDEX credential_lineage_credential_idx"
+        " ON credential_lineage (credential_id, depth, ancestor_id)",
+        "CREATE TABLE usage_counts ("
+        " credential_id TEXT PRIMARY KEY,"
+        f" usage_count {bigint} NOT NULL){without_rowid}",
+        "CREATE TABLE usage_statements ("
+        " fingerprint TEXT PRIMARY KEY,"
+        f" statement TEXT NOT NULL){without_rowid}",
+        "ALTER TABLE usage_lines ADD COLUMN fingerprint TEXT",
+    )
+
+
+def projection_backfill(dialect: str) -> tuple[Statement, ...]:
+    """Statements that (re)build the version-10 projections from ``credentials``, ``events``
+    and ``usage_lines``, into empty projection tables: the migration's backfill, and what a
+    bulk loader (bench/lineage.py) runs after writing rows behind the append path."""
+    fingerprint = ("substr(encode(sha256(convert_to(u.statement, 'UTF8')), 'hex'), 1, 32)"
+                   if dialect == "postgres" else "nhb_fingerprint(u.statement)")
+    lines = ("UPDATE usage_lines u SET fingerprint = " + fingerprint +
+             " FROM events e WHERE e.seq = u.seq AND e.type = 'usage' AND u.statement IS NOT NULL"
+             if dialect == "postgres" else
+             "UPDATE usage_lines AS u SET fingerprint = " + fingerprint +
+             " WHERE u.statement IS NOT NULL"
+             " AND EXISTS (SELECT 1 FROM events e WHERE e.seq = u.seq AND e.type = 'usage')")
+    return _plain(
+        "INSERT INTO credential_lineage (ancestor_id, depth, issued_at, credential_id)"
+        " WITH RECURSIVE up(credential_id, issued_at, ancestor_id, next_id, depth) AS ("
+        "  SELECT credential_id, issued_at, credential_id, parent_id, 0 FROM credentials"
+        "  UNION ALL"
+        "  SELECT up.credential_id, up.issued_at, c.credential_id, c.parent_id, up.depth + 1"
+        "  FROM up JOIN credentials c ON c.credential_id = up.next_id"
+        f"  WHERE up.depth < {_LINEAGE_MAX_DEPTH} AND c.credential_id <> up.credential_id)"
+        " SELECT ancestor_id, depth, issued_at, credential_id FROM up",
+        "INSERT INTO usage_counts (credential_id, usage_count)"
+        " SELECT credential_id, count(*) FROM events"
+        " WHERE type = 'usage' AND credential_id IS NOT NULL GROUP BY credential_id",
+        lines,
+        "INSERT INTO usage_statements (fingerprint, statement)"
+        " SELECT fingerprint, min(statement) FROM usage_lines"
+        " WHERE fingerprint IS NOT NULL GROUP BY fingerprint",
+    )
+
+
+def _projections(dialect: str) -> tuple[Statement, ...]:
+    if dialect == "postgres":
+        tables = _projection_tables(bigint="BIGINT", without_rowid="")
+    else:
+        tables = _projection_tables(bigint="INTEGER", without_rowid=" WITHOUT ROWID")
+    # The index after the backfill: built once rather than updated row by row.
+    return (*_plain(*tables), *projection_backfill(dialect),
+            *_plain("CREATE INDEX usage_lines_fingerprint_idx ON usage_lines (fingerprint, seq, at)"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         version=1,
@@ -320,6 +402,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="attestation_uses: single use that outlives the replay store",
         postgres=_plain(*_ATTESTATION_USES),
         sqlite=_plain(*_ATTESTATION_USES),
+    ),
+    Migration(
+        version=10,
+        description="lineage closure, usage counts, statement fingerprints (audit projections)",
+        postgres=_projections("postgres"),
+        sqlite=_projections("sqlite"),
     ),
 )
 

@@ -30,6 +30,7 @@ from broker.ledger.rows import (
     Row,
     Transaction,
     json_text,
+    statement_fingerprint,
 )
 from broker.ledger.schema import LATEST_VERSION, MIGRATIONS, SCHEMA_VERSION_DDL
 from broker.ledger.store import Ledger
@@ -69,6 +70,8 @@ class SQLiteLedger(Ledger):
         conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None,
                                check_same_thread=False)
         conn.execute("PRAGMA synchronous=FULL")
+        # SQL's statement_fingerprint, for migration 10's backfill (PostgreSQL has sha256()).
+        conn.create_function("nhb_fingerprint", 1, _fingerprint, deterministic=True)
         return conn
 
     @contextmanager
@@ -212,6 +215,10 @@ class _SQLiteTransaction:
     def insert_rows(self, table: str, columns: Sequence[str], sql_text: str,
                     rows: Sequence[Params]) -> None:
         self._conn.executemany(_q(sql_text), rows)
+
+
+def _fingerprint(statement: str | None) -> str | None:
+    return None if statement is None else statement_fingerprint(statement)
 
 
 def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:

@@ -56,6 +56,7 @@ from broker.ledger.rows import (
     SQL_HEAD,
     SQL_INSERT_CREDENTIAL,
     SQL_INSERT_EVENT,
+    SQL_INSERT_LINEAGE,
     SQL_INSERT_USAGE_LINE,
     SQL_IS_REVOKED,
     SQL_MOVE_HEAD,
@@ -73,6 +74,10 @@ from broker.ledger.rows import (
     credential_from_row,
     credential_params,
     event_from_row,
+    lineage_params,
+    statement_fingerprint,
+    usage_count_statements,
+    usage_statement_statements,
 )
 
 #: Keys per ``IN (…)`` probe of ``usage_lines`` (well under SQLite's variable limit).
@@ -81,6 +86,11 @@ _USAGE_KEY_CHUNK = 500
 PRUNE_EVERY = 60.0
 #: Parameters per ``IN (…)`` list (SQLite's default limit is 32766 variables).
 _IN_CHUNK = 900
+#: "Who ran this": at most this many distinct statements matching a search are read through
+#: the fingerprint index; beyond, one scan of the usage lines is cheaper.
+_MAX_FINGERPRINTS = 500
+#: SQLite allows at most 500 terms in one compound SELECT.
+_UNION_CHUNK = 200
 
 
 class Ledger(abc.ABC):
@@ -127,6 +137,8 @@ class Ledger(abc.ABC):
         group: GroupCommitter | None = self.__dict__.get("_group")
         if group is None:
             group = self.__dict__.setdefault("_group", GroupCommitter(self._commit_guarded))
+        if draft.type == "usage":           # the usage_counts projection, same transaction
+            extra = (*extra, *usage_count_statements([draft.credential_id]))
         return group.submit(Item(draft=draft, guard=guard, extra=tuple(extra), claim=claim,
                                  unclaim=unclaim))
 
@@ -200,6 +212,7 @@ class Ledger(abc.ABC):
         with self.unavailable_on_error("record_mint"):
             event = self._append_one(draft, guard=guard,
                                      extra=[(SQL_INSERT_CREDENTIAL, credential_params(credential)),
+                                            (SQL_INSERT_LINEAGE, lineage_params(credential)),
                                             *extra],
                                      claim=claim, unclaim=unclaim)
         assert event is not None or guard is not None
@@ -296,6 +309,7 @@ class Ledger(abc.ABC):
             events: list[Event] = []
             event_rows: list[tuple[Any, ...]] = []
             usage_rows: list[tuple[Any, ...]] = []
+            statements: dict[str, str] = {}
             for draft, line in items:
                 if line is not None:
                     if line[0] in seen:
@@ -307,12 +321,22 @@ class Ledger(abc.ABC):
                 events.append(event)
                 event_rows.append(row)
                 if line is not None:
-                    usage_rows.append((seq, line[0], event.credential_id or "", line[1], line[2]))
+                    # "who ran this" searches the statements of usage events (schema v10)
+                    fingerprint = None
+                    if draft.type == "usage" and line[2] is not None:
+                        fingerprint = statement_fingerprint(line[2])
+                        statements.setdefault(fingerprint, line[2])
+                    usage_rows.append((seq, line[0], event.credential_id or "", line[1], line[2],
+                                       fingerprint))
             if events:
                 tx.insert_rows("events", EVENT_INSERT_COLUMNS, SQL_INSERT_EVENT, event_rows)
                 if usage_rows:
                     tx.insert_rows("usage_lines", USAGE_LINE_COLUMNS, SQL_INSERT_USAGE_LINE,
                                    usage_rows)
+                for sql, params in (*usage_count_statements([e.credential_id for e in events
+                                                             if e.type == "usage"]),
+                                    *usage_statement_statements(statements)):
+                    tx.execute(sql, params)
                 tx.execute(SQL_MOVE_HEAD, (seq, prev_hash, head_ts))
         return events
 
@@ -462,26 +486,79 @@ class Ledger(abc.ABC):
         """``usage`` events whose statement contains ``statement`` (case-insensitive for
         ASCII) and that ran in ``[since, until)`` (RFC 3339 UTC as
         :func:`~broker.ledger.events.utc_timestamp` writes it, compared with the time the
-        database logged), ``seq > after_seq``, in seq order, at most ``limit``."""
-        where: list[str] = ["u.seq > %s", "e.type = 'usage'"]
-        params: list[Any] = [int(after_seq)]
+        database logged), ``seq > after_seq``, in seq order, at most ``limit``.
+
+        With ``statement`` (schema version 10): the text is matched against the distinct
+        statements (``usage_statements``), then each matching statement's lines are read from
+        ``usage_lines (fingerprint, seq, at)`` in seq order, ``limit`` at most per statement, and
+        merged; more than :data:`_MAX_FINGERPRINTS` matching statements (statements written with
+        their literals inline) fall back to one scan of the usage lines in seq order."""
+        limit = _positive(limit, "limit")
+        pattern = None
         if statement:
             escaped = statement.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            where.append("lower(u.statement) LIKE %s ESCAPE '\\'")
-            params.append(f"%{escaped}%")
-        if since is not None:
-            where.append("u.at >= %s")
-            params.append(since)
-        if until is not None:
-            where.append("u.at < %s")
-            params.append(until)
-        columns = ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
-        sql = (f"SELECT {columns} FROM usage_lines u JOIN events e ON e.seq = u.seq"
-               f" WHERE {' AND '.join(where)} ORDER BY u.seq LIMIT %s")
-        params.append(_positive(limit, "limit"))
+            pattern = f"%{escaped}%"
         with self.unavailable_on_error("find_usage"):
+            if pattern is not None:
+                rows = self.read("SELECT fingerprint FROM usage_statements"
+                                 " WHERE lower(statement) LIKE %s ESCAPE '\\' LIMIT %s",
+                                 (pattern, _MAX_FINGERPRINTS + 1))
+                if len(rows) <= _MAX_FINGERPRINTS:
+                    seqs = self._usage_seqs([r[0] for r in rows], since=since, until=until,
+                                            after_seq=int(after_seq), limit=limit)
+                    if not seqs:
+                        return []
+                    found = self.read(f"SELECT {EVENT_COLUMNS} FROM events WHERE seq IN"
+                                      f" ({', '.join(['%s'] * len(seqs))}) AND type = 'usage'"
+                                      " ORDER BY seq", seqs)
+                    return [event_from_row(row) for row in found]
+            where: list[str] = ["u.seq > %s", "e.type = 'usage'"]
+            params: list[Any] = [int(after_seq)]
+            if pattern is not None:
+                where.append("lower(u.statement) LIKE %s ESCAPE '\\'")
+                params.append(pattern)
+            if since is not None:
+                where.append("u.at >= %s")
+                params.append(since)
+            if until is not None:
+                where.append("u.at < %s")
+                params.append(until)
+            columns = ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
+            sql = (f"SELECT {columns} FROM usage_lines u JOIN events e ON e.seq = u.seq"
+                   f" WHERE {' AND '.join(where)} ORDER BY u.seq LIMIT %s")
+            params.append(limit)
             rows = self.read(sql, params)
         return [event_from_row(row) for row in rows]
+
+    def _usage_seqs(self, fingerprints: Sequence[str], *, since: str | None, until: str | None,
+                    after_seq: int, limit: int) -> list[int]:
+        """The first ``limit`` seqs (``> after_seq``, ``at`` in ``[since, until)``) of the usage
+        lines of ``fingerprints``: one bounded range of ``usage_lines_fingerprint_idx`` each."""
+        if not fingerprints:
+            return []
+        window, bounds = "", []
+        if since is not None:
+            window += " AND at >= %s"
+            bounds.append(since)
+        if until is not None:
+            window += " AND at < %s"
+            bounds.append(until)
+        one = f"SELECT seq FROM usage_lines WHERE fingerprint = %s AND seq > %s{window} ORDER BY seq LIMIT %s"
+        seqs: list[int] = []
+        if self.dialect == "postgres":
+            rows = self.read(f"SELECT u.seq FROM unnest(%s::text[]) AS f(fp) CROSS JOIN LATERAL"
+                             f" ({one.replace('= %s AND seq', '= f.fp AND seq', 1)}) AS u"
+                             " ORDER BY u.seq LIMIT %s",
+                             (list(fingerprints), after_seq, *bounds, limit, limit))
+            return [int(r[0]) for r in rows]
+        for start in range(0, len(fingerprints), _UNION_CHUNK):
+            chunk = fingerprints[start:start + _UNION_CHUNK]
+            sql = " UNION ALL ".join(f"SELECT * FROM ({one}) AS f{i}" for i in range(len(chunk)))
+            params: list[Any] = []
+            for fingerprint in chunk:
+                params.extend([fingerprint, after_seq, *bounds, limit])
+            seqs.extend(int(r[0]) for r in self.read(sql + " ORDER BY 1 LIMIT %s", [*params, limit]))
+        return sorted(seqs)[:limit]
 
     def iter_events(self, start_seq: int = 1, *, batch: int = 1000) -> Iterator[Event]:
         """Every event from ``start_seq`` on, in seq order, ``batch`` rows per query.
