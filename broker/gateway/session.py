@@ -56,6 +56,11 @@ _REDACTED = 2          # _flags: a secret was redacted from its text
 _unpack_u32 = p.unpack_u32_from
 _perf_ns = time.perf_counter_ns
 _HIGH_WATER = 1 << 20
+# After a FATAL the client gets this long to read it and hang up before the socket is closed.
+# Closing at once with unread client bytes in the kernel buffer makes Linux send a reset, and a
+# reset makes the client's kernel throw away the FATAL it has not read yet ("server closed the
+# connection unexpectedly" instead of the reason).
+_LINGER_SECONDS = 1.0
 
 # SQLSTATEs the gateway itself raises.
 ADMIN_SHUTDOWN = "57P01"
@@ -158,6 +163,7 @@ class Session:
         self._cwait: asyncio.Future[None] | None = None
         self._swait: asyncio.Future[None] | None = None
         self._clost = False
+        self._lingering = False
         self._slost = False
         # relay state
         self._ctail = bytearray()              # an incomplete client message
@@ -198,6 +204,8 @@ class Session:
         self.loop.create_task(self._handshake())
 
     def client_data(self, data: bytes) -> None:
+        if self._lingering:        # the session is over: read and drop until the client hangs up
+            return
         if self.relaying:
             self._relay_client(data)
             return
@@ -283,7 +291,20 @@ class Session:
     def _refuse(self, sqlstate: str, message: str) -> None:
         if self.client is not None and not self.client.is_closing():
             self.client.write(p.error_response(sqlstate, message, severity="FATAL"))
-            self.client.close()
+            self._close_client()
+
+    def _close_client(self) -> None:
+        """Close the client side after a FATAL so that the client is sure to read it: send FIN
+        (where the transport can), keep reading and dropping what the client still sends, and
+        close when it hangs up or after ``_LINGER_SECONDS`` (a lingering close, as web servers do)."""
+        client = self.client
+        if client is None or client.is_closing() or self._lingering:
+            return
+        self._lingering = True
+        if client.can_write_eof():
+            client.write_eof()
+        client.resume_reading()
+        self.loop.call_later(_LINGER_SECONDS, client.close)
 
     # ------------------------------------------------------------ handshake
     async def _handshake(self) -> None:
@@ -828,7 +849,7 @@ class Session:
         self._end_reason = reason
         if self.client is not None and not self.client.is_closing():
             self.client.write(p.error_response(sqlstate, message or reason, severity="FATAL"))
-            self.client.close()
+            self._close_client()
         if self.server is not None and not self.server.is_closing():
             if forward_pending:
                 self.server.write(p.terminate())
@@ -843,6 +864,8 @@ class Session:
             self._expiry.cancel()
         for transport in (self.client, self.server):
             if transport is not None and not transport.is_closing():
+                if transport is self.client and self._lingering:
+                    continue               # closes itself when the client hangs up or the linger ends
                 transport.close()
         self.worker.unregister(self)
         if self.relaying and record:
