@@ -1,12 +1,13 @@
 """Group commit: concurrent appends of one process share one chain transaction.
 
 Every append that adds one event (a mint, a deny, a revoke, an approval…) is an
-:class:`Item`. A thread that appends queues its item and takes the commit lock; whoever holds
-the lock takes **every** item queued so far and commits them in one transaction — one head lock,
-one commit, each event still sealed in queue order into the one chain, each guard still run in
-order (so two mints consuming one approval cannot both succeed). The others find their item done
-when they get the lock, and return at once. Under load the batches grow by themselves; alone, a
-thread commits its own item with no added wait.
+:class:`Item`. A thread that appends queues its item; when no batch is being committed it
+leads: it takes **every** item queued so far and commits them in one transaction — one head
+lock, one commit, each event still sealed in queue order into the one chain, each guard still
+run in order (so two mints consuming one approval cannot both succeed). The others wait until
+their item is done and return at once: a caller never waits behind a later batch it is not in,
+so it can queue its next item while that batch commits. Under load the batches grow by
+themselves; alone, a thread commits its own item with no added wait.
 
 Each caller returns only after the transaction that holds its event has committed (durable), and
 with that event (or None when its guard matched nothing). When a batch fails (the database went
@@ -42,31 +43,59 @@ class Item:
     done: bool = False
     event: Event | None = None
     error: BaseException | None = None
+    wake: threading.Lock | None = None      # the waiting caller's (GroupCommitter.submit)
 
 
 class GroupCommitter:
-    """Batches :class:`Item`s into ``commit(items)`` calls (the backend's one transaction)."""
+    """Batches :class:`Item`s into ``commit(items)`` calls (the backend's one transaction).
+
+    Leader and followers: a caller queues its item; if no batch is being committed it becomes
+    the leader, takes every queued item (at most ``max_batch``) and commits them without
+    holding the queue lock. The others each block on their own item's wake-up lock, not on the
+    commit: the leader wakes the members of its batch when it is done (so they return, and can
+    queue their next item, while the next batch commits) and hands the lead to the owner of
+    the oldest item still queued. One wake-up per item, none per waiting thread and batch.
+    """
 
     def __init__(self, commit: Callable[[list[Item]], None], *, max_batch: int = MAX_BATCH) -> None:
         self._commit = commit
         self._max_batch = max_batch
         self._queue: list[Item] = []
-        self._queue_lock = threading.Lock()
-        self._commit_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._leading = False       # a batch is being committed, or the lead is being handed on
         self.batches = 0            # transactions committed or failed (for benchmarks)
         self.items = 0              # items they held
 
     def submit(self, item: Item) -> Event | None:
-        with self._queue_lock:
+        wake = item.wake = threading.Lock()
+        wake.acquire()
+        with self._lock:
             self._queue.append(item)
-        with self._commit_lock:
-            if not item.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
-                self._run(batch)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            wake.acquire()                  # released when the item is done, or handed the lead
+        if not item.done:
+            self._lead(item)
         if item.error is not None:
             raise item.error
         return item.event
+
+    def _lead(self, item: Item) -> None:
+        """Commit batches in queue order until one has taken ``item`` (a full batch may not
+        reach it), then hand the lead to the oldest item still queued, if any."""
+        while not item.done:
+            with self._lock:
+                batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
+            self._run(batch)
+            for member in batch:
+                if member is not item:
+                    member.wake.release()   # type: ignore[union-attr]
+        with self._lock:
+            if self._queue:
+                self._queue[0].wake.release()   # type: ignore[union-attr]  # it leads next
+            else:
+                self._leading = False
 
     def _run(self, batch: list[Item]) -> None:
         self.batches += 1
