@@ -82,6 +82,12 @@ SQL_INSERT_USAGE_LINE = (
 EVENT_INSERT_COLUMNS = ("seq", "ts", "type", "credential_id", "parent_id", "principal", "run",
                         "run_id", "authorizer", "target", "details", "prev_hash", "hash")
 USAGE_LINE_COLUMNS = ("seq", "line_key", "credential_id", "at", "statement", "fingerprint")
+#: The columns of SQL_INSERT_CREDENTIAL, in its parameter order (a batch may COPY them).
+CREDENTIAL_INSERT_COLUMNS = ("credential_id", "parent_id", "principal", "run", "run_id",
+                             "authorizer", "target", "target_type", "scope", "issued_at",
+                             "expires_at", "revoked_at", "ended_at", "issuer", "details",
+                             "backend_user")
+LINEAGE_COLUMNS = ("ancestor_id", "depth", "issued_at", "credential_id")
 
 # -- projections (schema version 10), written in the event's own transaction --
 #: A mint's rows of the ``credential_lineage`` closure: itself at depth 0, then each of its

@@ -73,3 +73,117 @@ def test_a_failed_batch_fails_every_caller_in_it() -> None:
     assert calls == [1, 3]
     assert all(isinstance(i.error, errors.LedgerUnavailable) and i.event is None for i in items)
     assert len({id(i.error) for i in items}) == 3          # each caller raises its own copy
+
+
+def test_a_caller_whose_item_misses_a_full_batch_waits_for_the_next() -> None:
+    """More appends queued than one batch takes: each caller still returns its own event, never
+    None (the lock holder's batch may hold other callers' items and not its own)."""
+    committed: list[list[int]] = []
+    gate = threading.Event()
+
+    def commit(items: list[Item]) -> None:
+        gate.wait(10)                       # the first holder waits until all are queued
+        committed.append([int(i.draft.details["n"]) for i in items])
+        for i in items:
+            i.event = i.draft  # type: ignore[assignment]   # any non-None marker of "written"
+
+    group = GroupCommitter(commit, max_batch=2)
+    got: dict[int, object] = {}
+    threads = [threading.Thread(target=lambda n=n: got.__setitem__(
+        n, group.submit(Item(draft=EventDraft(type="deny", details={"n": n}))))) for n in range(9)]
+    for t in threads:
+        t.start()
+    while len(group._queue) + group.items < 9:   # every caller has queued its item
+        threading.Event().wait(0.01)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert sorted(got) == list(range(9))
+    assert all(got[n] is not None and got[n].details["n"] == n for n in got)  # type: ignore[attr-defined]
+    assert all(len(batch) <= 2 for batch in committed)
+    assert sorted(n for batch in committed for n in batch) == list(range(9))
+
+
+def _mint_item(ledger: Ledger, cid: str, *, key: str, parent: str | None = None,
+               now: int = 1_000) -> Item:
+    """The Item record_mint queues for a mint claiming attestation ``key``."""
+    from broker.common.canonical import sha256_hex
+    from broker.ledger.rows import (
+        SQL_CLAIM_SINGLE_USE,
+        SQL_INSERT_CREDENTIAL,
+        SQL_INSERT_LINEAGE,
+        SQL_UNCLAIM_SINGLE_USE,
+        credential_params,
+        lineage_params,
+    )
+
+    record = CredentialRecord(credential_id=cid, principal="p", run={"id": "r1"},
+                              authorizer={"type": "policy"}, target="t", target_type="jwt",
+                              scope="s", issued_at=now, expires_at=now + 300, parent_id=parent)
+    digest = sha256_hex(key.encode())
+    return Item(draft=EventDraft(type="mint", credential_id=cid, parent_id=parent, principal="p",
+                                 run={"id": "r1"}, target="t"),
+                extra=((SQL_INSERT_CREDENTIAL, credential_params(record)),
+                       (SQL_INSERT_LINEAGE, lineage_params(record))),
+                claim=(SQL_CLAIM_SINGLE_USE, (digest, now + 360, cid, now)),
+                unclaim=(SQL_UNCLAIM_SINGLE_USE, (digest, cid)))
+
+
+def test_a_large_batch_of_mints_writes_what_one_by_one_would(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch past the PostgreSQL backend's COPY threshold (and the same batch on SQLite):
+    each mint its event, credential and lineage rows; an attestation already used, and one
+    repeated within the batch, refused with SingleUseTaken and nothing written for them."""
+    from broker.ledger.errors import SingleUseTaken
+    from broker.ledger.postgres import COPY_BATCH
+
+    ledger._commit_guarded([_mint_item(ledger, "root", key="k-root")])
+    items = [_mint_item(ledger, f"c{n}", key=f"k{n}") for n in range(COPY_BATCH + 4)]
+    items[3] = _mint_item(ledger, "c3", key="k-root")                  # used before
+    items[6] = _mint_item(ledger, "c6", key="k5")                      # repeats item 5's
+    items[8] = _mint_item(ledger, "c8", key="k8", parent="root")      # a child: lineage walk
+    copied: list[int] = []
+    if ledger.dialect == "postgres":
+        original = ledger._commit_copy  # type: ignore[attr-defined]
+        monkeypatch.setattr(ledger, "_commit_copy",
+                            lambda batch: (copied.append(len(batch)), original(batch))[1])
+    ledger._commit_guarded(items)
+    assert copied == ([len(items)] if ledger.dialect == "postgres" else [])
+    refused = {i.draft.credential_id for i in items if i.error is not None}
+    assert refused == {"c3", "c6"}
+    assert all(isinstance(i.error, SingleUseTaken) and i.event is None
+               for i in items if i.error is not None)
+    written = [i for i in items if i.error is None]
+    assert [i.event.seq for i in written] == list(range(2, 2 + len(written)))
+    for item in written:
+        cid = item.draft.credential_id or ""
+        record = ledger.get_credential(cid)
+        assert record is not None and record.issued_at == 1_000 and record.scope == "s"
+    assert ledger.get_credential("c3") is None and ledger.get_credential("c6") is None
+    assert [r.credential_id for r in ledger.ancestors_of("c8")] == ["c8", "root"]
+    rows = ledger.read("SELECT ancestor_id, depth FROM credential_lineage WHERE credential_id = %s"
+                       " ORDER BY depth", ("c8",))
+    assert [tuple(r) for r in rows] == [("c8", 0), ("root", 1)]
+    rows = ledger.read("SELECT ancestor_id, depth FROM credential_lineage WHERE credential_id = %s",
+                       ("c0",))
+    assert [tuple(r) for r in rows] == [("c0", 0)]
+    assert ledger.verify().ok and ledger.verify().count == 1 + len(written)
+    # the claims are anchored: the same attestation again is refused, one by one too
+    again = _mint_item(ledger, "c-again", key="k0")
+    ledger._commit_guarded([again])
+    assert isinstance(again.error, SingleUseTaken)
+
+
+def test_a_large_batch_with_a_guard_keeps_the_one_by_one_path(ledger: Ledger) -> None:
+    """A guard decides per item (in order), so a batch holding one is not copied."""
+    from broker.ledger.postgres import COPY_BATCH
+    from broker.ledger.rows import SQL_SET_REVOKED
+
+    ledger.record_mint(EventDraft(type="mint", credential_id="c1"), _record("c1"))
+    items = [Item(draft=EventDraft(type="deny", details={"n": n})) for n in range(COPY_BATCH)]
+    items += [Item(draft=EventDraft(type="revoke", credential_id="c1", details={"n": n}),
+                   guard=(SQL_SET_REVOKED, (10, "c1"))) for n in (1, 2)]
+    ledger._commit_guarded(items)
+    assert all(i.event is not None for i in items[:COPY_BATCH])
+    assert items[-2].event is not None and items[-1].event is None
+    assert ledger.verify().ok
