@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= dev,postgres,redis,vault,demo,gateway,aws
 
-.PHONY: demo test services browser bench bench-lineage bench-postgres bench-openbao bench-faults bench-soak bench-serving clean
+.PHONY: demo test services browser bench bench-lineage bench-postgres bench-openbao bench-faults bench-soak bench-serving bench-ledger clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ bench-soak: $(VENV)/.installed-test services
 # when installed), side by side, ratios against `broker serve`'s default.
 bench-serving: $(VENV)/.installed-test services
 	BROKER_INSECURE_DEV_ISSUER=1 $(BIN)/python -m bench.serving
+
+# Concurrent ledger appends on PostgreSQL: group commit vs one commit each, and append_many.
+bench-ledger: $(VENV)/.installed-test services
+	$(BIN)/python -m bench.ledger
 
 clean:
 	rm -rf $(VENV) .broker .pytest_cache .mypy_cache .ruff_cache build *.egg-info
