@@ -44,7 +44,7 @@ from broker.gateway import protocol as p
 from broker.gateway.config import GatewayConfig, ListenerConfig, parse_address
 from broker.gateway.login import Authenticator, Authorized, LoginRefused
 from broker.gateway.recording import RecordSink, StatementInfo, Statements, encode_json_string
-from broker.gateway.session import Session
+from broker.gateway.session import LINGER_SECONDS, Session
 from broker.gateway.spool import Drainer, SpoolError, SpoolWriter
 
 log = logging.getLogger("broker.gateway")
@@ -277,15 +277,22 @@ class Worker:
         for runtime in self.listeners:
             if runtime.server is not None:
                 runtime.server.close()
-        for session in list(self.sessions):
+        ending = list(self.sessions)
+        for session in ending:
             session.drain()
         deadline = time.monotonic() + grace
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        ending.extend(self.sessions)
         for session in list(self.sessions):
             session.end("gateway shut down before the statement finished", "57P01",
                         "the gateway is shutting down")
+        # Each ended client gets its FATAL read before the process exits and closes its
+        # socket (an exit with unread client bytes would reset the connection instead).
+        linger_until = time.monotonic() + LINGER_SECONDS
         await asyncio.sleep(0.05)
+        while any(s.lingering for s in ending) and time.monotonic() < linger_until:
+            await asyncio.sleep(0.05)
         if self.flush_handle is not None:
             self.flush_handle.cancel()
         self.spool.close()

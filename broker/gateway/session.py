@@ -60,7 +60,7 @@ _HIGH_WATER = 1 << 20
 # Closing at once with unread client bytes in the kernel buffer makes Linux send a reset, and a
 # reset makes the client's kernel throw away the FATAL it has not read yet ("server closed the
 # connection unexpectedly" instead of the reason).
-_LINGER_SECONDS = 1.0
+LINGER_SECONDS = 1.0
 
 # SQLSTATEs the gateway itself raises.
 ADMIN_SHUTDOWN = "57P01"
@@ -91,6 +91,10 @@ class Refusal(Exception):
         super().__init__(message)
         self.sqlstate = sqlstate
         self.message = message
+
+
+def _drop(data: bytes) -> None:
+    """What a lingering client socket does with the bytes it still receives."""
 
 
 class _Side(asyncio.Protocol):
@@ -293,18 +297,28 @@ class Session:
             self.client.write(p.error_response(sqlstate, message, severity="FATAL"))
             self._close_client()
 
+    @property
+    def lingering(self) -> bool:
+        """The session has ended and its client socket is still open for the client to read the
+        FATAL (see ``_close_client``)."""
+        return self._lingering and self.client is not None and not self.client.is_closing()
+
     def _close_client(self) -> None:
         """Close the client side after a FATAL so that the client is sure to read it: send FIN
         (where the transport can), keep reading and dropping what the client still sends, and
-        close when it hangs up or after ``_LINGER_SECONDS`` (a lingering close, as web servers do)."""
+        close when it hangs up or after ``LINGER_SECONDS`` (a lingering close, as web servers do)."""
         client = self.client
         if client is None or client.is_closing() or self._lingering:
             return
         self._lingering = True
+        # read and drop: while relaying the transport calls _relay_client directly, which would
+        # record (and try to forward) statements the ended session never runs
+        self.client_side.data_received = _drop  # type: ignore[method-assign]
+        client.set_protocol(self.client_side)   # uvloop reads data_received at set_protocol
         if client.can_write_eof():
             client.write_eof()
         client.resume_reading()
-        self.loop.call_later(_LINGER_SECONDS, client.close)
+        self.loop.call_later(LINGER_SECONDS, client.close)
 
     # ------------------------------------------------------------ handshake
     async def _handshake(self) -> None:

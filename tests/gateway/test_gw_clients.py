@@ -206,8 +206,19 @@ def test_cancel_request_is_mapped_and_recorded(gateway, gw_dsn):
     assert sleep["sqlstate"] == "57014"
 
 
+def _fatal_reasons(conn: psycopg.Connection) -> list[str]:
+    """Where libpq puts a FATAL: the error of the statement it answers, or, when it arrives
+    while the connection is idle (read together with the previous answer), the notice
+    processor (psql prints it from there) — then the error is only "server closed the
+    connection unexpectedly". A real PostgreSQL's pg_terminate_backend behaves the same."""
+    notices: list[str] = []
+    conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+    return notices
+
+
 def test_end_credential_closes_the_session_within_a_second(gateway, gw_dsn):
     with psycopg.connect(gw_dsn, autocommit=True) as conn:
+        notices = _fatal_reasons(conn)
         conn.execute("select 1")
         start = time.monotonic()
         gateway.end_credential(CREDENTIAL, "revoked by test")
@@ -216,10 +227,27 @@ def test_end_credential_closes_the_session_within_a_second(gateway, gw_dsn):
                 conn.execute("select 1")
                 time.sleep(0.05)
         assert time.monotonic() - start < 1.5
-        assert "credential has been ended" in str(info.value)
+        assert "credential has been ended" in " ".join([str(info.value), *notices])
     records = gateway.wait_records(disconnected())
     disconnect = next(r for r in records if r["type"] == "disconnect")
     assert "revoked by test" in disconnect["reason"]
+
+
+def test_what_a_client_sends_after_its_session_ended_is_not_recorded(gateway, gw_dsn):
+    """After the FATAL the gateway keeps the socket open a moment (so the client reads it
+    rather than a reset) and drops what arrives: no statement record for what never ran."""
+    with psycopg.connect(gw_dsn, autocommit=True) as conn:
+        notices = _fatal_reasons(conn)
+        conn.execute("select 1")
+        gateway.end_credential(CREDENTIAL, "revoked by test")
+        gateway.wait_records(disconnected())
+        with pytest.raises(psycopg.OperationalError) as info:
+            conn.execute("select 'after the end'")
+        assert "credential has been ended" in " ".join([str(info.value), *notices])
+    time.sleep(0.5)                     # anything recorded has been drained by now
+    assert [u["statement"] for u in gateway.usage()] == ["select 1"]
+    spooled = b"".join(f.read_bytes() for f in gateway.spool_dir.rglob("*") if f.is_file())
+    assert b"select 1" in spooled and b"after the end" not in spooled   # not even spooled
 
 
 def test_graceful_shutdown_lets_a_running_statement_finish(gateway, gw_dsn):
@@ -238,3 +266,31 @@ def test_graceful_shutdown_lets_a_running_statement_finish(gateway, gw_dsn):
     gateway.proc.wait(20)
     sleep = next(u for u in gateway.usage() if u["statement"] == "select pg_sleep(1.0), 5")
     assert sleep["outcome"] == "ok"
+
+
+def test_a_busy_client_reads_the_shutdown_reason_not_a_reset(gateway, gw_dsn):
+    """A client sending statements back to back while the gateway shuts down gets the FATAL
+    57P01 with its reason: the gateway lingers on the socket (reading and dropping what the
+    client still sends) instead of closing it with unread bytes, which resets the connection
+    and makes the client's kernel discard the FATAL."""
+    with psycopg.connect(gw_dsn, autocommit=True) as conn:
+        notices = _fatal_reasons(conn)
+        failure: dict[str, BaseException] = {}
+
+        def run():
+            try:
+                while True:
+                    conn.execute("select 1")
+            except psycopg.Error as exc:
+                failure["error"] = exc
+
+        t = threading.Thread(target=run)
+        t.start()
+        time.sleep(0.3)
+        gateway.proc.send_signal(15)
+        t.join(10)
+        assert not t.is_alive()
+        error = failure["error"]
+        reasons = " ".join([str(error), *notices])
+        assert "the gateway is shutting down" in reasons, reasons
+    gateway.proc.wait(20)
