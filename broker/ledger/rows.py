@@ -107,6 +107,19 @@ _INSERT_USAGE_STATEMENTS = (
     "INSERT INTO usage_statements (fingerprint, statement) VALUES {values}"
     " ON CONFLICT (fingerprint) DO NOTHING"
 )
+#: PostgreSQL: the same two statements with one array parameter per column (psycopg parses a
+#: long multi-row VALUES text on every call: most of a big usage batch's client time).
+_ADD_USAGE_COUNT_PG = (
+    "INSERT INTO usage_counts (credential_id, usage_count)"
+    " SELECT * FROM unnest(%s::text[], %s::bigint[])"
+    " ON CONFLICT (credential_id) DO UPDATE"
+    " SET usage_count = usage_counts.usage_count + excluded.usage_count"
+)
+_INSERT_USAGE_STATEMENTS_PG = (
+    "INSERT INTO usage_statements (fingerprint, statement)"
+    " SELECT * FROM unnest(%s::text[], %s::text[])"
+    " ON CONFLICT (fingerprint) DO NOTHING"
+)
 #: Rows per multi-row VALUES statement below (two parameters each).
 _VALUES_CHUNK = 400
 SQL_GET_CREDENTIAL = f"SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE credential_id = %s"
@@ -169,18 +182,27 @@ def _values(sql: str, pairs: Sequence[tuple[Any, Any]]) -> list[Statement]:
     return out
 
 
-def usage_count_statements(credential_ids: Sequence[str | None]) -> list[Statement]:
+def usage_count_statements(credential_ids: Sequence[str | None], dialect: str = "") -> list[Statement]:
     """Add the ``usage`` events of ``credential_ids`` (one entry per event) to ``usage_counts``."""
     counts: dict[str, int] = {}
     for cid in credential_ids:
         if cid:
             counts[cid] = counts.get(cid, 0) + 1
+    if dialect == "postgres" and len(counts) > 1:
+        return _arrays(_ADD_USAGE_COUNT_PG, sorted(counts.items()))
     return _values(_ADD_USAGE_COUNT, sorted(counts.items()))
 
 
-def usage_statement_statements(fingerprints: dict[str, str]) -> list[Statement]:
+def usage_statement_statements(fingerprints: dict[str, str], dialect: str = "") -> list[Statement]:
     """Record each distinct statement text (``{fingerprint: statement}``) once."""
+    if dialect == "postgres" and len(fingerprints) > 1:
+        return _arrays(_INSERT_USAGE_STATEMENTS_PG, sorted(fingerprints.items()))
     return _values(_INSERT_USAGE_STATEMENTS, sorted(fingerprints.items()))
+
+
+def _arrays(sql: str, pairs: Sequence[tuple[Any, Any]]) -> list[Statement]:
+    """One statement with a column array per side of ``pairs`` (PostgreSQL ``unnest``)."""
+    return [(sql, ([a for a, _ in pairs], [b for _, b in pairs]))]
 
 
 def json_text(value: Any) -> str | None:

@@ -299,6 +299,11 @@ class Ledger(abc.ABC):
             seq, prev_hash, head_ts = int(head[0][0]), head[0][1], head[0][2]
             keys = list(dict.fromkeys(line[0] for _, line in items if line is not None))
             seen: set[str] = set()
+            if self.dialect == "postgres" and keys:     # one array parameter, one short text
+                rows = tx.execute("SELECT line_key FROM usage_lines WHERE line_key = ANY(%s)",
+                                  (keys,))
+                seen.update(row[0] for row in rows)
+                keys = []
             for start in range(0, len(keys), _USAGE_KEY_CHUNK):
                 chunk = keys[start:start + _USAGE_KEY_CHUNK]
                 rows = tx.execute("SELECT line_key FROM usage_lines WHERE line_key IN"
@@ -334,8 +339,8 @@ class Ledger(abc.ABC):
                     tx.insert_rows("usage_lines", USAGE_LINE_COLUMNS, SQL_INSERT_USAGE_LINE,
                                    usage_rows)
                 for sql, params in (*usage_count_statements([e.credential_id for e in events
-                                                             if e.type == "usage"]),
-                                    *usage_statement_statements(statements)):
+                                                             if e.type == "usage"], self.dialect),
+                                    *usage_statement_statements(statements, self.dialect)):
                     tx.execute(sql, params)
                 tx.execute(SQL_MOVE_HEAD, (seq, prev_hash, head_ts))
         return events
