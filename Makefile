@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= dev,postgres,redis,vault,demo,gateway,aws
 
-.PHONY: demo test services browser bench bench-lineage bench-postgres bench-openbao bench-faults bench-soak bench-serving bench-ledger clean
+.PHONY: demo test services browser bench bench-lineage bench-postgres bench-openbao bench-faults bench-soak bench-serving bench-ledger bench-targets clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,11 @@ bench-serving: $(VENV)/.installed-test services
 # Concurrent ledger appends on PostgreSQL: group commit vs one commit each, and append_many.
 bench-ledger: $(VENV)/.installed-test services
 	$(BIN)/python -m bench.ledger
+
+# Issue 14's targets table: every row's bench in sequence, with its command and figures
+# (about half an hour; QUICK=1 for smaller sizes).
+bench-targets: $(VENV)/.installed-test services
+	$(BIN)/python -m bench.targets $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) .broker .pytest_cache .mypy_cache .ruff_cache build *.egg-info

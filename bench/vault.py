@@ -7,6 +7,10 @@ OpenBao directly, in the same run, on the same OpenBao and PostgreSQL.
   JWKS), replay check, policy, ``GET database/creds/<role>`` with the broker's Vault token,
   ``sys/leases/renew`` to cut the lease to the policy's TTL, sign the ES256 JWT, append the
   mint to the hash-chained ledger (PostgreSQL) — the whole pipeline.
+* **broker-pg**: the same exchange for the broker's own ``postgres`` target on the same
+  PostgreSQL: ``CREATE ROLE … VALID UNTIL … IN ROLE`` with a broker-computed SCRAM verifier
+  per mint, no Vault in the path (issue 14's second row: PostgreSQL credentials against
+  OpenBao's JWT login + ``database/creds``). Its roles are dropped at the end.
 * **direct**: what a workload does without the broker: ``POST auth/jwt/login`` with the same
   kind of attestation (OpenBao verifies it against the same JWKS), then
   ``GET database/creds/<role>`` with the token it got. No attribution, no ledger.
@@ -51,10 +55,18 @@ role: {role}
 connect: {{host: 127.0.0.1, port: 5432, dbname: postgres}}
 max_ttl: 15m
 ---
+kind: target
+name: bench-pg
+type: postgres
+admin_dsn_env: NHB_BENCH_PG_ADMIN_DSN
+grants: [{grant}]
+connection_limit: 2
+max_ttl: 15m
+---
 kind: policy
 name: bench-db
 issuer: bench
-targets: [bench-db]
+targets: [bench-db, bench-pg]
 match: {{repository: acme/payments, ref: {{glob: "refs/heads/*"}}}}
 """
 
@@ -175,56 +187,77 @@ def main() -> None:
     workers = args.workers or default_workers()
     rows: list[tuple[str, int, dict[str, float]]] = []
     bao = Bao()
+    grant = f"bench_pg_reader_{secrets.token_hex(3)}"
+    pg_admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    import psycopg
+    from psycopg import sql
+
+    from bench.postgres import drop_minted
+
+    with psycopg.connect(pg_admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(grant)))
+    paths = ("broker", "broker-pg", "direct")
     try:
         with DevIssuer() as issuer, tempfile.TemporaryDirectory() as tmp, fresh_pg_database() as ledger_url:
             bao.configure(issuer.issuer, role_default_ttl=args.role_default_ttl)
             policy_dir = Path(tmp) / "policies"
             policy_dir.mkdir()
             (policy_dir / "bench.yaml").write_text(
-                POLICY.format(issuer=issuer.issuer, audience=AUDIENCE, role=ROLE))
+                POLICY.format(issuer=issuer.issuer, audience=AUDIENCE, role=ROLE, grant=grant))
             n = args.requests
             warm = 80
-            print(f"pre-signing {4 * n + 2 * warm} attestations …", flush=True)
+            print(f"pre-signing {2 * len(paths) * n + 3 * warm} attestations …", flush=True)
             attestations = [issuer.mint_github(audience=AUDIENCE, ttl=1800)
-                            for _ in range(4 * n + 2 * warm)]
+                            for _ in range(2 * len(paths) * n + 3 * warm)]
             env = {"BROKER_POLICY_DIR": str(policy_dir), "BROKER_STATE_DIR": str(Path(tmp) / "state"),
                    "BROKER_DATABASE_URL": ledger_url, "BROKER_REDIS_URL": args.redis_url,
-                   "BROKER_REAPER_INTERVAL": "0",
+                   "BROKER_REAPER_INTERVAL": "0", "NHB_BENCH_PG_ADMIN_DSN": pg_admin,
                    "NHB_BENCH_VAULT_ADDR": bao.addr, "NHB_BENCH_VAULT_TOKEN": bao.token}
             with broker_process(env, workers=workers, threads=args.threads) as base:
                 # Warm up: every worker logs in to Vault and opens its pools.
                 run_load(base, [exchange_body(t, "bench-db") for t in attestations[:warm]], 4)
-                run_direct(bao.port, attestations[warm:2 * warm], 4)
-                offset = 2 * warm
+                run_load(base, [exchange_body(t, "bench-pg") for t in attestations[warm:2 * warm]], 4)
+                run_direct(bao.port, attestations[2 * warm:3 * warm], 4)
+                offset = 3 * warm
                 for clients in (1, 4):
-                    for label in ("broker", "direct"):
+                    for label in paths:
                         chunk = attestations[offset:offset + n]
                         offset += n
-                        if label == "broker":
-                            result = run_load(base, [exchange_body(t, "bench-db") for t in chunk], clients)
-                        else:
+                        if label == "direct":
                             result = run_direct(bao.port, chunk, clients)
+                        else:
+                            target = "bench-db" if label == "broker" else "bench-pg"
+                            result = run_load(base, [exchange_body(t, target) for t in chunk], clients)
                         rows.append((label, clients, result))
-                        print(f"{label:8s} clients={clients}  {result['per_second']:7.1f} mints/s  "
+                        print(f"{label:9s} clients={clients}  {result['per_second']:7.1f} mints/s  "
                               f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms  "
                               f"failures {result['failures']}", flush=True)
             bao.revoke_all()
     finally:
         bao.stop()
+        print(f"dropped {drop_minted(pg_admin, 'bench-pg')} roles minted for bench-pg", flush=True)
+        with psycopg.connect(pg_admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(grant)))
 
     print()
-    print(f"vault-database mints, gunicorn {workers} workers x {args.threads} threads,"
+    print(f"vault-database (broker) and postgres (broker-pg) mints, gunicorn {workers} workers"
+          f" x {args.threads} threads,"
           f" {os.cpu_count()} CPUs, "
           f"{args.requests} requests per row; OpenBao dev server and PostgreSQL on this machine")
-    print(f"{'path':8s} {'clients':>7s} {'mints/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'failures':>8s}")
+    print(f"{'path':9s} {'clients':>7s} {'mints/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'failures':>8s}")
     for label, clients, r in rows:
-        print(f"{label:8s} {clients:7d} {r['per_second']:9.1f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
+        print(f"{label:9s} {clients:7d} {r['per_second']:9.1f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
               f"{r['failures']:8d}")
     by = {(label, clients): r for label, clients, r in rows}
     for clients in (1, 4):
-        b, d = by[("broker", clients)], by[("direct", clients)]
-        print(f"clients={clients}: broker/direct throughput {b['per_second'] / d['per_second']:.2f}x, "
-              f"p50 {b['p50_ms'] / d['p50_ms']:.2f}x, p99 {b['p99_ms'] / d['p99_ms']:.2f}x")
+        d = by[("direct", clients)]
+        for label in ("broker", "broker-pg"):
+            b = by[(label, clients)]
+            print(f"clients={clients}: {label}/direct throughput "
+                  f"{b['per_second'] / d['per_second']:.2f}x, p50 {b['p50_ms'] / d['p50_ms']:.2f}x, "
+                  f"p99 {b['p99_ms'] / d['p99_ms']:.2f}x")
+    print("target (issue 14, PostgreSQL credentials): broker-pg/direct >= 2.5x, p99 <= 0.5x "
+          "(aim >= 3x)")
 
 
 if __name__ == "__main__":
