@@ -95,11 +95,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from broker.http.api import approvals, audit, lineage, oauth, token, usage, wellknown
     from broker.http.api import ledger as ledger_api
     from broker.http.errors import register_error_handlers
+    from broker.http.jsonio import OrjsonProvider
     from broker.http.web.people import init_people
     from broker.lifecycle.reaper import start_reaper
     from broker.transparency.checkpoints import start_checkpointer
 
     app = Flask(__name__)
+    app.json = OrjsonProvider(app)
     app.config.from_mapping(cfg.DEFAULTS)
     environment, unknown = cfg.from_environ()      # typed by broker.config.SETTINGS, nothing else
     app.config.update(environment)
@@ -107,7 +109,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     cfg.report_unknown(unknown)
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_CONTENT_LENGTH"])
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False
     logging.getLogger("broker").setLevel(str(app.config.get("LOG_LEVEL", "INFO")).upper())
 
     ctx = build_context(app.config)
