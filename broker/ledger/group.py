@@ -74,7 +74,11 @@ class GroupCommitter:
             lead = not self._leading
             self._leading = True
         if not lead:
-            wake.acquire()                  # released when the item is done, or handed the lead
+            try:
+                wake.acquire()              # released when the item is done, or handed the lead
+            except BaseException:           # interrupted (a signal handler raised): let go
+                self._abandon(item)
+                raise
         if not item.done:
             self._lead(item)
         if item.error is not None:
@@ -83,19 +87,42 @@ class GroupCommitter:
 
     def _lead(self, item: Item) -> None:
         """Commit batches in queue order until one has taken ``item`` (a full batch may not
-        reach it), then hand the lead to the oldest item still queued, if any."""
-        while not item.done:
-            with self._lock:
-                batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
-            self._run(batch)
-            for member in batch:
-                if member is not item:
-                    member.wake.release()   # type: ignore[union-attr]
+        reach it), then hand the lead to the oldest item still queued, if any. Whatever
+        happens, every member of a batch is answered and the lead is passed on (a stuck lead
+        would stop every append of the process)."""
+        try:
+            while not item.done:
+                with self._lock:
+                    batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
+                try:
+                    self._run(batch)
+                finally:
+                    for member in batch:
+                        if not member.done:     # _run itself was interrupted
+                            member.error = LedgerUnavailable("ledger append interrupted")
+                            member.done = True
+                        if member is not item:
+                            member.wake.release()   # type: ignore[union-attr]
+        finally:
+            self._hand_on()
+
+    def _hand_on(self) -> None:
         with self._lock:
             if self._queue:
                 self._queue[0].wake.release()   # type: ignore[union-attr]  # it leads next
             else:
                 self._leading = False
+
+    def _abandon(self, item: Item) -> None:
+        """A caller stops waiting: drop its item if no batch has taken it, and pass on the lead
+        if it had been handed to it (its wake-up lock released while the item is not done)."""
+        with self._lock:
+            if item not in self._queue:
+                return                      # in a batch: that batch answers it, to nobody
+            self._queue.remove(item)
+            handed = not item.done and item.wake is not None and item.wake.acquire(blocking=False)
+        if handed:
+            self._hand_on()
 
     def _run(self, batch: list[Item]) -> None:
         self.batches += 1

@@ -187,3 +187,40 @@ def test_a_large_batch_with_a_guard_keeps_the_one_by_one_path(ledger: Ledger) ->
     assert all(i.event is not None for i in items[:COPY_BATCH])
     assert items[-2].event is not None and items[-1].event is None
     assert ledger.verify().ok
+
+
+def test_a_commit_interrupted_by_a_base_exception_leaves_no_stuck_lead() -> None:
+    """KeyboardInterrupt inside a commit fails that batch; the next append still commits (a lead
+    left taken would stop every append of the process)."""
+    calls: list[int] = []
+
+    def commit(items: list[Item]) -> None:
+        calls.append(len(items))
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        for i in items:
+            i.event = i.draft  # type: ignore[assignment]
+
+    group = GroupCommitter(commit)
+    with pytest.raises(KeyboardInterrupt):
+        group.submit(Item(draft=EventDraft(type="deny")))
+    done: list[object] = []
+    t = threading.Thread(target=lambda: done.append(group.submit(Item(draft=EventDraft(type="deny")))))
+    t.start()
+    t.join(5)
+    assert done and done[0] is not None and calls == [1, 1]
+
+
+def test_a_waiter_that_gives_up_drops_its_item_and_passes_on_a_lead_handed_to_it() -> None:
+    group = GroupCommitter(lambda items: None)
+    waiting = Item(draft=EventDraft(type="deny"), wake=threading.Lock())
+    assert waiting.wake is not None
+    waiting.wake.acquire()
+    group._leading, group._queue = True, [waiting]         # another thread leads
+    group._abandon(waiting)
+    assert group._queue == [] and group._leading            # not handed: the leader still leads
+    handed = Item(draft=EventDraft(type="deny"), wake=threading.Lock())
+    group._queue = [handed]                                  # the leader handed it the lead
+    group._abandon(handed)
+    assert group._queue == [] and not group._leading        # passed on: nobody left, lead free
+    group.submit(Item(draft=EventDraft(type="deny")))       # and the next caller leads at once
