@@ -48,7 +48,9 @@ from broker.ledger.store import Ledger
 
 SQL_HEAD_FOR_UPDATE = SQL_HEAD + " FOR UPDATE"
 #: Every single-use claim of a batch in one statement (SQL_CLAIM_SINGLE_USE for many keys; the
-#: keys are distinct, a repeat within the batch is refused before it is sent).
+#: keys are distinct, a repeat within the batch is refused before it is sent). A lapsed claim is
+#: taken over only if it lapsed before the batch's earliest moment: never later than any item's
+#: own check would allow.
 SQL_CLAIM_MANY = (
     "INSERT INTO attestation_uses (key_sha256, expires_at, credential_id)"
     " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[])"
