@@ -378,9 +378,9 @@ def _lifecycle(read: Reader, credential_ids: Sequence[str], *, postgres: bool = 
                         "  AND type = ANY(%s)) AS e ORDER BY e.seq",
                         (list(chunk), list(LIFECYCLE_TYPES)))
         else:
-            rows = read(f"SELECT {EVENT_COLUMNS} FROM events WHERE credential_id IN"
-                        f" ({_placeholders(len(chunk))}) AND type IN ({types}) ORDER BY seq",
-                        (*chunk, *LIFECYCLE_TYPES))
+            where, params = _id_filter(chunk, postgres=False)
+            rows = read(f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} AND type IN ({types})"
+                        " ORDER BY seq", (*params, *LIFECYCLE_TYPES))
         for event in events_from_rows(rows):
             out.setdefault(str(event.credential_id), []).append(event)
     return out

@@ -283,7 +283,6 @@ class Worker:
         deadline = time.monotonic() + grace
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        ending.extend(self.sessions)
         for session in list(self.sessions):
             session.end("gateway shut down before the statement finished", "57P01",
                         "the gateway is shutting down")

@@ -208,8 +208,6 @@ class Session:
         self.loop.create_task(self._handshake())
 
     def client_data(self, data: bytes) -> None:
-        if self._lingering:        # the session is over: read and drop until the client hangs up
-            return
         if self.relaying:
             self._relay_client(data)
             return

@@ -298,17 +298,7 @@ class Ledger(abc.ABC):
                 raise LedgerUnavailable("ledger_head row is missing")
             seq, prev_hash, head_ts = int(head[0][0]), head[0][1], head[0][2]
             keys = list(dict.fromkeys(line[0] for _, line in items if line is not None))
-            seen: set[str] = set()
-            if self.dialect == "postgres" and keys:     # one array parameter, one short text
-                rows = tx.execute("SELECT line_key FROM usage_lines WHERE line_key = ANY(%s)",
-                                  (keys,))
-                seen.update(row[0] for row in rows)
-                keys = []
-            for start in range(0, len(keys), _USAGE_KEY_CHUNK):
-                chunk = keys[start:start + _USAGE_KEY_CHUNK]
-                rows = tx.execute("SELECT line_key FROM usage_lines WHERE line_key IN"
-                                  f" ({', '.join(['%s'] * len(chunk))})", chunk)
-                seen.update(row[0] for row in rows)
+            seen = self._recorded_line_keys(tx, keys)
             ts = max(utc_timestamp(), head_ts)     # one ts for the batch, never below the head's
             sealer = Sealer()
             events: list[Event] = []
@@ -344,6 +334,22 @@ class Ledger(abc.ABC):
                     tx.execute(sql, params)
                 tx.execute(SQL_MOVE_HEAD, (seq, prev_hash, head_ts))
         return events
+
+    def _recorded_line_keys(self, tx: Transaction, keys: list[str]) -> set[str]:
+        """Which of ``keys`` ``usage_lines`` already holds: one array parameter on PostgreSQL
+        (a short text psycopg parses once), ``IN (…)`` chunks on SQLite."""
+        if not keys:
+            return set()
+        if self.dialect == "postgres":
+            return {row[0] for row in tx.execute(
+                "SELECT line_key FROM usage_lines WHERE line_key = ANY(%s)", (keys,))}
+        seen: set[str] = set()
+        for start in range(0, len(keys), _USAGE_KEY_CHUNK):
+            chunk = keys[start:start + _USAGE_KEY_CHUNK]
+            rows = tx.execute("SELECT line_key FROM usage_lines WHERE line_key IN"
+                              f" ({', '.join(['%s'] * len(chunk))})", chunk)
+            seen.update(row[0] for row in rows)
+        return seen
 
     def update_credential_details(self, credential_id: str, details: dict[str, Any]) -> bool:
         """Merge non-secret backend facts (role name, lease id) into the credential's details
